@@ -1,0 +1,240 @@
+"""The HTTP control plane (feature groups), sans I/O: each operation is an AdminCall (method,
+path, JSON body, how to read the answer) that the sync and the asyncio client send with their
+own httpx client. Errors are mapped here, once for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pydantic
+from tessera.core.errors import (
+    FeatureGroupNotFoundError,
+    InvalidRequestError,
+    StorageError,
+    TesseraError,
+    error_for_http_status,
+)
+from tessera.core.schema import (
+    FeatureDefinition,
+    FeatureGroupDefinition,
+    FeatureGroupUpdate,
+    OfflineStoreConfig,
+    OnlineStoreConfig,
+    Tag,
+    TtlDuration,
+)
+
+FEATURE_GROUPS_PATH = "/v1/feature-groups"
+
+FeatureSpecs = Mapping[str, str | FeatureDefinition]
+Tags = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class AdminCall:
+    """One control-plane request and how to read its successful response."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], Any]
+    body: dict[str, Any] | None = None
+    #: The group the path names: a 404 then means FeatureGroupNotFoundError.
+    feature_group_name: str | None = None
+
+    def read(self, response: httpx.Response) -> Any:
+        """The parsed answer, or the TesseraError of an error status."""
+        if response.is_error:
+            raise _http_error(response, self.feature_group_name)
+        return self.parse(response)
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def _feature_groups(response: httpx.Response) -> list[dict[str, Any]]:
+    return list(response.json()["feature_groups"])
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _group_path(name: str) -> str:
+    # Names are checked by the server; quoting keeps any name inside its path segment.
+    return f"{FEATURE_GROUPS_PATH}/{quote(name, safe='')}"
+
+
+def feature_definitions(features: FeatureSpecs) -> list[FeatureDefinition]:
+    """Definitions from {name: 'Vector[4]'} (a FeatureDefinition is also accepted as a value)."""
+    return [
+        spec if isinstance(spec, FeatureDefinition) else FeatureDefinition.of(name, spec)
+        for name, spec in features.items()
+    ]
+
+
+@contextmanager
+def _invalid_model() -> Iterator[None]:
+    try:
+        yield
+    except pydantic.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+
+
+def create_feature_group(
+    name: str,
+    record_identifier: str,
+    event_time: str,
+    features: FeatureSpecs,
+    ttl_s: float | None = None,
+    online: bool = True,
+    offline: bool = True,
+    description: str | None = None,
+    tags: Tags | None = None,
+) -> AdminCall:
+    """POST /v1/feature-groups with a FeatureGroupDefinition; answers the group's description."""
+    with _invalid_model():
+        pairs = tags.items() if isinstance(tags, Mapping) else (tags or ())
+        definition = FeatureGroupDefinition(
+            feature_group_name=name,
+            record_identifier_feature_name=record_identifier,
+            event_time_feature_name=event_time,
+            feature_definitions=feature_definitions(features),
+            online_store_config=OnlineStoreConfig(
+                enable_online_store=online,
+                ttl_duration=TtlDuration.of_seconds(ttl_s) if ttl_s is not None else None,
+            ),
+            offline_store_config=OfflineStoreConfig(enable_offline_store=offline),
+            description=description,
+            tags=[Tag(key=k, value=v) for k, v in pairs],
+        )
+    return AdminCall(
+        "POST",
+        FEATURE_GROUPS_PATH,
+        _json,
+        body=definition.model_dump(mode="json", exclude_none=True),
+    )
+
+
+def describe_feature_group(name: str) -> AdminCall:
+    """GET /v1/feature-groups/{name}."""
+    return AdminCall("GET", _group_path(name), _json, feature_group_name=name)
+
+
+def list_feature_groups() -> AdminCall:
+    """GET /v1/feature-groups; answers the list of descriptions."""
+    return AdminCall("GET", FEATURE_GROUPS_PATH, _feature_groups)
+
+
+def update_feature_group(
+    name: str, add_features: FeatureSpecs | None = None, description: str | None = None
+) -> AdminCall:
+    """PATCH /v1/feature-groups/{name}: add features and/or change the description."""
+    with _invalid_model():
+        update = FeatureGroupUpdate(
+            feature_additions=feature_definitions(add_features or {}), description=description
+        )
+    return AdminCall(
+        "PATCH",
+        _group_path(name),
+        _json,
+        body=update.model_dump(mode="json", exclude_none=True),
+        feature_group_name=name,
+    )
+
+
+def delete_feature_group(name: str) -> AdminCall:
+    """DELETE /v1/feature-groups/{name}."""
+    return AdminCall("DELETE", _group_path(name), _nothing, feature_group_name=name)
+
+
+def _http_error(response: httpx.Response, feature_group_name: str | None) -> TesseraError:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or error.get("code") or response.reason_phrase)
+        if response.status_code == 404 and feature_group_name is not None:
+            return FeatureGroupNotFoundError(feature_group_name)
+    else:
+        # Not the control plane's error shape (a proxy, a wrong URL): say what came back.
+        message = f"{response.request.method} {response.request.url}: {response.text[:200]}"
+    return error_for_http_status(response.status_code, message)
+
+
+@contextmanager
+def transport_errors(base_url: str) -> Iterator[None]:
+    """httpx's transport failures (refused, reset, timed out) as StorageError."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise StorageError(
+            f"control plane at {base_url} did not answer: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def http_client_args(base_url: str, timeout_s: float) -> dict[str, Any]:
+    """Arguments shared by the sync and the async httpx client."""
+    return {"base_url": base_url, "timeout": httpx.Timeout(timeout_s)}
+
+
+class AdminTransport:
+    """Sends AdminCalls with one httpx.Client (connection pooling, connect retries)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        retries: int,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url
+        # httpx retries only failed connects: safe for every method, the request was not sent.
+        self._http = httpx.Client(
+            transport=transport or httpx.HTTPTransport(retries=retries),
+            **http_client_args(base_url, timeout_s),
+        )
+
+    def send(self, call: AdminCall) -> Any:
+        """The parsed answer to `call`; raises a TesseraError."""
+        with transport_errors(self.base_url):
+            response = self._http.request(call.method, call.path, json=call.body)
+        return call.read(response)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+
+class AsyncAdminTransport:
+    """Sends AdminCalls with one httpx.AsyncClient."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        retries: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self._http = httpx.AsyncClient(
+            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
+            **http_client_args(base_url, timeout_s),
+        )
+
+    async def send(self, call: AdminCall) -> Any:
+        """The parsed answer to `call`; raises a TesseraError."""
+        with transport_errors(self.base_url):
+            response = await self._http.request(call.method, call.path, json=call.body)
+        return call.read(response)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()

@@ -1,0 +1,228 @@
+"""AsyncFeatureStoreClient: the asyncio client (grpc.aio data plane, httpx.AsyncClient control
+plane). Same methods as FeatureStoreClient, as coroutines; requests and responses are built and
+read by the same code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc.aio
+from grpc import ChannelCredentials, StatusCode
+from tessera.client import _admin, _requests
+from tessera.client._admin import AsyncAdminTransport, FeatureSpecs, Tags
+from tessera.client._batch import (
+    BatchGetResult,
+    FeatureFilter,
+    batch_get_requests,
+    merge_batch_get_responses,
+    put_records_requests,
+)
+from tessera.client._channel import open_aio_channel
+from tessera.client._grpc_errors import rpc_errors
+from tessera.client._requests import DeletionMode, EventTime, RecordId
+from tessera.client._retry import (
+    READ_RETRY_CODES,
+    WRITE_RETRY_CODES,
+    RetryPolicy,
+    call_with_retry_async,
+)
+from tessera.client.sync import DEFAULT_GRPC_TARGET, DEFAULT_HTTP_URL
+from tessera.core.errors import TesseraError
+from tessera.proto.v1 import feature_store_pb2_grpc
+
+T = TypeVar("T")
+
+
+class AsyncFeatureStoreClient:
+    """An asyncio client of a Tessera server: FeatureStoreClient's methods as coroutines.
+
+    The gRPC channel opens on the first call, inside the event loop that uses it, so the client
+    can be built anywhere; use it from one event loop. Close it with `await close()` or
+    `async with`.
+    """
+
+    def __init__(
+        self,
+        grpc: str = DEFAULT_GRPC_TARGET,
+        http: str | None = DEFAULT_HTTP_URL,
+        timeout_s: float = 5.0,
+        retries: int = 3,
+        *,
+        credentials: ChannelCredentials | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        """Arguments as for FeatureStoreClient."""
+        self._target = grpc
+        self._credentials = credentials
+        self._timeout_s = timeout_s
+        self._policy = retry_policy or RetryPolicy(retries=retries)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: feature_store_pb2_grpc.FeatureStoreStub | None = None
+        self._admin = AsyncAdminTransport(http, timeout_s, retries) if http is not None else None
+
+    # --- feature groups (HTTP) ------------------------------------------------------------------
+
+    async def create_feature_group(
+        self,
+        name: str,
+        record_identifier: str,
+        event_time: str,
+        features: FeatureSpecs,
+        ttl_s: float | None = None,
+        online: bool = True,
+        offline: bool = True,
+        description: str | None = None,
+        tags: Tags | None = None,
+    ) -> dict[str, Any]:
+        """Create a feature group; see FeatureStoreClient.create_feature_group."""
+        call = _admin.create_feature_group(
+            name, record_identifier, event_time, features, ttl_s, online, offline, description, tags
+        )
+        return await self._admin_transport().send(call)
+
+    async def describe_feature_group(self, name: str) -> dict[str, Any]:
+        """The group's definition and status; FeatureGroupNotFoundError when it does not exist."""
+        return await self._admin_transport().send(_admin.describe_feature_group(name))
+
+    async def list_feature_groups(self) -> list[dict[str, Any]]:
+        """The descriptions of every feature group."""
+        return await self._admin_transport().send(_admin.list_feature_groups())
+
+    async def update_feature_group(
+        self,
+        name: str,
+        add_features: FeatureSpecs | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Add features (never remove or retype them) and/or set the description."""
+        call = _admin.update_feature_group(name, add_features, description)
+        return await self._admin_transport().send(call)
+
+    async def delete_feature_group(self, name: str) -> None:
+        """Delete a feature group and its records."""
+        await self._admin_transport().send(_admin.delete_feature_group(name))
+
+    # --- records (gRPC) -------------------------------------------------------------------------
+
+    async def put_record(
+        self, feature_group_name: str, record: Mapping[str, Any], ttl_s: float | None = None
+    ) -> bool:
+        """Write one record; see FeatureStoreClient.put_record."""
+        request = _requests.put_record_request(feature_group_name, record, ttl_s)
+        stub = self._stub()
+        response = await self._call(stub.PutRecord, request, WRITE_RETRY_CODES, feature_group_name)
+        return bool(response.applied)
+
+    async def put_records(
+        self,
+        feature_group_name: str,
+        records: Iterable[Mapping[str, Any]],
+        ttl_s: float | None = None,
+        batch_size: int = 500,
+    ) -> int:
+        """Write records in PutRecords calls of `batch_size`, one after the other; returns how
+        many were written."""
+        stub = self._stub()
+        written = 0
+        for request in put_records_requests(feature_group_name, records, ttl_s, batch_size):
+            response = await self._call(
+                stub.PutRecords, request, WRITE_RETRY_CODES, feature_group_name
+            )
+            written += response.written
+        return written
+
+    async def get_record(
+        self,
+        feature_group_name: str,
+        record_identifier: RecordId,
+        features: Iterable[str] | str | None = None,
+        with_expiry: bool = False,
+    ) -> dict[str, Any] | None:
+        """The record as a dict, or None; see FeatureStoreClient.get_record."""
+        request = _requests.get_record_request(
+            feature_group_name, record_identifier, features, with_expiry
+        )
+        stub = self._stub()
+        response = await self._call(stub.GetRecord, request, READ_RETRY_CODES, feature_group_name)
+        return _requests.parse_get_record_response(response, with_expiry)
+
+    async def batch_get_record(
+        self,
+        identifiers: Mapping[str, Iterable[RecordId]],
+        features: FeatureFilter = None,
+        with_expiry: bool = False,
+    ) -> BatchGetResult:
+        """Records of several groups; the calls it splits into run concurrently. See
+        FeatureStoreClient.batch_get_record."""
+        requests = batch_get_requests(identifiers, features, with_expiry)
+        stub = self._stub()
+        responses = await asyncio.gather(
+            *(self._call(stub.BatchGetRecord, r, READ_RETRY_CODES, None) for r in requests)
+        )
+        return merge_batch_get_responses(responses, with_expiry)
+
+    async def delete_record(
+        self,
+        feature_group_name: str,
+        record_identifier: RecordId,
+        event_time: EventTime | None = None,
+        mode: DeletionMode = "soft",
+    ) -> bool:
+        """Delete a record as of `event_time`; see FeatureStoreClient.delete_record."""
+        request = _requests.delete_record_request(
+            feature_group_name, record_identifier, event_time, mode
+        )
+        stub = self._stub()
+        response = await self._call(
+            stub.DeleteRecord, request, WRITE_RETRY_CODES, feature_group_name
+        )
+        return bool(response.applied)
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the gRPC channel and the HTTP connection pool."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub_ = None
+        if self._admin is not None:
+            await self._admin.close()
+
+    async def __aenter__(self) -> AsyncFeatureStoreClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _stub(self) -> feature_store_pb2_grpc.FeatureStoreStub:
+        if self._stub_ is None:
+            self._channel = open_aio_channel(self._target, self._credentials)
+            self._stub_ = feature_store_pb2_grpc.FeatureStoreStub(self._channel)
+        return self._stub_
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[T]],
+        request: Any,
+        codes: frozenset[StatusCode],
+        feature_group_name: str | None,
+    ) -> T:
+        with rpc_errors(feature_group_name):
+            return await call_with_retry_async(
+                lambda: method(request, timeout=self._timeout_s), self._policy, codes
+            )
+
+    def _admin_transport(self) -> AsyncAdminTransport:
+        if self._admin is None:
+            raise TesseraError("this client has no control plane URL; pass http=...")
+        return self._admin

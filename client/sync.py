@@ -1,0 +1,222 @@
+"""FeatureStoreClient: the blocking client (gRPC data plane, HTTP control plane)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from grpc import ChannelCredentials, StatusCode
+from tessera.client import _admin, _requests
+from tessera.client._admin import AdminTransport, FeatureSpecs, Tags
+from tessera.client._batch import (
+    BatchGetResult,
+    FeatureFilter,
+    batch_get_requests,
+    merge_batch_get_responses,
+    put_records_requests,
+)
+from tessera.client._channel import open_channel
+from tessera.client._grpc_errors import rpc_errors
+from tessera.client._requests import DeletionMode, EventTime, RecordId
+from tessera.client._retry import READ_RETRY_CODES, WRITE_RETRY_CODES, RetryPolicy, call_with_retry
+from tessera.core.errors import TesseraError
+from tessera.proto.v1 import feature_store_pb2_grpc
+
+T = TypeVar("T")
+
+DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
+DEFAULT_HTTP_URL = "http://127.0.0.1:8080"
+
+
+class FeatureStoreClient:
+    """A blocking client of a Tessera server.
+
+    Records go over gRPC (one channel for the client's lifetime), feature groups over HTTP. Each
+    call has a deadline of `timeout_s`; calls failing with UNAVAILABLE (reads: also
+    DEADLINE_EXCEEDED) are retried up to `retries` times with exponential backoff and jitter.
+    Failures raise TesseraError subclasses (InvalidRequestError, NotFoundError, ...).
+
+    >>> with FeatureStoreClient(grpc="127.0.0.1:50051", http="http://127.0.0.1:8080") as fs:
+    ...     fs.get_record("users", "u1")
+    """
+
+    def __init__(
+        self,
+        grpc: str = DEFAULT_GRPC_TARGET,
+        http: str | None = DEFAULT_HTTP_URL,
+        timeout_s: float = 5.0,
+        retries: int = 3,
+        *,
+        credentials: ChannelCredentials | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        """`grpc`: 'host:port' of the data plane; `http`: base URL of the control plane (None:
+        no feature group methods); `credentials`: grpc.ChannelCredentials for TLS."""
+        self._timeout_s = timeout_s
+        self._policy = retry_policy or RetryPolicy(retries=retries)
+        self._channel = open_channel(grpc, credentials)
+        self._stub = feature_store_pb2_grpc.FeatureStoreStub(self._channel)
+        self._admin = AdminTransport(http, timeout_s, retries) if http is not None else None
+
+    # --- feature groups (HTTP) ------------------------------------------------------------------
+
+    def create_feature_group(
+        self,
+        name: str,
+        record_identifier: str,
+        event_time: str,
+        features: FeatureSpecs,
+        ttl_s: float | None = None,
+        online: bool = True,
+        offline: bool = True,
+        description: str | None = None,
+        tags: Tags | None = None,
+    ) -> dict[str, Any]:
+        """Create a feature group; `features` maps names to types ('Integral', 'Fractional',
+        'String', 'List[T]', 'Set[T]', 'Vector[N]'). Returns its description.
+        Raises ConflictError when it exists, InvalidRequestError for a bad definition."""
+        call = _admin.create_feature_group(
+            name, record_identifier, event_time, features, ttl_s, online, offline, description, tags
+        )
+        return self._admin_transport().send(call)
+
+    def describe_feature_group(self, name: str) -> dict[str, Any]:
+        """The group's definition and status; FeatureGroupNotFoundError when it does not exist."""
+        return self._admin_transport().send(_admin.describe_feature_group(name))
+
+    def list_feature_groups(self) -> list[dict[str, Any]]:
+        """The descriptions of every feature group."""
+        return self._admin_transport().send(_admin.list_feature_groups())
+
+    def update_feature_group(
+        self,
+        name: str,
+        add_features: FeatureSpecs | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Add features (never remove or retype them) and/or set the description."""
+        call = _admin.update_feature_group(name, add_features, description)
+        return self._admin_transport().send(call)
+
+    def delete_feature_group(self, name: str) -> None:
+        """Delete a feature group and its records."""
+        self._admin_transport().send(_admin.delete_feature_group(name))
+
+    # --- records (gRPC) -------------------------------------------------------------------------
+
+    def put_record(
+        self, feature_group_name: str, record: Mapping[str, Any], ttl_s: float | None = None
+    ) -> bool:
+        """Write one record (feature name -> value; None means absent). Returns False when the
+        stored record has a newer event time (the online record is kept; history gets it)."""
+        request = _requests.put_record_request(feature_group_name, record, ttl_s)
+        response = self._call(self._stub.PutRecord, request, WRITE_RETRY_CODES, feature_group_name)
+        return bool(response.applied)
+
+    def put_records(
+        self,
+        feature_group_name: str,
+        records: Iterable[Mapping[str, Any]],
+        ttl_s: float | None = None,
+        batch_size: int = 500,
+    ) -> int:
+        """Write records in PutRecords calls of `batch_size`; returns how many were written.
+
+        Each call is all or nothing; when one fails, the earlier calls stay written."""
+        written = 0
+        for request in put_records_requests(feature_group_name, records, ttl_s, batch_size):
+            response = self._call(
+                self._stub.PutRecords, request, WRITE_RETRY_CODES, feature_group_name
+            )
+            written += response.written
+        return written
+
+    def get_record(
+        self,
+        feature_group_name: str,
+        record_identifier: RecordId,
+        features: Iterable[str] | str | None = None,
+        with_expiry: bool = False,
+    ) -> dict[str, Any] | None:
+        """The record as a dict (vectors as float32 arrays), only `features` if given; None when
+        it does not exist, was deleted or expired. `with_expiry` adds '_expires_at' (epoch
+        seconds, None without TTL)."""
+        request = _requests.get_record_request(
+            feature_group_name, record_identifier, features, with_expiry
+        )
+        response = self._call(self._stub.GetRecord, request, READ_RETRY_CODES, feature_group_name)
+        return _requests.parse_get_record_response(response, with_expiry)
+
+    def batch_get_record(
+        self,
+        identifiers: Mapping[str, Iterable[RecordId]],
+        features: FeatureFilter = None,
+        with_expiry: bool = False,
+    ) -> BatchGetResult:
+        """Records of several groups: {group: [identifiers]}. Split into calls within the
+        server's limits (100 groups x 100 identifiers); per-identifier failures (an unknown
+        group, say) are in `.errors`, not raised. `features`: names for all groups, or a dict
+        of group -> names."""
+        requests = batch_get_requests(identifiers, features, with_expiry)
+        responses = [
+            self._call(self._stub.BatchGetRecord, request, READ_RETRY_CODES, None)
+            for request in requests
+        ]
+        return merge_batch_get_responses(responses, with_expiry)
+
+    def delete_record(
+        self,
+        feature_group_name: str,
+        record_identifier: RecordId,
+        event_time: EventTime | None = None,
+        mode: DeletionMode = "soft",
+    ) -> bool:
+        """Delete a record as of `event_time` (None: now; epoch seconds, an aware datetime or an
+        ISO-8601 string). 'soft': it reads as absent until a newer put; 'hard': it is removed.
+        Returns False when the stored record is newer (a soft delete is then ignored)."""
+        request = _requests.delete_record_request(
+            feature_group_name, record_identifier, event_time, mode
+        )
+        response = self._call(
+            self._stub.DeleteRecord, request, WRITE_RETRY_CODES, feature_group_name
+        )
+        return bool(response.applied)
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the gRPC channel and the HTTP connection pool."""
+        self._channel.close()
+        if self._admin is not None:
+            self._admin.close()
+
+    def __enter__(self) -> FeatureStoreClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        codes: frozenset[StatusCode],
+        feature_group_name: str | None,
+    ) -> T:
+        with rpc_errors(feature_group_name):
+            return call_with_retry(
+                lambda: method(request, timeout=self._timeout_s), self._policy, codes
+            )
+
+    def _admin_transport(self) -> AdminTransport:
+        if self._admin is None:
+            raise TesseraError("this client has no control plane URL; pass http=...")
+        return self._admin

@@ -1,0 +1,366 @@
+"""Feature groups and their type system.
+
+The HTTP shape follows SageMaker's CreateFeatureGroup, in snake_case: a record identifier feature,
+an event time feature, feature definitions (Integral / Fractional / String, optionally a List, Set
+or Vector collection), online / offline store configs, TTL, description and tags.
+`FeatureGroupDefinition.check()` validates a definition once, at the boundary;
+`CompiledSchema` is what the hot path consults per record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tessera.core.errors import ConflictError, InvalidRequestError
+
+# Like SageMaker's: letters and digits, '-' or '_' only between them, 1-64 characters.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]){0,63}$")
+NAME_RULE = "1-64 characters: letters, digits, and '-' or '_' between them"
+MAX_FEATURES = 2500
+MAX_VECTOR_DIMENSION = 8192
+MAX_DESCRIPTION_CHARS = 128
+MAX_TAGS = 50
+
+
+class ScalarType(StrEnum):
+    INTEGRAL = "Integral"
+    FRACTIONAL = "Fractional"
+    STRING = "String"
+
+
+class CollectionType(StrEnum):
+    LIST = "List"
+    SET = "Set"
+    VECTOR = "Vector"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureType:
+    """A feature's type: a scalar, a List/Set of a scalar, or a float32 Vector of a dimension."""
+
+    scalar: ScalarType
+    collection: CollectionType | None = None
+    dimension: int | None = None
+
+    _TEXT = re.compile(r"^(?:(List|Set)\[(\w+)\]|Vector\[(\d+)\]|(\w+))$")
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureType:
+        """Parse 'Integral', 'Fractional', 'String', 'List[T]', 'Set[T]' or 'Vector[N]'."""
+        m = cls._TEXT.match(text.replace(" ", ""))
+        allowed = "Integral, Fractional, String, List[T], Set[T] (T a scalar type) or Vector[N]"
+        if m is None:
+            raise InvalidRequestError(f"feature type '{text}' is not valid; allowed: {allowed}")
+        coll, elem, dim, scalar = m.groups()
+        try:
+            if dim is not None:
+                return cls.vector(int(dim))
+            if coll is not None:
+                return cls(ScalarType(elem), CollectionType(coll))
+            return cls(ScalarType(scalar))
+        except ValueError:
+            raise InvalidRequestError(
+                f"feature type '{text}' is not valid; allowed: {allowed}"
+            ) from None
+
+    @classmethod
+    def vector(cls, dimension: int) -> FeatureType:
+        if not 1 <= dimension <= MAX_VECTOR_DIMENSION:
+            raise InvalidRequestError(
+                f"vector dimension {dimension} is out of range; allowed: 1-{MAX_VECTOR_DIMENSION}"
+            )
+        return cls(ScalarType.FRACTIONAL, CollectionType.VECTOR, dimension)
+
+    def __str__(self) -> str:
+        if self.collection is CollectionType.VECTOR:
+            return f"Vector[{self.dimension}]"
+        if self.collection is not None:
+            return f"{self.collection.value}[{self.scalar.value}]"
+        return self.scalar.value
+
+    @property
+    def is_numeric_scalar(self) -> bool:
+        return self.collection is None and self.scalar is not ScalarType.STRING
+
+
+# --- HTTP / registry models (SageMaker's shape in snake_case) ----------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VectorConfig(_Model):
+    dimension: int
+
+
+class CollectionConfig(_Model):
+    vector_config: VectorConfig
+
+
+class FeatureDefinition(_Model):
+    feature_name: str
+    feature_type: ScalarType
+    collection_type: CollectionType | None = None
+    collection_config: CollectionConfig | None = None
+
+    @classmethod
+    def of(cls, name: str, type_text: str) -> FeatureDefinition:
+        """A definition from the SDK's short form: ('emb', 'Vector[4]')."""
+        ftype = FeatureType.parse(type_text)
+        config = None
+        if ftype.collection is CollectionType.VECTOR:
+            config = CollectionConfig(vector_config=VectorConfig(dimension=ftype.dimension or 0))
+        return cls(
+            feature_name=name,
+            feature_type=ftype.scalar,
+            collection_type=ftype.collection,
+            collection_config=config,
+        )
+
+    def type(self) -> FeatureType:
+        """The feature's type; raises InvalidRequestError when the definition is inconsistent."""
+        where = f"feature '{self.feature_name}'"
+        if self.collection_type is CollectionType.VECTOR:
+            if self.feature_type is not ScalarType.FRACTIONAL:
+                raise InvalidRequestError(
+                    f"{where}: a Vector holds float32 values, so its feature_type must be "
+                    f"Fractional, not {self.feature_type.value}"
+                )
+            if self.collection_config is None:
+                raise InvalidRequestError(
+                    f"{where}: a Vector needs collection_config.vector_config.dimension"
+                )
+            return FeatureType.vector(self.collection_config.vector_config.dimension)
+        if self.collection_config is not None:
+            raise InvalidRequestError(
+                f"{where}: collection_config is only for collection_type Vector"
+            )
+        return FeatureType(self.feature_type, self.collection_type)
+
+
+TtlUnit = Literal["Seconds", "Minutes", "Hours", "Days", "Weeks"]
+_UNIT_SECONDS = {"Seconds": 1, "Minutes": 60, "Hours": 3600, "Days": 86400, "Weeks": 604800}
+
+
+class TtlDuration(_Model):
+    unit: TtlUnit
+    value: int = Field(gt=0)
+
+    @property
+    def seconds(self) -> int:
+        return self.value * _UNIT_SECONDS[self.unit]
+
+    @classmethod
+    def of_seconds(cls, seconds: float) -> TtlDuration:
+        if seconds <= 0 or seconds != int(seconds):
+            raise InvalidRequestError(f"ttl_s must be a positive whole number, got {seconds}")
+        return cls(unit="Seconds", value=int(seconds))
+
+
+class OnlineStoreConfig(_Model):
+    enable_online_store: bool = True
+    ttl_duration: TtlDuration | None = None
+
+
+class OfflineStoreConfig(_Model):
+    enable_offline_store: bool = True
+
+
+class Tag(_Model):
+    key: str = Field(min_length=1, max_length=128)
+    value: str = Field(max_length=256)
+
+
+class FeatureGroupDefinition(_Model):
+    """What a user sends to create a feature group (SageMaker CreateFeatureGroup, snake_case)."""
+
+    feature_group_name: str
+    record_identifier_feature_name: str
+    event_time_feature_name: str
+    feature_definitions: list[FeatureDefinition]
+    online_store_config: OnlineStoreConfig = OnlineStoreConfig()
+    offline_store_config: OfflineStoreConfig = OfflineStoreConfig()
+    description: str | None = None
+    tags: list[Tag] = []
+
+    def check(self) -> None:
+        """Validate everything a schema must satisfy; raise InvalidRequestError naming the field."""
+        check_name("feature_group_name", self.feature_group_name)
+        if not self.feature_definitions:
+            raise InvalidRequestError("feature_definitions must list at least one feature")
+        if len(self.feature_definitions) > MAX_FEATURES:
+            raise InvalidRequestError(
+                f"feature_definitions has {len(self.feature_definitions)} features; "
+                f"the limit is {MAX_FEATURES}"
+            )
+        types = check_feature_definitions(self.feature_definitions, existing=())
+        _check_key_feature(
+            "record_identifier_feature_name",
+            self.record_identifier_feature_name,
+            types,
+            (FeatureType(ScalarType.STRING), FeatureType(ScalarType.INTEGRAL)),
+        )
+        _check_key_feature(
+            "event_time_feature_name",
+            self.event_time_feature_name,
+            types,
+            (FeatureType(ScalarType.FRACTIONAL), FeatureType(ScalarType.STRING)),
+        )
+        if self.record_identifier_feature_name == self.event_time_feature_name:
+            raise InvalidRequestError(
+                "record_identifier_feature_name and event_time_feature_name must differ"
+            )
+        if not (
+            self.online_store_config.enable_online_store
+            or self.offline_store_config.enable_offline_store
+        ):
+            raise InvalidRequestError("enable at least one of the online and offline stores")
+        if self.description is not None and len(self.description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidRequestError(
+                f"description has {len(self.description)} characters; "
+                f"the limit is {MAX_DESCRIPTION_CHARS}"
+            )
+        if len(self.tags) > MAX_TAGS:
+            raise InvalidRequestError(f"{len(self.tags)} tags; the limit is {MAX_TAGS}")
+
+
+def check_name(field: str, value: str) -> None:
+    if not NAME_PATTERN.match(value):
+        raise InvalidRequestError(f"{field} '{value}' is not valid; allowed: {NAME_RULE}")
+
+
+def check_feature_definitions(
+    definitions: list[FeatureDefinition], existing: tuple[str, ...] | list[str]
+) -> dict[str, FeatureType]:
+    """Types of the given definitions, checking names and refusing duplicates of each other and
+    of `existing` feature names."""
+    types: dict[str, FeatureType] = {}
+    taken = set(existing)
+    for d in definitions:
+        check_name("feature_name", d.feature_name)
+        if d.feature_name in types:
+            raise InvalidRequestError(f"feature '{d.feature_name}' is defined twice")
+        if d.feature_name in taken:
+            raise ConflictError(
+                f"feature '{d.feature_name}' already exists; features can be added, "
+                "not redefined or removed"
+            )
+        types[d.feature_name] = d.type()
+    return types
+
+
+def _check_key_feature(
+    field: str, name: str, types: dict[str, FeatureType], allowed: tuple[FeatureType, ...]
+) -> None:
+    if name not in types:
+        raise InvalidRequestError(
+            f"{field} '{name}' is not among feature_definitions; known: {', '.join(types)}"
+        )
+    if types[name] not in allowed:
+        raise InvalidRequestError(
+            f"{field} '{name}' has type {types[name]}; allowed: "
+            + " or ".join(str(t) for t in allowed)
+        )
+
+
+class FeatureGroupUpdate(_Model):
+    """PATCH body: features can be added (a new schema version), never removed or retyped."""
+
+    feature_additions: list[FeatureDefinition] = []
+    description: str | None = None
+
+
+class FeatureGroup(_Model):
+    """A registered feature group: the definition plus what the registry assigns."""
+
+    definition: FeatureGroupDefinition
+    feature_group_id: int
+    version: int = 1
+    creation_time: float
+    last_modified_time: float
+
+    @property
+    def name(self) -> str:
+        return self.definition.feature_group_name
+
+    def describe(self) -> dict[str, object]:
+        """The JSON shape of DescribeFeatureGroup."""
+        out = self.definition.model_dump(mode="json")
+        out.update(
+            feature_group_status="Created",
+            version=self.version,
+            creation_time=self.creation_time,
+            last_modified_time=self.last_modified_time,
+        )
+        return out
+
+
+# --- the hot path's view ----------------------------------------------------------------------
+
+# The FeatureValue oneof field each type is carried in.
+_ONEOF = {
+    (ScalarType.INTEGRAL, None): "int_value",
+    (ScalarType.FRACTIONAL, None): "float_value",
+    (ScalarType.STRING, None): "string_value",
+    (ScalarType.INTEGRAL, CollectionType.LIST): "int_list",
+    (ScalarType.FRACTIONAL, CollectionType.LIST): "float_list",
+    (ScalarType.STRING, CollectionType.LIST): "string_list",
+    (ScalarType.INTEGRAL, CollectionType.SET): "int_list",
+    (ScalarType.FRACTIONAL, CollectionType.SET): "float_list",
+    (ScalarType.STRING, CollectionType.SET): "string_list",
+    (ScalarType.FRACTIONAL, CollectionType.VECTOR): "vector_value",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    name: str
+    type: FeatureType
+    oneof: str  # the FeatureValue field that carries this feature
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSchema:
+    """A feature group as the request path needs it: lookups, not models."""
+
+    group_name: str
+    group_id: int
+    features: dict[str, FeatureSpec]
+    record_identifier: FeatureSpec
+    event_time: FeatureSpec
+    default_ttl_s: int | None
+    online: bool
+    offline: bool
+
+    @classmethod
+    def of(cls, group: FeatureGroup) -> CompiledSchema:
+        d = group.definition
+        features = {}
+        for fd in d.feature_definitions:
+            ftype = fd.type()
+            features[fd.feature_name] = FeatureSpec(
+                fd.feature_name, ftype, _ONEOF[(ftype.scalar, ftype.collection)]
+            )
+        ttl = d.online_store_config.ttl_duration
+        return cls(
+            group_name=d.feature_group_name,
+            group_id=group.feature_group_id,
+            features=features,
+            record_identifier=features[d.record_identifier_feature_name],
+            event_time=features[d.event_time_feature_name],
+            default_ttl_s=ttl.seconds if ttl else None,
+            online=d.online_store_config.enable_online_store,
+            offline=d.offline_store_config.enable_offline_store,
+        )
+
+    def unknown_feature(self, name: str) -> InvalidRequestError:
+        known = ", ".join(self.features)
+        return InvalidRequestError(
+            f"feature '{name}' is not in group '{self.group_name}'; known: {known}"
+        )

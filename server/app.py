@@ -1,0 +1,127 @@
+"""Running Tessera: the online store, the gRPC server and the HTTP control plane in one process,
+on one asyncio loop, with graceful shutdown on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from tessera.server import metrics
+from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
+from tessera.server.http_app import create_app
+from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
+from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.rocksdb import open_rocksdb
+from tessera.server.settings import Settings
+
+log = logging.getLogger("tessera.server")
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    grpc_port: int
+    http_port: int
+
+
+async def serve(
+    settings: Settings,
+    ready_file: Path | None = None,
+    on_ready: Callable[[BoundPorts], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM / SIGINT (or until `on_ready` returns, if given one that returns)."""
+    s = settings.server
+    rocks = open_rocksdb(
+        settings.data_dir / "online",
+        block_cache_mb=settings.online_store.block_cache_mb,
+        write_buffer_mb=settings.online_store.write_buffer_mb,
+    )
+    store = RocksDBOnlineStore(rocks, settings.online_store.max_commit_records)
+    registry = FeatureGroupRegistry(rocks, on_delete=lambda gid: store.drop_group(gid).result())
+    metrics.FEATURE_GROUPS.set(len(registry.list()))
+    purger = TtlPurger(
+        store, settings.online_store.ttl_purge_interval_s, settings.online_store.ttl_purge_batch
+    )
+    purger.start()
+    ready = False
+
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", s.grpc_max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    grpc_server.add_generic_rpc_handlers(handlers(FeatureStoreService(registry, store)))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
+    reflection.enable_server_reflection(
+        [FEATURE_STORE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        grpc_server,
+    )
+    grpc_port = grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+    if grpc_port == 0:
+        raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+
+    app = create_app(registry, is_ready=lambda: ready)
+    http = uvicorn.Server(
+        uvicorn.Config(
+            app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
+            access_log=False,
+        )
+    )
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours below
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    http_task = asyncio.create_task(http.serve())
+    while not http.started:
+        if http_task.done():
+            await http_task  # re-raises the bind error
+            raise OSError(f"cannot bind HTTP to {s.host}:{s.http_port}")
+        await asyncio.sleep(0.01)
+    http_port = http.servers[0].sockets[0].getsockname()[1]
+    ports = BoundPorts(grpc_port, http_port)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(FEATURE_STORE, health_pb2.HealthCheckResponse.SERVING)
+    ready = True
+    log.info("Tessera serving: gRPC %s:%d, HTTP http://%s:%d, data in %s",
+             s.host, grpc_port, s.host, http_port, settings.data_dir)
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"grpc_port": grpc_port, "http_port": http_port,
+                                   "pid": os.getpid()}))
+        tmp.replace(ready_file)
+
+    driver = asyncio.create_task(on_ready(ports)) if on_ready else None
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: finishing in-flight calls")
+        ready = False
+        if driver is not None and not driver.done():
+            driver.cancel()
+        await health.enter_graceful_shutdown()
+        await grpc_server.stop(s.shutdown_grace_s)
+        http.should_exit = True
+        await http_task
+        purger.stop()
+        store.close()  # drains queued writes
+        rocks.close()
+        log.info("stopped cleanly")

@@ -1,0 +1,129 @@
+"""The `tessera` command line: serve, demo, and quick put / get."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tessera.server.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = Settings()  # environment (TESSERA_*) and defaults
+    server = {k: v for k, v in (("host", args.host), ("grpc_port", args.grpc_port),
+                                ("http_port", args.http_port)) if v is not None}
+    update: dict[str, object] = {"server": base.server.model_copy(update=server)}
+    if args.data_dir is not None:
+        update["data_dir"] = args.data_dir
+    return base.model_copy(update=update)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tessera.server.app import BoundPorts, serve
+
+    settings = _settings(args)
+    host = settings.server.host
+
+    async def on_ready(ports: BoundPorts) -> None:
+        print(f"tessera: serving gRPC on {host}:{ports.grpc_port}, HTTP on "
+              f"http://{host}:{ports.http_port} (data in {settings.data_dir}); Ctrl-C stops",
+              flush=True)
+        if args.demo:
+            from tessera.server.demo import run_demo
+
+            await asyncio.to_thread(
+                run_demo, f"{host}:{ports.grpc_port}", f"http://{host}:{ports.http_port}"
+            )
+            print("tessera: demo done; the server keeps serving until Ctrl-C", flush=True)
+
+    asyncio.run(serve(settings, ready_file=args.ready_file, on_ready=on_ready))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tessera.server.demo import run_demo
+
+    run_demo(args.grpc, args.http)
+    return 0
+
+
+def _put(args: argparse.Namespace) -> int:
+    from tessera.client import FeatureStoreClient
+
+    record = json.loads(args.record)
+    with FeatureStoreClient(grpc=args.grpc) as fs:
+        applied = fs.put_record(args.group, record, ttl_s=args.ttl_s)
+    print("applied" if applied else "kept the stored record (it has a newer event time)")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    from tessera.client import FeatureStoreClient
+
+    features = args.features.split(",") if args.features else None
+    with FeatureStoreClient(grpc=args.grpc) as fs:
+        record = fs.get_record(args.group, args.record_id, features=features)
+    if record is None:
+        print(f"no record '{args.record_id}' in '{args.group}'", file=sys.stderr)
+        return 1
+    print(json.dumps(record, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description="Tessera feature store")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (gRPC runtime + HTTP control plane)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (default ./tessera-data)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 = any free)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8080; 0 = any free)")
+    serve.add_argument("--ready-file", type=Path,
+                       help="write {grpc_port, http_port, pid} as JSON here once serving")
+    serve.add_argument("--demo", action="store_true",
+                       help="once serving, run the demo against this server")
+    serve.set_defaults(func=_serve)
+
+    client_args = argparse.ArgumentParser(add_help=False)
+    client_args.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC address")
+    client_args.add_argument("--http", default="http://127.0.0.1:8080", help="HTTP base URL")
+
+    demo = sub.add_parser("demo", parents=[client_args],
+                          help="create a group, write records and read them back")
+    demo.set_defaults(func=_demo)
+
+    put = sub.add_parser("put", parents=[client_args], help="put one record given as JSON")
+    put.add_argument("group")
+    put.add_argument("record", help='e.g. \'{"user_id": "u1", "ts": 1700000000.0, "clicks": 3}\'')
+    put.add_argument("--ttl-s", type=float)
+    put.set_defaults(func=_put)
+
+    get = sub.add_parser("get", parents=[client_args], help="get one record as JSON")
+    get.add_argument("group")
+    get.add_argument("record_id")
+    get.add_argument("--features", help="comma-separated feature names")
+    get.set_defaults(func=_get)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    from tessera.core.errors import TesseraError
+
+    try:
+        return int(args.func(args))
+    except TesseraError as exc:
+        print(f"tessera: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The gRPC runtime API (`tessera.v1.FeatureStore`, `tessera.v1.Diagnostics`).
+
+Handlers take and return raw bytes: requests are parsed here so a malformed message becomes
+INVALID_ARGUMENT (not grpc's INTERNAL), and read responses are spliced from stored bytes
+(server/wire.py). `_rpc` is the one place where errors become status codes and where every call
+is counted and timed; the handlers hold no try/except.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from tessera.core import eventtime
+from tessera.core.errors import InvalidRequestError, TesseraError
+from tessera.core.keys import normalize_record_id, record_key
+from tessera.core.records import validate_record
+from tessera.core.schema import CompiledSchema
+from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server import metrics, wire
+from tessera.server.online_store import DeleteOp, OpResult, PutOp, RocksDBOnlineStore, now_us
+from tessera.server.registry import FeatureGroupRegistry
+
+log = logging.getLogger(__name__)
+
+FEATURE_STORE = "tessera.v1.FeatureStore"
+DIAGNOSTICS = "tessera.v1.Diagnostics"
+MAX_BATCH_GROUPS = 100
+MAX_BATCH_IDS = 100
+
+
+class FeatureStoreService:
+    """The FeatureStore RPCs over a registry and an online store."""
+
+    def __init__(self, registry: FeatureGroupRegistry, store: RocksDBOnlineStore) -> None:
+        self._registry = registry
+        self._store = store
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def put_record(self, data: bytes) -> bytes:
+        req = pb.PutRecordRequest.FromString(data)
+        schema = self._registry.schema(req.feature_group_name)
+        ttl_s = req.ttl_s if req.HasField("ttl_s") else None
+        rec = validate_record(schema, req.record, ttl_s)
+        op = PutOp(
+            schema.group_id,
+            record_key(schema.group_id, rec.record_id),
+            rec.event_time_us,
+            rec.expires_at_us,
+            rec.payload,
+        )
+        (result,) = await self._commit([op])
+        _count_writes(schema, [result])
+        return pb.PutRecordResponse(applied=bool(result)).SerializeToString()
+
+    async def put_records(self, data: bytes) -> bytes:
+        req = pb.PutRecordsRequest.FromString(data)
+        schema = self._registry.schema(req.feature_group_name)
+        ttl_s = req.ttl_s if req.HasField("ttl_s") else None
+        gid = schema.group_id
+        ops = []
+        for i, record in enumerate(req.records):
+            rec = validate_record(schema, record, ttl_s, where=f"records[{i}]")
+            key = record_key(gid, rec.record_id)
+            ops.append(PutOp(gid, key, rec.event_time_us, rec.expires_at_us, rec.payload))
+        results = await self._commit(ops) if ops else []
+        stale = _count_writes(schema, results)
+        return pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
+
+    async def delete_record(self, data: bytes) -> bytes:
+        req = pb.DeleteRecordRequest.FromString(data)
+        schema = self._registry.schema(req.feature_group_name)
+        record_id = normalize_record_id(schema, req.record_identifier)
+        if not req.event_time:
+            raise InvalidRequestError(
+                "event_time is required: ISO-8601 UTC or epoch seconds, as a string"
+            )
+        event_time_us = eventtime.parse(req.event_time, "event_time")
+        hard = req.deletion_mode == pb.DELETION_MODE_HARD_DELETE
+        op = DeleteOp(schema.group_id, record_key(schema.group_id, record_id), event_time_us, hard)
+        (result,) = await self._commit([op])
+        return pb.DeleteRecordResponse(applied=bool(result)).SerializeToString()
+
+    async def _commit(self, ops: list[Any]) -> list[OpResult]:
+        results = await asyncio.wrap_future(self._store.submit(ops))
+        for r in results:
+            if isinstance(r, TesseraError):
+                raise r
+        return results
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def get_record(self, data: bytes) -> bytes:
+        req = pb.GetRecordRequest.FromString(data)
+        schema = self._registry.schema(req.feature_group_name)
+        record_id = normalize_record_id(schema, req.record_identifier)
+        hit = self._store.get(record_key(schema.group_id, record_id), now_us())
+        if hit is None:
+            return b""
+        payload, expires_at_us = hit
+        if req.feature_names:
+            payload = _project(schema, payload, req.feature_names)
+        return wire.get_record_response(
+            payload, expires_at_us if req.expiration_time_response else None
+        )
+
+    def batch_get_record(self, data: bytes) -> bytes:
+        req = pb.BatchGetRecordRequest.FromString(data)
+        side = pb.BatchGetRecordResponse()  # errors and unprocessed identifiers
+        parts: list[bytes] = []
+        at_us = now_us()
+        with_expiry = req.expiration_time_response
+        for n, entry in enumerate(req.identifiers):
+            name = entry.feature_group_name
+            ids = entry.record_identifiers
+            if n >= MAX_BATCH_GROUPS or len(ids) > MAX_BATCH_IDS:
+                rest = ids if n >= MAX_BATCH_GROUPS else ids[MAX_BATCH_IDS:]
+                side.unprocessed_identifiers.add(
+                    feature_group_name=name, record_identifiers=rest,
+                    feature_names=entry.feature_names,
+                )
+                if n >= MAX_BATCH_GROUPS:
+                    continue
+                ids = ids[:MAX_BATCH_IDS]
+            schema = self._registry.find_schema(name)
+            if schema is None:
+                msg = f"feature group '{name}' does not exist"
+                for rid in ids:
+                    side.errors.add(feature_group_name=name, record_identifier=rid,
+                                    error_code="NOT_FOUND", error_message=msg)
+                continue
+            try:
+                for f in entry.feature_names:
+                    if f not in schema.features:
+                        raise schema.unknown_feature(f)
+            except InvalidRequestError as exc:
+                for rid in ids:
+                    side.errors.add(feature_group_name=name, record_identifier=rid,
+                                    error_code="INVALID_ARGUMENT", error_message=exc.message)
+                continue
+            good: list[str] = []
+            for rid in ids:
+                try:
+                    good.append(normalize_record_id(schema, rid))
+                except InvalidRequestError as exc:
+                    side.errors.add(feature_group_name=name, record_identifier=rid,
+                                    error_code="INVALID_ARGUMENT", error_message=exc.message)
+            gid = schema.group_id
+            hits = self._store.multi_get([record_key(gid, rid) for rid in good], at_us)
+            group_enc = wire.length_delimited(1, name.encode())
+            for rid, hit in zip(good, hits, strict=True):
+                if hit is None:
+                    continue
+                payload, expires_at_us = hit
+                if entry.feature_names:
+                    payload = _project(schema, payload, entry.feature_names)
+                parts.append(wire.batch_result_detail(
+                    group_enc, rid, payload, expires_at_us if with_expiry else None
+                ))
+        parts.append(side.SerializeToString())
+        return b"".join(parts)
+
+    # --- diagnostics ---------------------------------------------------------------------------
+
+    def echo(self, data: bytes) -> bytes:
+        # EchoResponse has EchoRequest's layout: the request bytes are the response.
+        return data
+
+
+def _project(schema: CompiledSchema, payload: memoryview, names: Any) -> memoryview:
+    """The stored record restricted to `names` (decoded: only when a filter is asked for)."""
+    wanted = set(names)
+    for f in wanted:
+        if f not in schema.features:
+            raise schema.unknown_feature(f)
+    record = pb.Record.FromString(payload)
+    kept = pb.Record(features=[fv for fv in record.features if fv.feature_name in wanted])
+    return memoryview(kept.SerializeToString())
+
+
+def _count_writes(schema: CompiledSchema, results: list[OpResult]) -> int:
+    applied = sum(1 for r in results if r is True)
+    stale = len(results) - applied
+    if applied:
+        metrics.RECORDS_WRITTEN.labels(schema.group_name, "applied").inc(applied)
+    if stale:
+        metrics.RECORDS_WRITTEN.labels(schema.group_name, "stale").inc(stale)
+    return stale
+
+
+# --- the edge: error mapping, metrics ----------------------------------------------------------
+
+
+def _rpc(
+    method: str, request_type: str, impl: Callable[[bytes], bytes | Awaitable[bytes]]
+) -> grpc.RpcMethodHandler:
+    counter = metrics.GRPC_REQUESTS
+    latency = metrics.GRPC_LATENCY.labels(method)
+    ok = counter.labels(method, "OK")
+    is_async = asyncio.iscoroutinefunction(impl)
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        start = time.perf_counter()
+        try:
+            result = impl(request)
+            if is_async:
+                result = await result  # type: ignore[misc]
+            ok.inc()
+            return result  # type: ignore[return-value]
+        except TesseraError as exc:
+            counter.labels(method, exc.grpc_code).inc()
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+        except DecodeError:
+            counter.labels(method, "INVALID_ARGUMENT").inc()
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"malformed request: the body is not a valid {request_type} message",
+            )
+        except asyncio.CancelledError:
+            counter.labels(method, "CANCELLED").inc()
+            raise
+        except Exception:
+            request_id = uuid.uuid4().hex[:16]
+            log.exception("%s failed (request id %s)", method, request_id)
+            counter.labels(method, "INTERNAL").inc()
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
+            )
+        finally:
+            latency.observe(time.perf_counter() - start)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+def handlers(service: FeatureStoreService) -> list[grpc.GenericRpcHandler]:
+    """The generic handlers to add to a grpc.aio server."""
+    fs = grpc.method_handlers_generic_handler(
+        FEATURE_STORE,
+        {
+            "PutRecord": _rpc("PutRecord", "tessera.v1.PutRecordRequest", service.put_record),
+            "PutRecords": _rpc("PutRecords", "tessera.v1.PutRecordsRequest", service.put_records),
+            "GetRecord": _rpc("GetRecord", "tessera.v1.GetRecordRequest", service.get_record),
+            "BatchGetRecord": _rpc(
+                "BatchGetRecord", "tessera.v1.BatchGetRecordRequest", service.batch_get_record
+            ),
+            "DeleteRecord": _rpc(
+                "DeleteRecord", "tessera.v1.DeleteRecordRequest", service.delete_record
+            ),
+        },
+    )
+    diag = grpc.method_handlers_generic_handler(
+        DIAGNOSTICS, {"Echo": _rpc("Echo", "tessera.v1.EchoRequest", service.echo)}
+    )
+    return [fs, diag]

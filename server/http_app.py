@@ -1,0 +1,129 @@
+"""The HTTP control plane (FastAPI): feature groups, health, readiness, Prometheus metrics.
+
+Errors leave through one exception handler: `{"error": {"code": ..., "message": ...}}` with the
+status of the error class (422 invalid, 404 not found, 409 conflict, 503 unavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tessera.core.errors import InvalidRequestError, TesseraError
+from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
+from tessera.server import metrics
+from tessera.server.registry import FeatureGroupRegistry
+
+log = logging.getLogger(__name__)
+
+_CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable"}
+
+
+def _error(status: int, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": _CODES.get(status, "Internal"), "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def create_app(registry: FeatureGroupRegistry, is_ready: Callable[[], bool]) -> FastAPI:
+    app = FastAPI(
+        title="Tessera control plane",
+        summary="Feature groups, health and metrics of a Tessera feature store.",
+        version="1",
+    )
+
+    @app.exception_handler(TesseraError)
+    async def _tessera_error(_: Request, exc: TesseraError) -> JSONResponse:
+        return _error(exc.http_status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid body"
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errors]
+        return _error(422, message, details)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:16]
+        log.error("HTTP request failed (request id %s)", request_id, exc_info=exc)
+        return _error(500, f"internal error; request id {request_id}")
+
+    @app.middleware("http")
+    async def _observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    @app.post("/v1/feature-groups", status_code=201, tags=["feature groups"])
+    async def create_feature_group(definition: FeatureGroupDefinition) -> dict[str, Any]:
+        """Create a feature group (SageMaker CreateFeatureGroup, snake_case)."""
+        if not definition.online_store_config.enable_online_store:
+            raise InvalidRequestError(
+                "online_store_config.enable_online_store: offline-only feature groups are not "
+                "supported by this server version; enable the online store"
+            )
+        group = await asyncio.to_thread(registry.create, definition)
+        metrics.FEATURE_GROUPS.set(len(registry.list()))
+        return group.describe()
+
+    @app.get("/v1/feature-groups", tags=["feature groups"])
+    async def list_feature_groups(name_contains: str | None = None) -> dict[str, Any]:
+        """All feature groups, by name; optionally those whose name contains a string."""
+        return {"feature_groups": [g.describe() for g in registry.list(name_contains)]}
+
+    @app.get("/v1/feature-groups/{name}", tags=["feature groups"])
+    async def describe_feature_group(name: str) -> dict[str, Any]:
+        """A feature group's definition, version and timestamps."""
+        return registry.describe(name).describe()
+
+    @app.patch("/v1/feature-groups/{name}", tags=["feature groups"])
+    async def update_feature_group(name: str, update: FeatureGroupUpdate) -> dict[str, Any]:
+        """Add features (a new schema version) or change the description. Features are never
+        removed or retyped."""
+        group = await asyncio.to_thread(registry.update, name, update)
+        return group.describe()
+
+    @app.delete("/v1/feature-groups/{name}", status_code=204, tags=["feature groups"])
+    async def delete_feature_group(name: str) -> Response:
+        """Delete a feature group and every online record of it."""
+        await asyncio.to_thread(registry.delete, name)
+        metrics.FEATURE_GROUPS.set(len(registry.list()))
+        return Response(status_code=204)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process serves HTTP."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        """Readiness: the store is open and the gRPC server is accepting calls."""
+        if is_ready():
+            return JSONResponse({"status": "ready"})
+        return _error(503, "not ready: starting up or shutting down")
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics: request counts and latency histograms per RPC and route."""
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,63 @@
+"""Prometheus metrics of the server (served at /metrics by the HTTP app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+)
+
+GRPC_REQUESTS = Counter(
+    "tessera_grpc_requests_total",
+    "gRPC requests by method and status code.",
+    ["method", "code"],
+    registry=REGISTRY,
+)
+GRPC_LATENCY = Histogram(
+    "tessera_grpc_request_duration_seconds",
+    "Server-side gRPC request latency by method.",
+    ["method"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "tessera_http_requests_total",
+    "Control plane HTTP requests by route and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "tessera_http_request_duration_seconds",
+    "Control plane HTTP latency by route.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RECORDS_WRITTEN = Counter(
+    "tessera_records_written_total",
+    "Records made durable in the online store, by feature group and outcome "
+    "(applied, or stale: older than the stored record).",
+    ["feature_group", "outcome"],
+    registry=REGISTRY,
+)
+GROUP_COMMITS = Gauge(
+    "tessera_online_group_commits",
+    "Durable (fsync'd) write batches committed by the online store since start.",
+    registry=REGISTRY,
+)
+GROUP_COMMIT_OPS = Gauge(
+    "tessera_online_group_commit_ops",
+    "Mutations committed by the online store since start (ops / commits = mean batch size).",
+    registry=REGISTRY,
+)
+TTL_PURGED = Gauge(
+    "tessera_ttl_purged_index_entries",
+    "Expiry index entries processed by the background TTL purge since start.",
+    registry=REGISTRY,
+)
+FEATURE_GROUPS = Gauge(
+    "tessera_feature_groups", "Feature groups in the registry.", registry=REGISTRY
+)

@@ -1,0 +1,329 @@
+"""The online store: one record per (group, record id) in RocksDB, written by one group-commit
+writer thread.
+
+Every mutation goes through the writer: it applies SageMaker's ordering rules (a put older than
+the stored record leaves it alone; on equal event times the later write wins), packs everything
+that queued up meanwhile into one WriteBatch and writes it with sync=True, so each batch costs one
+fsync and an acknowledged write survives `kill -9`. One writer also means the read-modify-write of
+the ordering check needs no locks. Reads go straight to RocksDB from the caller's thread.
+
+Stored value: a 17-byte header (event_time_us, expires_at_us, flags) followed by the record's
+wire bytes, which GetRecord sends back without decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import struct
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+import rocksdict
+
+from tessera.core.errors import PreconditionFailedError, StorageError, TesseraError
+from tessera.core.eventtime import to_iso
+from tessera.core.keys import group_prefix
+from tessera.server.rocksdb import EXPIRY, RECORDS, RocksDB
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<qqB")
+HEADER_SIZE = HEADER.size
+TOMBSTONE = 1
+HAS_EXPIRY = 2
+_EXPIRY_KEY = struct.Struct(">q")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PutOp:
+    group_id: int
+    key: bytes
+    event_time_us: int
+    expires_at_us: int | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    group_id: int
+    key: bytes
+    event_time_us: int
+    hard: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _PurgeOp:
+    key: bytes
+    expires_at_us: int
+    index_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _DropGroupOp:
+    group_id: int
+
+
+Op = PutOp | DeleteOp | _PurgeOp | _DropGroupOp
+#: Per op: True when it changed the online record, False when it was older than the stored one,
+#: or the error that refused it.
+OpResult = bool | TesseraError
+
+
+class OnlineStore(Protocol):
+    """What the servicer needs of an online store."""
+
+    def get(self, key: bytes, at_us: int) -> tuple[memoryview, int | None] | None: ...
+    def multi_get(
+        self, keys: list[bytes], at_us: int
+    ) -> list[tuple[memoryview, int | None] | None]: ...
+    def submit(self, ops: list[Op]) -> Future[list[OpResult]]: ...
+
+
+def _live(raw: bytes | None, at_us: int) -> tuple[memoryview, int | None] | None:
+    """The payload and expiry of a stored value that reads as present at `at_us`, else None."""
+    if raw is None:
+        return None
+    _, expires_at_us, flags = HEADER.unpack_from(raw)
+    if flags & TOMBSTONE:
+        return None
+    if flags & HAS_EXPIRY:
+        if expires_at_us <= at_us:
+            return None
+        return memoryview(raw)[HEADER_SIZE:], expires_at_us
+    return memoryview(raw)[HEADER_SIZE:], None
+
+
+class RocksDBOnlineStore:
+    """The online store on RocksDB (see the module docstring)."""
+
+    def __init__(self, rocks: RocksDB, max_commit_records: int = 20_000) -> None:
+        self._rocks = rocks
+        self._records = rocks.records
+        self._records_cf = rocks.handle(RECORDS)
+        self._expiry_cf = rocks.handle(EXPIRY)
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        self._max_commit_records = max_commit_records
+        self._queue: queue.SimpleQueue[tuple[list[Op], Future[list[OpResult]]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._dropped: set[int] = set()
+        self.commits = 0
+        self.committed_ops = 0
+        self._writer = threading.Thread(target=self._run_writer, name="tessera-writer")
+        self._writer.start()
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def get(self, key: bytes, at_us: int) -> tuple[memoryview, int | None] | None:
+        return _live(self._records.get(key), at_us)
+
+    def multi_get(
+        self, keys: list[bytes], at_us: int
+    ) -> list[tuple[memoryview, int | None] | None]:
+        return [_live(raw, at_us) for raw in self._records.get(keys)]
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def submit(self, ops: list[Op]) -> Future[list[OpResult]]:
+        """Queue ops for the writer; the future resolves once they are durable."""
+        fut: Future[list[OpResult]] = Future()
+        self._queue.put((ops, fut))
+        return fut
+
+    def write(self, ops: list[Op]) -> list[OpResult]:
+        """Submit and wait: for callers outside the event loop (CLI, tests)."""
+        return self.submit(ops).result()
+
+    def drop_group(self, group_id: int) -> Future[list[OpResult]]:
+        """Remove every record of a group (ordered after everything queued before it)."""
+        return self.submit([_DropGroupOp(group_id)])
+
+    def close(self) -> None:
+        """Finish queued writes, stop the writer. The caller closes the DB."""
+        self._queue.put(None)
+        self._writer.join()
+
+    def _run_writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            size = len(item[0])
+            stop = False
+            while size < self._max_commit_records:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+                size += len(nxt[0])
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[list[Op], Future[list[OpResult]]]]) -> None:
+        try:
+            results = self._apply(batch)
+        except Exception as exc:  # a RocksDB failure fails the whole group, nothing acknowledged
+            log.exception("group commit failed")
+            err = StorageError(f"the online store could not write: {exc}")
+            for _, fut in batch:
+                fut.set_exception(err)
+            return
+        for (_, fut), res in zip(batch, results, strict=True):
+            fut.set_result(res)
+
+    def _apply(
+        self, batch: list[tuple[list[Op], Future[list[OpResult]]]]
+    ) -> list[list[OpResult]]:
+        at_us = now_us()
+        keys = [op.key for ops, _ in batch for op in ops if not isinstance(op, _DropGroupOp)]
+        stored = dict(zip(keys, self._records.get(keys), strict=True)) if keys else {}
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        out: list[list[OpResult]] = []
+        n = 0
+        for ops, _ in batch:
+            results: list[OpResult] = []
+            for op in ops:
+                n += 1
+                if isinstance(op, PutOp):
+                    results.append(self._put(wb, stored, op, at_us))
+                elif isinstance(op, DeleteOp):
+                    results.append(self._delete(wb, stored, op, at_us))
+                elif isinstance(op, _PurgeOp):
+                    results.append(self._purge(wb, stored, op))
+                else:
+                    results.append(self._drop(wb, stored, op))
+            out.append(results)
+        self._rocks.db.write(wb, self._sync)
+        self.commits += 1
+        self.committed_ops += n
+        return out
+
+    def _newer_stored(self, stored: dict[bytes, bytes | None], key: bytes, et: int, at: int) -> int:
+        """The stored event time if a live-or-tombstoned record newer than `et` exists, else -1."""
+        raw = stored.get(key)
+        if raw is None:
+            return -1
+        stored_et, expires_at_us, flags = HEADER.unpack_from(raw)
+        if flags & HAS_EXPIRY and expires_at_us <= at:
+            return -1  # expired: as if absent
+        return stored_et if stored_et > et else -1
+
+    def _put(self, wb: rocksdict.WriteBatch, stored: dict, op: PutOp, at_us: int) -> OpResult:
+        if op.group_id in self._dropped:
+            return StorageError("the feature group was deleted while this write was queued")
+        if self._newer_stored(stored, op.key, op.event_time_us, at_us) >= 0:
+            return False
+        if op.expires_at_us is None:
+            value = HEADER.pack(op.event_time_us, 0, 0) + op.payload
+        else:
+            value = HEADER.pack(op.event_time_us, op.expires_at_us, HAS_EXPIRY) + op.payload
+            wb.put(_EXPIRY_KEY.pack(op.expires_at_us) + op.key, b"", self._expiry_cf)
+        wb.put(op.key, value, self._records_cf)
+        stored[op.key] = value
+        return True
+
+    def _delete(self, wb: rocksdict.WriteBatch, stored: dict, op: DeleteOp, at_us: int) -> OpResult:
+        if op.group_id in self._dropped:
+            return StorageError("the feature group was deleted while this write was queued")
+        newer = self._newer_stored(stored, op.key, op.event_time_us, at_us)
+        if newer >= 0:
+            if op.hard:
+                return PreconditionFailedError(
+                    f"hard delete at event time {to_iso(op.event_time_us)} is older than the "
+                    f"stored record's event time {to_iso(newer)}; refused"
+                )
+            return False
+        if op.hard:
+            wb.delete(op.key, self._records_cf)
+            stored[op.key] = None
+        else:
+            # A tombstone keeps its event time so that older puts arriving late stay hidden.
+            value = HEADER.pack(op.event_time_us, 0, TOMBSTONE)
+            wb.put(op.key, value, self._records_cf)
+            stored[op.key] = value
+        return True
+
+    def _purge(self, wb: rocksdict.WriteBatch, stored: dict, op: _PurgeOp) -> OpResult:
+        wb.delete(op.index_key, self._expiry_cf)
+        raw = stored.get(op.key)
+        if raw is None:
+            return False
+        _, expires_at_us, flags = HEADER.unpack_from(raw)
+        if flags & HAS_EXPIRY and expires_at_us == op.expires_at_us:
+            wb.delete(op.key, self._records_cf)
+            stored[op.key] = None
+            return True
+        return False  # rewritten since the index entry was made
+
+    def _drop(self, wb: rocksdict.WriteBatch, stored: dict, op: _DropGroupOp) -> OpResult:
+        self._dropped.add(op.group_id)
+        wb.delete_range(group_prefix(op.group_id), group_prefix(op.group_id + 1), self._records_cf)
+        for key in stored:
+            if key.startswith(group_prefix(op.group_id)):
+                stored[key] = None
+        return True
+
+    # --- TTL purge -----------------------------------------------------------------------------
+
+    def purge_expired(self, at_us: int, limit: int) -> int:
+        """Delete up to `limit` records expired at `at_us`; returns how many index entries were
+        processed. Reads already hide expired records; this reclaims their space."""
+        it = self._rocks.expiry.iter()
+        it.seek_to_first()
+        ops: list[Op] = []
+        while it.valid() and len(ops) < limit:
+            index_key = it.key()
+            (expires_at_us,) = _EXPIRY_KEY.unpack_from(index_key)
+            if expires_at_us > at_us:
+                break
+            ops.append(_PurgeOp(index_key[_EXPIRY_KEY.size :], expires_at_us, index_key))
+            it.next()
+        del it
+        if ops:
+            self.write(ops)
+        return len(ops)
+
+
+class TtlPurger:
+    """A background thread that purges expired records every `interval_s`."""
+
+    def __init__(self, store: RocksDBOnlineStore, interval_s: float, batch: int) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._batch = batch
+        self._stop = threading.Event()
+        self.purged = 0
+        self._thread = threading.Thread(target=self._run, name="tessera-ttl-purge", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                while not self._stop.is_set():
+                    n = self._store.purge_expired(now_us(), self._batch)
+                    self.purged += n
+                    if n < self._batch:
+                        break
+            except Exception:
+                log.exception("TTL purge failed; retrying next interval")

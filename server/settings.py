@@ -1,0 +1,41 @@
+"""Tessera's settings: one frozen object, built by the CLI only (env prefix TESSERA_, nested
+sections with '__', e.g. TESSERA_SERVER__GRPC_PORT=50052). Embedded defaults need no config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+
+
+class OnlineStoreSettings(_Section):
+    block_cache_mb: int = Field(512, ge=8)
+    write_buffer_mb: int = Field(64, ge=4)
+    # Group commit: at most this many records are made durable by one fsync'd write.
+    max_commit_records: int = Field(20_000, ge=1)
+    # How often expired records are purged in the background (reads hide them at once).
+    ttl_purge_interval_s: float = Field(30.0, gt=0)
+    ttl_purge_batch: int = Field(10_000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TESSERA_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    data_dir: Path = Path("tessera-data")
+    server: ServerSettings = ServerSettings()
+    online_store: OnlineStoreSettings = OnlineStoreSettings()

@@ -1,0 +1,75 @@
+"""A real Tessera server process for tests and benchmarks: port 0, ports read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ServerProcess:
+    """`python -m tessera.server serve` on 127.0.0.1 with free ports, data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 30.0) -> ServerProcess:
+        ready = self.data_dir.with_name(self.data_dir.name + ".ready.json")
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the process)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(self.data_dir),
+             "--grpc-port", "0", "--http-port", "0", "--ready-file", str(ready)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"server not ready in {timeout_s}s:\n{self.log()}")
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        self.grpc_port, self.http_port = info["grpc_port"], info["http_port"]
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait: a graceful shutdown."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self._log.close()
+            self.proc = None
