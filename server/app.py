@@ -54,6 +54,9 @@ async def serve(
         store, settings.online_store.ttl_purge_interval_s, settings.online_store.ttl_purge_batch
     )
     purger.start()
+    metrics.GROUP_COMMITS.set_function(lambda: store.commits)
+    metrics.GROUP_COMMIT_OPS.set_function(lambda: store.committed_ops)
+    metrics.TTL_PURGED.set_function(lambda: purger.purged)
     ready = False
 
     grpc_server = grpc.aio.server(

@@ -28,7 +28,11 @@ class RocksDB:
         return self.db.get_column_family_handle(name)
 
     def close(self) -> None:
+        """Sync the WAL and close. RocksDB releases its lock once every Python reference to the
+        DB, its column families and their handles is gone."""
         self.db.flush_wal(True)
+        for view in (self.records, self.expiry, self.registry):
+            view.close()
         self.db.close()
 
 
