@@ -1,0 +1,28 @@
+# The two commands of README.md: `make run` (install, start Tessera, run the demo against it)
+# and `make test` (install, run every check and the whole test suite). Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install protos bench
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: $(BIN)/.installed
+	$(BIN)/tessera serve --demo
+
+test: $(BIN)/.installed
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+protos: $(BIN)/.installed
+	$(BIN)/python scripts/gen_protos.py
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.run
