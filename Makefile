@@ -19,6 +19,7 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .
+	./scripts/typecheck.sh
 	$(BIN)/pytest
 
 protos: $(BIN)/.installed

@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 import pydantic
+
 from tessera.core.errors import (
     FeatureGroupNotFoundError,
     InvalidRequestError,
@@ -32,34 +33,37 @@ from tessera.core.schema import (
 
 FEATURE_GROUPS_PATH = "/v1/feature-groups"
 
+T = TypeVar("T")
+Description = dict[str, Any]
+
 FeatureSpecs = Mapping[str, str | FeatureDefinition]
 Tags = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 @dataclass(frozen=True)
-class AdminCall:
+class AdminCall(Generic[T]):
     """One control-plane request and how to read its successful response."""
 
     method: str
     path: str
-    parse: Callable[[httpx.Response], Any]
+    parse: Callable[[httpx.Response], T]
     body: dict[str, Any] | None = None
     #: The group the path names: a 404 then means FeatureGroupNotFoundError.
     feature_group_name: str | None = None
 
-    def read(self, response: httpx.Response) -> Any:
+    def read(self, response: httpx.Response) -> T:
         """The parsed answer, or the TesseraError of an error status."""
         if response.is_error:
             raise _http_error(response, self.feature_group_name)
         return self.parse(response)
 
 
-def _json(response: httpx.Response) -> Any:
-    return response.json()
+def _description(response: httpx.Response) -> Description:
+    return cast(Description, response.json())
 
 
-def _feature_groups(response: httpx.Response) -> list[dict[str, Any]]:
-    return list(response.json()["feature_groups"])
+def _feature_groups(response: httpx.Response) -> list[Description]:
+    return cast(list[Description], response.json()["feature_groups"])
 
 
 def _nothing(response: httpx.Response) -> None:
@@ -97,7 +101,7 @@ def create_feature_group(
     offline: bool = True,
     description: str | None = None,
     tags: Tags | None = None,
-) -> AdminCall:
+) -> AdminCall[Description]:
     """POST /v1/feature-groups with a FeatureGroupDefinition; answers the group's description."""
     with _invalid_model():
         pairs = tags.items() if isinstance(tags, Mapping) else (tags or ())
@@ -117,24 +121,24 @@ def create_feature_group(
     return AdminCall(
         "POST",
         FEATURE_GROUPS_PATH,
-        _json,
+        _description,
         body=definition.model_dump(mode="json", exclude_none=True),
     )
 
 
-def describe_feature_group(name: str) -> AdminCall:
+def describe_feature_group(name: str) -> AdminCall[Description]:
     """GET /v1/feature-groups/{name}."""
-    return AdminCall("GET", _group_path(name), _json, feature_group_name=name)
+    return AdminCall("GET", _group_path(name), _description, feature_group_name=name)
 
 
-def list_feature_groups() -> AdminCall:
+def list_feature_groups() -> AdminCall[list[Description]]:
     """GET /v1/feature-groups; answers the list of descriptions."""
     return AdminCall("GET", FEATURE_GROUPS_PATH, _feature_groups)
 
 
 def update_feature_group(
     name: str, add_features: FeatureSpecs | None = None, description: str | None = None
-) -> AdminCall:
+) -> AdminCall[Description]:
     """PATCH /v1/feature-groups/{name}: add features and/or change the description."""
     with _invalid_model():
         update = FeatureGroupUpdate(
@@ -143,13 +147,13 @@ def update_feature_group(
     return AdminCall(
         "PATCH",
         _group_path(name),
-        _json,
+        _description,
         body=update.model_dump(mode="json", exclude_none=True),
         feature_group_name=name,
     )
 
 
-def delete_feature_group(name: str) -> AdminCall:
+def delete_feature_group(name: str) -> AdminCall[None]:
     """DELETE /v1/feature-groups/{name}."""
     return AdminCall("DELETE", _group_path(name), _nothing, feature_group_name=name)
 
@@ -202,7 +206,7 @@ class AdminTransport:
             **http_client_args(base_url, timeout_s),
         )
 
-    def send(self, call: AdminCall) -> Any:
+    def send(self, call: AdminCall[T]) -> T:
         """The parsed answer to `call`; raises a TesseraError."""
         with transport_errors(self.base_url):
             response = self._http.request(call.method, call.path, json=call.body)
@@ -229,7 +233,7 @@ class AsyncAdminTransport:
             **http_client_args(base_url, timeout_s),
         )
 
-    async def send(self, call: AdminCall) -> Any:
+    async def send(self, call: AdminCall[T]) -> T:
         """The parsed answer to `call`; raises a TesseraError."""
         with transport_errors(self.base_url):
             response = await self._http.request(call.method, call.path, json=call.body)

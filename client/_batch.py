@@ -74,7 +74,6 @@ def batch_get_requests(
     `features` filters every group alike (a list of names), or per group (a dict of group ->
     names; a group not in it gets all of its features).
     """
-    per_group = isinstance(features, Mapping)
     chunks: list[tuple[str, list[list[str]], list[str]]] = []
     for group, ids in identifiers.items():
         if isinstance(ids, str | bytes):
@@ -85,11 +84,10 @@ def batch_get_requests(
         wire_ids = [record_id(i) for i in ids]
         if not wire_ids:
             continue
-        names = (
-            feature_names(features.get(group))  # type: ignore[union-attr]
-            if per_group
-            else feature_names(features)  # type: ignore[arg-type]
-        )
+        if isinstance(features, Mapping):
+            names = feature_names(features.get(group))
+        else:
+            names = feature_names(features)
         split = [
             wire_ids[i : i + MAX_IDS_PER_GROUP] for i in range(0, len(wire_ids), MAX_IDS_PER_GROUP)
         ]

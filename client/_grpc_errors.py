@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+
 from tessera.core.errors import (
     FeatureGroupNotFoundError,
     TesseraError,

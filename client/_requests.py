@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
+
 from tessera.core.errors import InvalidRequestError
 from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
+
 from tessera.client._grpc_errors import status_code
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ class RetryPolicy:
 
     def backoff_s(self, retry: int) -> float:
         """How long to wait before retry number `retry` (0-based)."""
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2**retry)
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0**retry)
         return ceiling * (0.5 + 0.5 * self.rng.random())
 
     def delay_after(

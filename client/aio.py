@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-import grpc.aio
-from grpc import ChannelCredentials, StatusCode
+from grpc import ChannelCredentials, StatusCode, aio
+
 from tessera.client import _admin, _requests
 from tessera.client._admin import AsyncAdminTransport, FeatureSpecs, Tags
 from tessera.client._batch import (
@@ -59,7 +59,7 @@ class AsyncFeatureStoreClient:
         self._credentials = credentials
         self._timeout_s = timeout_s
         self._policy = retry_policy or RetryPolicy(retries=retries)
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: aio.Channel | None = None
         self._stub_: feature_store_pb2_grpc.FeatureStoreStub | None = None
         self._admin = AsyncAdminTransport(http, timeout_s, retries) if http is not None else None
 
@@ -207,7 +207,7 @@ class AsyncFeatureStoreClient:
     def _stub(self) -> feature_store_pb2_grpc.FeatureStoreStub:
         if self._stub_ is None:
             self._channel = open_aio_channel(self._target, self._credentials)
-            self._stub_ = feature_store_pb2_grpc.FeatureStoreStub(self._channel)
+            self._stub_ = feature_store_pb2_grpc.FeatureStoreStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub_
 
     async def _call(

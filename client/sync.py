@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from grpc import ChannelCredentials, StatusCode
+
 from tessera.client import _admin, _requests
 from tessera.client._admin import AdminTransport, FeatureSpecs, Tags
 from tessera.client._batch import (
@@ -37,8 +38,11 @@ class FeatureStoreClient:
     DEADLINE_EXCEEDED) are retried up to `retries` times with exponential backoff and jitter.
     Failures raise TesseraError subclasses (InvalidRequestError, NotFoundError, ...).
 
-    >>> with FeatureStoreClient(grpc="127.0.0.1:50051", http="http://127.0.0.1:8080") as fs:
-    ...     fs.get_record("users", "u1")
+    Example::
+
+        with FeatureStoreClient(grpc="127.0.0.1:50051", http="http://127.0.0.1:8080") as fs:
+            fs.put_record("users", {"user_id": "u1", "ts": 1700000000.0, "clicks": 3})
+            fs.get_record("users", "u1")  # {'user_id': 'u1', 'ts': 1700000000.0, 'clicks': 3}
     """
 
     def __init__(
@@ -56,7 +60,7 @@ class FeatureStoreClient:
         self._timeout_s = timeout_s
         self._policy = retry_policy or RetryPolicy(retries=retries)
         self._channel = open_channel(grpc, credentials)
-        self._stub = feature_store_pb2_grpc.FeatureStoreStub(self._channel)
+        self._stub = feature_store_pb2_grpc.FeatureStoreStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._admin = AdminTransport(http, timeout_s, retries) if http is not None else None
 
     # --- feature groups (HTTP) ------------------------------------------------------------------

@@ -4,11 +4,12 @@ on one asyncio loop, with graceful shutdown on SIGTERM / SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,15 @@ from tessera.server.rocksdb import open_rocksdb
 from tessera.server.settings import Settings
 
 log = logging.getLogger("tessera.server")
+
+
+class _EmbeddedHTTPServer(uvicorn.Server):
+    """uvicorn without signal handling of its own: `serve` owns SIGTERM / SIGINT and stops gRPC
+    first (draining in-flight calls, /readyz already failing) and HTTP after it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,10 @@ async def serve(
         write_buffer_mb=settings.online_store.write_buffer_mb,
     )
     store = RocksDBOnlineStore(rocks, settings.online_store.max_commit_records)
-    registry = FeatureGroupRegistry(rocks, on_delete=lambda gid: store.drop_group(gid).result())
+    def drop_records(group_id: int) -> None:
+        store.drop_group(group_id).result()
+
+    registry = FeatureGroupRegistry(rocks, on_delete=drop_records)
     metrics.FEATURE_GROUPS.set(len(registry.list()))
     purger = TtlPurger(
         store, settings.online_store.ttl_purge_interval_s, settings.online_store.ttl_purge_batch
@@ -79,13 +92,12 @@ async def serve(
         raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
 
     app = create_app(registry, is_ready=lambda: ready)
-    http = uvicorn.Server(
+    http = _EmbeddedHTTPServer(
         uvicorn.Config(
             app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
             access_log=False,
         )
     )
-    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours below
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,7 +124,7 @@ async def serve(
                                    "pid": os.getpid()}))
         tmp.replace(ready_file)
 
-    driver = asyncio.create_task(on_ready(ports)) if on_ready else None
+    driver = asyncio.ensure_future(on_ready(ports)) if on_ready else None
     try:
         await stop.wait()
     finally:

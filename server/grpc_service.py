@@ -59,7 +59,8 @@ class FeatureStoreService:
         )
         (result,) = await self._commit([op])
         _count_writes(schema, [result])
-        return pb.PutRecordResponse(applied=bool(result)).SerializeToString()
+        out: bytes = pb.PutRecordResponse(applied=bool(result)).SerializeToString()
+        return out
 
     async def put_records(self, data: bytes) -> bytes:
         req = pb.PutRecordsRequest.FromString(data)
@@ -73,7 +74,8 @@ class FeatureStoreService:
             ops.append(PutOp(gid, key, rec.event_time_us, rec.expires_at_us, rec.payload))
         results = await self._commit(ops) if ops else []
         stale = _count_writes(schema, results)
-        return pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
+        out: bytes = pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
+        return out
 
     async def delete_record(self, data: bytes) -> bytes:
         req = pb.DeleteRecordRequest.FromString(data)
@@ -87,7 +89,8 @@ class FeatureStoreService:
         hard = req.deletion_mode == pb.DELETION_MODE_HARD_DELETE
         op = DeleteOp(schema.group_id, record_key(schema.group_id, record_id), event_time_us, hard)
         (result,) = await self._commit([op])
-        return pb.DeleteRecordResponse(applied=bool(result)).SerializeToString()
+        out: bytes = pb.DeleteRecordResponse(applied=bool(result)).SerializeToString()
+        return out
 
     async def _commit(self, ops: list[Any]) -> list[OpResult]:
         results = await asyncio.wrap_future(self._store.submit(ops))
@@ -120,7 +123,7 @@ class FeatureStoreService:
         with_expiry = req.expiration_time_response
         for n, entry in enumerate(req.identifiers):
             name = entry.feature_group_name
-            ids = entry.record_identifiers
+            ids = list(entry.record_identifiers)
             if n >= MAX_BATCH_GROUPS or len(ids) > MAX_BATCH_IDS:
                 rest = ids if n >= MAX_BATCH_GROUPS else ids[MAX_BATCH_IDS:]
                 side.unprocessed_identifiers.add(
@@ -181,7 +184,7 @@ def _project(schema: CompiledSchema, payload: memoryview, names: Any) -> memoryv
     for f in wanted:
         if f not in schema.features:
             raise schema.unknown_feature(f)
-    record = pb.Record.FromString(payload)
+    record = pb.Record.FromString(bytes(payload))
     kept = pb.Record(features=[fv for fv in record.features if fv.feature_name in wanted])
     return memoryview(kept.SerializeToString())
 

@@ -72,6 +72,7 @@ class _DropGroupOp:
 
 
 Op = PutOp | DeleteOp | _PurgeOp | _DropGroupOp
+_Stored = dict[bytes, bytes | None]  # a commit's view of the stored values of its keys
 #: Per op: True when it changed the online record, False when it was older than the stored one,
 #: or the error that refused it.
 OpResult = bool | TesseraError
@@ -129,7 +130,7 @@ class RocksDBOnlineStore:
     def multi_get(
         self, keys: list[bytes], at_us: int
     ) -> list[tuple[memoryview, int | None] | None]:
-        return [_live(raw, at_us) for raw in self._records.get(keys)]
+        return [_live(raw, at_us) for raw in self._records.get(keys)]  # type: ignore[arg-type, union-attr]
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -191,7 +192,9 @@ class RocksDBOnlineStore:
     ) -> list[list[OpResult]]:
         at_us = now_us()
         keys = [op.key for ops, _ in batch for op in ops if not isinstance(op, _DropGroupOp)]
-        stored = dict(zip(keys, self._records.get(keys), strict=True)) if keys else {}
+        stored: _Stored = {}
+        if keys:
+            stored.update(zip(keys, self._records.get(keys), strict=True))  # type: ignore[arg-type]
         wb = rocksdict.WriteBatch(raw_mode=True)
         out: list[list[OpResult]] = []
         n = 0
@@ -213,7 +216,7 @@ class RocksDBOnlineStore:
         self.committed_ops += n
         return out
 
-    def _newer_stored(self, stored: dict[bytes, bytes | None], key: bytes, et: int, at: int) -> int:
+    def _newer_stored(self, stored: _Stored, key: bytes, et: int, at: int) -> int:
         """The stored event time if a live-or-tombstoned record newer than `et` exists, else -1."""
         raw = stored.get(key)
         if raw is None:
@@ -223,7 +226,7 @@ class RocksDBOnlineStore:
             return -1  # expired: as if absent
         return stored_et if stored_et > et else -1
 
-    def _put(self, wb: rocksdict.WriteBatch, stored: dict, op: PutOp, at_us: int) -> OpResult:
+    def _put(self, wb: rocksdict.WriteBatch, stored: _Stored, op: PutOp, at_us: int) -> OpResult:
         if op.group_id in self._dropped:
             return StorageError("the feature group was deleted while this write was queued")
         if self._newer_stored(stored, op.key, op.event_time_us, at_us) >= 0:
@@ -237,7 +240,9 @@ class RocksDBOnlineStore:
         stored[op.key] = value
         return True
 
-    def _delete(self, wb: rocksdict.WriteBatch, stored: dict, op: DeleteOp, at_us: int) -> OpResult:
+    def _delete(
+        self, wb: rocksdict.WriteBatch, stored: _Stored, op: DeleteOp, at_us: int
+    ) -> OpResult:
         if op.group_id in self._dropped:
             return StorageError("the feature group was deleted while this write was queued")
         newer = self._newer_stored(stored, op.key, op.event_time_us, at_us)
@@ -258,7 +263,7 @@ class RocksDBOnlineStore:
             stored[op.key] = value
         return True
 
-    def _purge(self, wb: rocksdict.WriteBatch, stored: dict, op: _PurgeOp) -> OpResult:
+    def _purge(self, wb: rocksdict.WriteBatch, stored: _Stored, op: _PurgeOp) -> OpResult:
         wb.delete(op.index_key, self._expiry_cf)
         raw = stored.get(op.key)
         if raw is None:
@@ -270,7 +275,7 @@ class RocksDBOnlineStore:
             return True
         return False  # rewritten since the index entry was made
 
-    def _drop(self, wb: rocksdict.WriteBatch, stored: dict, op: _DropGroupOp) -> OpResult:
+    def _drop(self, wb: rocksdict.WriteBatch, stored: _Stored, op: _DropGroupOp) -> OpResult:
         self._dropped.add(op.group_id)
         wb.delete_range(group_prefix(op.group_id), group_prefix(op.group_id + 1), self._records_cf)
         for key in stored:

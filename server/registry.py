@@ -42,7 +42,7 @@ class FeatureGroupRegistry:
         self._groups: dict[str, FeatureGroup] = {}
         self._schemas: dict[str, CompiledSchema] = {}
         for key, raw in self._cf.items(from_key=_GROUP_PREFIX):
-            if not key.startswith(_GROUP_PREFIX):
+            if not isinstance(key, bytes) or not key.startswith(_GROUP_PREFIX):
                 break
             self._install(FeatureGroup.model_validate_json(raw))
 
