@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per SDK call otherwise
     args = build_parser().parse_args(argv)
     from tessera.core.errors import TesseraError
 

@@ -56,5 +56,6 @@ def _show(record: dict[str, object] | None) -> str:
     if record is None:
         return "None"
     return "{" + ", ".join(
-        f"{k}: {v.tolist() if isinstance(v, np.ndarray) else v!r}" for k, v in record.items()
+        f"{k}: {[round(float(x), 4) for x in v] if isinstance(v, np.ndarray) else v!r}"
+        for k, v in record.items()
     ) + "}"
