@@ -240,10 +240,18 @@ def check_feature_definitions(
 ) -> dict[str, FeatureType]:
     """Types of the given definitions, checking names and refusing duplicates of each other and
     of `existing` feature names."""
+    from tessera.core.offline_layout import RESERVED_NAMES, RESERVED_PREFIX
+
     types: dict[str, FeatureType] = {}
     taken = set(existing)
     for d in definitions:
         check_name("feature_name", d.feature_name)
+        if d.feature_name in RESERVED_NAMES or d.feature_name.startswith(RESERVED_PREFIX):
+            raise InvalidRequestError(
+                f"feature_name '{d.feature_name}' is reserved for the offline store's columns; "
+                f"reserved: {', '.join(sorted(RESERVED_NAMES))} and names starting with "
+                f"'{RESERVED_PREFIX}'"
+            )
         if d.feature_name in types:
             raise InvalidRequestError(f"feature '{d.feature_name}' is defined twice")
         if d.feature_name in taken:

@@ -59,14 +59,16 @@ class Record(_message.Message):
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureValue, _Mapping]]] = ...) -> None: ...
 
 class PutRecordRequest(_message.Message):
-    __slots__ = ("feature_group_name", "record", "ttl_s")
+    __slots__ = ("feature_group_name", "record", "ttl_s", "source")
     FEATURE_GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     feature_group_name: str
     record: Record
     ttl_s: float
-    def __init__(self, feature_group_name: _Optional[str] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+    source: str
+    def __init__(self, feature_group_name: _Optional[str] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., ttl_s: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class PutRecordResponse(_message.Message):
     __slots__ = ("applied",)
@@ -75,14 +77,16 @@ class PutRecordResponse(_message.Message):
     def __init__(self, applied: _Optional[bool] = ...) -> None: ...
 
 class PutRecordsRequest(_message.Message):
-    __slots__ = ("feature_group_name", "records", "ttl_s")
+    __slots__ = ("feature_group_name", "records", "ttl_s", "sources")
     FEATURE_GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     feature_group_name: str
     records: _containers.RepeatedCompositeFieldContainer[Record]
     ttl_s: float
-    def __init__(self, feature_group_name: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, feature_group_name: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., ttl_s: _Optional[float] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PutRecordsResponse(_message.Message):
     __slots__ = ("written", "stale")
