@@ -13,7 +13,7 @@ a delete row carries only the record identifier and event time), plus
     tessera_event_time    timestamp[us, UTC]  the event time feature, parsed
     tessera_seq           int64               commit sequence number: total write order
     tessera_expires_at    timestamp[us, UTC]  ExpiresAt (event time + TTL) or null
-    tessera_source        string              where the write came from, e.g. "kafka:t/0/42", or null
+    tessera_source        string              origin of the write ("kafka:t/0/42") or null
 
 `event_date` (the UTC date of the event time) is the Hive partition. File names carry the commit
 sequence range, so rewriting a range after a crash replaces a file instead of duplicating rows.

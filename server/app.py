@@ -19,10 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from tessera.core.schema import FeatureGroup
 from tessera.server import metrics
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
+from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
+from tessera.server.outbox import OutboxFlusher
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.rocksdb import open_rocksdb
 from tessera.server.settings import Settings
@@ -37,6 +40,25 @@ class _EmbeddedHTTPServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _StoreHooks:
+    """Keeps the stores in step with the registry."""
+
+    def __init__(
+        self, store: RocksDBOnlineStore, offline: ParquetOfflineWriter, flusher: OutboxFlusher
+    ) -> None:
+        self._store, self._offline, self._flusher = store, offline, flusher
+
+    def group_changed(self, group: FeatureGroup) -> None:
+        self._offline.publish_group(group)
+
+    def group_deleted(self, group: FeatureGroup) -> None:
+        # Every write queued before the delete commits first; then its history is flushed and
+        # set aside, so a new group of the same name starts with an empty history.
+        self._store.drop_group(group.feature_group_id).result()
+        self._flusher.flush_all()
+        self._offline.retire_group(group)
 
 
 @dataclass(frozen=True)
@@ -58,10 +80,17 @@ async def serve(
         write_buffer_mb=settings.online_store.write_buffer_mb,
     )
     store = RocksDBOnlineStore(rocks, settings.online_store.max_commit_records)
-    def drop_records(group_id: int) -> None:
-        store.drop_group(group_id).result()
-
-    registry = FeatureGroupRegistry(rocks, on_delete=drop_records)
+    registry = FeatureGroupRegistry(rocks)
+    offline = ParquetOfflineWriter(settings.offline_root)
+    flusher = OutboxFlusher(
+        rocks, store, offline, registry.by_id,
+        interval_s=settings.offline_store.flush_interval_s,
+        max_rows=settings.offline_store.flush_max_rows,
+    )
+    registry.hooks = _StoreHooks(store, offline, flusher)
+    for group in registry.list():
+        offline.publish_group(group)
+    flusher.start()
     metrics.FEATURE_GROUPS.set(len(registry.list()))
     purger = TtlPurger(
         store, settings.online_store.ttl_purge_interval_s, settings.online_store.ttl_purge_batch
@@ -70,6 +99,8 @@ async def serve(
     metrics.GROUP_COMMITS.set_function(lambda: store.commits)
     metrics.GROUP_COMMIT_OPS.set_function(lambda: store.committed_ops)
     metrics.TTL_PURGED.set_function(lambda: purger.purged)
+    metrics.OUTBOX_PENDING.set_function(flusher.pending)
+    metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
     ready = False
 
     grpc_server = grpc.aio.server(
@@ -138,5 +169,6 @@ async def serve(
         await http_task
         purger.stop()
         store.close()  # drains queued writes
+        flusher.stop()  # and everything committed reaches Parquet
         rocks.close()
         log.info("stopped cleanly")

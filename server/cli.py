@@ -19,6 +19,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     update: dict[str, object] = {"server": base.server.model_copy(update=server)}
     if args.data_dir is not None:
         update["data_dir"] = args.data_dir
+    if getattr(args, "offline_flush_interval_s", None) is not None:
+        update["offline_store"] = base.offline_store.model_copy(
+            update={"flush_interval_s": args.offline_flush_interval_s}
+        )
     return base.model_copy(update=update)
 
 
@@ -83,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 = any free)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8080; 0 = any free)")
+    serve.add_argument("--offline-flush-interval-s", type=float,
+                       help="most seconds before a write reaches the offline store (default 30)")
     serve.add_argument("--ready-file", type=Path,
                        help="write {grpc_port, http_port, pid} as JSON here once serving")
     serve.add_argument("--demo", action="store_true",

@@ -19,12 +19,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tessera.core import eventtime
-from tessera.core.errors import InvalidRequestError, TesseraError
+from tessera.core.errors import InvalidRequestError, PreconditionFailedError, TesseraError
 from tessera.core.keys import normalize_record_id, record_key
-from tessera.core.records import validate_record
+from tessera.core.records import ValidatedRecord, validate_record
 from tessera.core.schema import CompiledSchema
 from tessera.proto.v1 import feature_store_pb2 as pb
-from tessera.server import metrics, wire
+from tessera.server import history, metrics, wire
 from tessera.server.online_store import DeleteOp, OpResult, PutOp, RocksDBOnlineStore, now_us
 from tessera.server.registry import FeatureGroupRegistry
 
@@ -46,38 +46,43 @@ class FeatureStoreService:
     # --- writes --------------------------------------------------------------------------------
 
     async def put_record(self, data: bytes) -> bytes:
+        api_us = now_us()
         req = pb.PutRecordRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
-        rec = validate_record(schema, req.record, ttl_s)
-        op = PutOp(
-            schema.group_id,
-            record_key(schema.group_id, rec.record_id),
-            rec.event_time_us,
-            rec.expires_at_us,
-            rec.payload,
-        )
+        op = put_op(schema, validate_record(schema, req.record, ttl_s), api_us, req.source)
         (result,) = await self._commit([op])
         _count_writes(schema, [result])
         out: bytes = pb.PutRecordResponse(applied=bool(result)).SerializeToString()
         return out
 
     async def put_records(self, data: bytes) -> bytes:
+        api_us = now_us()
         req = pb.PutRecordsRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
-        gid = schema.group_id
-        ops = []
-        for i, record in enumerate(req.records):
-            rec = validate_record(schema, record, ttl_s, where=f"records[{i}]")
-            key = record_key(gid, rec.record_id)
-            ops.append(PutOp(gid, key, rec.event_time_us, rec.expires_at_us, rec.payload))
+        sources = req.sources
+        if sources and len(sources) != len(req.records):
+            raise InvalidRequestError(
+                f"sources has {len(sources)} entries for {len(req.records)} records; "
+                "give none or one per record"
+            )
+        ops = [
+            put_op(
+                schema,
+                validate_record(schema, record, ttl_s, where=f"records[{i}]"),
+                api_us,
+                sources[i] if sources else "",
+            )
+            for i, record in enumerate(req.records)
+        ]
         results = await self._commit(ops) if ops else []
         stale = _count_writes(schema, results)
         out: bytes = pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
         return out
 
     async def delete_record(self, data: bytes) -> bytes:
+        api_us = now_us()
         req = pb.DeleteRecordRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
         record_id = normalize_record_id(schema, req.record_identifier)
@@ -87,7 +92,7 @@ class FeatureStoreService:
             )
         event_time_us = eventtime.parse(req.event_time, "event_time")
         hard = req.deletion_mode == pb.DELETION_MODE_HARD_DELETE
-        op = DeleteOp(schema.group_id, record_key(schema.group_id, record_id), event_time_us, hard)
+        op = delete_op(schema, record_id, event_time_us, hard, api_us)
         (result,) = await self._commit([op])
         out: bytes = pb.DeleteRecordResponse(applied=bool(result)).SerializeToString()
         return out
@@ -104,6 +109,8 @@ class FeatureStoreService:
     def get_record(self, data: bytes) -> bytes:
         req = pb.GetRecordRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
+        if not schema.online:
+            raise _no_online_store(schema)
         record_id = normalize_record_id(schema, req.record_identifier)
         hit = self._store.get(record_key(schema.group_id, record_id), now_us())
         if hit is None:
@@ -141,13 +148,15 @@ class FeatureStoreService:
                                     error_code="NOT_FOUND", error_message=msg)
                 continue
             try:
+                if not schema.online:
+                    raise _no_online_store(schema)
                 for f in entry.feature_names:
                     if f not in schema.features:
                         raise schema.unknown_feature(f)
-            except InvalidRequestError as exc:
+            except TesseraError as exc:
                 for rid in ids:
                     side.errors.add(feature_group_name=name, record_identifier=rid,
-                                    error_code="INVALID_ARGUMENT", error_message=exc.message)
+                                    error_code=exc.grpc_code, error_message=exc.message)
                 continue
             good: list[str] = []
             for rid in ids:
@@ -176,6 +185,51 @@ class FeatureStoreService:
     def echo(self, data: bytes) -> bytes:
         # EchoResponse has EchoRequest's layout: the request bytes are the response.
         return data
+
+
+def put_op(
+    schema: CompiledSchema, rec: ValidatedRecord, api_invocation_time_us: int, source: str
+) -> PutOp:
+    """The store operation of a validated put, with its history row when the group keeps one."""
+    gid = schema.group_id
+    row = None
+    if schema.offline:
+        row = history.encode(gid, api_invocation_time_us, rec.event_time_us, rec.expires_at_us,
+                             False, source, rec.payload)
+    return PutOp(gid, record_key(gid, rec.record_id), rec.event_time_us, rec.expires_at_us,
+                 rec.payload, row, schema.online)
+
+
+def delete_op(
+    schema: CompiledSchema, record_id: str, event_time_us: int, hard: bool,
+    api_invocation_time_us: int, source: str = "",
+) -> DeleteOp:
+    """The store operation of a delete; its history row is a delete marker carrying the record
+    identifier and the event time."""
+    gid = schema.group_id
+    row = None
+    if schema.offline:
+        marker = pb.Record()
+        fv = marker.features.add(feature_name=schema.record_identifier.name)
+        if schema.record_identifier.oneof == "int_value":
+            fv.int_value = int(record_id)
+        else:
+            fv.string_value = record_id
+        et = marker.features.add(feature_name=schema.event_time.name)
+        if schema.event_time.oneof == "float_value":
+            et.float_value = event_time_us / eventtime.US_PER_S
+        else:
+            et.string_value = eventtime.to_iso(event_time_us)
+        row = history.encode(gid, api_invocation_time_us, event_time_us, None, True, source,
+                             marker.SerializeToString())
+    return DeleteOp(gid, record_key(gid, record_id), event_time_us, hard, row, schema.online)
+
+
+def _no_online_store(schema: CompiledSchema) -> PreconditionFailedError:
+    return PreconditionFailedError(
+        f"feature group '{schema.group_name}' has no online store "
+        "(online_store_config.enable_online_store is false); read its history offline"
+    )
 
 
 def _project(schema: CompiledSchema, payload: memoryview, names: Any) -> memoryview:

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tessera.core.errors import InvalidRequestError, TesseraError
+from tessera.core.errors import TesseraError
 from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
 from tessera.server.registry import FeatureGroupRegistry
@@ -76,11 +76,6 @@ def create_app(registry: FeatureGroupRegistry, is_ready: Callable[[], bool]) -> 
     @app.post("/v1/feature-groups", status_code=201, tags=["feature groups"])
     async def create_feature_group(definition: FeatureGroupDefinition) -> dict[str, Any]:
         """Create a feature group (SageMaker CreateFeatureGroup, snake_case)."""
-        if not definition.online_store_config.enable_online_store:
-            raise InvalidRequestError(
-                "online_store_config.enable_online_store: offline-only feature groups are not "
-                "supported by this server version; enable the online store"
-            )
         group = await asyncio.to_thread(registry.create, definition)
         metrics.FEATURE_GROUPS.set(len(registry.list()))
         return group.describe()

@@ -61,3 +61,13 @@ TTL_PURGED = Gauge(
 FEATURE_GROUPS = Gauge(
     "tessera_feature_groups", "Feature groups in the registry.", registry=REGISTRY
 )
+OUTBOX_PENDING = Gauge(
+    "tessera_offline_outbox_pending_rows",
+    "History rows committed but not yet written to the offline store's Parquet files.",
+    registry=REGISTRY,
+)
+OFFLINE_ROWS = Gauge(
+    "tessera_offline_rows_written",
+    "History rows written to Parquet since start.",
+    registry=REGISTRY,
+)

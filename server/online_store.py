@@ -27,7 +27,8 @@ import rocksdict
 from tessera.core.errors import PreconditionFailedError, StorageError, TesseraError
 from tessera.core.eventtime import to_iso
 from tessera.core.keys import group_prefix
-from tessera.server.rocksdb import EXPIRY, RECORDS, RocksDB
+from tessera.server import history
+from tessera.server.rocksdb import EXPIRY, OUTBOX, RECORDS, RocksDB
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,26 @@ HEADER_SIZE = HEADER.size
 TOMBSTONE = 1
 HAS_EXPIRY = 2
 _EXPIRY_KEY = struct.Struct(">q")
+_SEQ = struct.Struct(">Q")
+OUTBOX_ROW = b"r"  # outbox row keys: OUTBOX_ROW + big-endian seq, so seq order is key order
+FLUSHED_MARK = b"m/flushed"  # the last seq written to Parquet and trimmed from the outbox
+
+
+def outbox_key(seq: int) -> bytes:
+    return OUTBOX_ROW + _SEQ.pack(seq)
+
+
+def outbox_seq(key: bytes) -> int:
+    return int(_SEQ.unpack_from(key, len(OUTBOX_ROW))[0])
+
+
+def read_mark(rocks: RocksDB, mark: bytes) -> int:
+    raw = rocks.outbox.get(mark)
+    return int(_SEQ.unpack(raw)[0]) if isinstance(raw, bytes) else 0
+
+
+def pack_mark(seq: int) -> bytes:
+    return _SEQ.pack(seq)
 
 
 def now_us() -> int:
@@ -49,6 +70,10 @@ class PutOp:
     event_time_us: int
     expires_at_us: int | None
     payload: bytes
+    #: The history row for the offline store (server/history.py), or None when it has none.
+    history: bytes | None = None
+    #: False for a group without an online store: only the history row is written.
+    online: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +82,8 @@ class DeleteOp:
     key: bytes
     event_time_us: int
     hard: bool
+    history: bytes | None = None
+    online: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +137,10 @@ class RocksDBOnlineStore:
         self._records = rocks.records
         self._records_cf = rocks.handle(RECORDS)
         self._expiry_cf = rocks.handle(EXPIRY)
+        self._outbox_cf = rocks.handle(OUTBOX)
+        #: The last commit sequence number made durable: history rows up to it are in the outbox
+        #: (or already flushed). Only the writer thread advances it.
+        self.last_seq = self._recover_last_seq()
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._max_commit_records = max_commit_records
@@ -121,6 +152,13 @@ class RocksDBOnlineStore:
         self.committed_ops = 0
         self._writer = threading.Thread(target=self._run_writer, name="tessera-writer")
         self._writer.start()
+
+    def _recover_last_seq(self) -> int:
+        it = self._rocks.outbox.iter()
+        it.seek_for_prev(OUTBOX_ROW + b"\xff" * _SEQ.size)
+        last = outbox_seq(it.key()) if it.valid() and it.key().startswith(OUTBOX_ROW) else 0
+        del it
+        return max(last, read_mark(self._rocks, FLUSHED_MARK))
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -198,20 +236,36 @@ class RocksDBOnlineStore:
         wb = rocksdict.WriteBatch(raw_mode=True)
         out: list[list[OpResult]] = []
         n = 0
+        seq = self.last_seq
         for ops, _ in batch:
             results: list[OpResult] = []
             for op in ops:
                 n += 1
-                if isinstance(op, PutOp):
-                    results.append(self._put(wb, stored, op, at_us))
-                elif isinstance(op, DeleteOp):
-                    results.append(self._delete(wb, stored, op, at_us))
+                result: OpResult
+                if isinstance(op, PutOp | DeleteOp):
+                    if op.group_id in self._dropped:
+                        result = StorageError(
+                            "the feature group was deleted while this write was queued"
+                        )
+                    elif not op.online:
+                        result = True
+                    elif isinstance(op, PutOp):
+                        result = self._put(wb, stored, op, at_us)
+                    else:
+                        result = self._delete(wb, stored, op, at_us)
+                    # History keeps every accepted write, applied online or not.
+                    if op.history is not None and not isinstance(result, TesseraError):
+                        seq += 1
+                        row = history.with_write_time(at_us, op.history)
+                        wb.put(outbox_key(seq), row, self._outbox_cf)
                 elif isinstance(op, _PurgeOp):
-                    results.append(self._purge(wb, stored, op))
+                    result = self._purge(wb, stored, op)
                 else:
-                    results.append(self._drop(wb, stored, op))
+                    result = self._drop(wb, stored, op)
+                results.append(result)
             out.append(results)
         self._rocks.db.write(wb, self._sync)
+        self.last_seq = seq
         self.commits += 1
         self.committed_ops += n
         return out
@@ -227,8 +281,6 @@ class RocksDBOnlineStore:
         return stored_et if stored_et > et else -1
 
     def _put(self, wb: rocksdict.WriteBatch, stored: _Stored, op: PutOp, at_us: int) -> OpResult:
-        if op.group_id in self._dropped:
-            return StorageError("the feature group was deleted while this write was queued")
         if self._newer_stored(stored, op.key, op.event_time_us, at_us) >= 0:
             return False
         if op.expires_at_us is None:
@@ -243,8 +295,6 @@ class RocksDBOnlineStore:
     def _delete(
         self, wb: rocksdict.WriteBatch, stored: _Stored, op: DeleteOp, at_us: int
     ) -> OpResult:
-        if op.group_id in self._dropped:
-            return StorageError("the feature group was deleted while this write was queued")
         newer = self._newer_stored(stored, op.key, op.event_time_us, at_us)
         if newer >= 0:
             if op.hard:

@@ -1,7 +1,8 @@
 """The registry of feature groups: durable in RocksDB, served from memory.
 
 Each group gets a numeric id that is never reused, so records of a deleted group can never show
-through a new group of the same name, and a group's records are one key range.
+through a new group of the same name, and a group's records are one key range. A deleted group's
+definition is kept as retired, so history rows still in the outbox can be written out.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from typing import Protocol
 
 import rocksdict
 
@@ -24,27 +26,44 @@ from tessera.core.schema import (
 from tessera.server.rocksdb import RocksDB
 
 _GROUP_PREFIX = b"group/"
+_RETIRED_PREFIX = b"retired/"
 _NEXT_ID = b"meta/next_group_id"
 _ID = struct.Struct(">Q")
+
+
+class RegistryHooks(Protocol):
+    """What happens elsewhere when the registry changes (the offline store's folders, the
+    online store's records)."""
+
+    def group_changed(self, group: FeatureGroup) -> None: ...
+    def group_deleted(self, group: FeatureGroup) -> None: ...
+
+
+def _scan(cf: rocksdict.Rdict, prefix: bytes) -> Iterator[FeatureGroup]:
+    for key, raw in cf.items(from_key=prefix):
+        if not isinstance(key, bytes) or not key.startswith(prefix):
+            return
+        yield FeatureGroup.model_validate_json(raw)
 
 
 class FeatureGroupRegistry:
     """Create, describe, list, evolve and delete feature groups."""
 
-    def __init__(self, rocks: RocksDB, on_delete: Callable[[int], None]) -> None:
+    def __init__(self, rocks: RocksDB, hooks: RegistryHooks | None = None) -> None:
         self._db = rocks.db
         self._cf = rocks.registry
         self._handle = rocks.handle("registry")
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._lock = threading.Lock()  # serializes mutations; reads use the dicts as they are
-        self._on_delete = on_delete
+        self.hooks = hooks
         self._groups: dict[str, FeatureGroup] = {}
         self._schemas: dict[str, CompiledSchema] = {}
-        for key, raw in self._cf.items(from_key=_GROUP_PREFIX):
-            if not isinstance(key, bytes) or not key.startswith(_GROUP_PREFIX):
-                break
-            self._install(FeatureGroup.model_validate_json(raw))
+        self._retired: dict[int, FeatureGroup] = {g.feature_group_id: g
+                                                 for g in _scan(self._cf, _RETIRED_PREFIX)}
+        self._by_id: dict[int, FeatureGroup] = {}
+        for group in _scan(self._cf, _GROUP_PREFIX):
+            self._install(group)
 
     # --- reads (the request path) --------------------------------------------------------------
 
@@ -63,6 +82,14 @@ class FeatureGroupRegistry:
             return self._groups[name]
         except KeyError:
             raise FeatureGroupNotFoundError(name) from None
+
+    def by_id(self, group_id: int) -> tuple[FeatureGroup, bool] | None:
+        """A live or retired group by id, and whether it is retired."""
+        live = self._by_id.get(group_id)
+        if live is not None:
+            return live, False
+        retired = self._retired.get(group_id)
+        return (retired, True) if retired is not None else None
 
     def list(self, name_contains: str | None = None) -> list[FeatureGroup]:
         groups = sorted(self._groups.values(), key=lambda g: g.name)
@@ -92,7 +119,9 @@ class FeatureGroupRegistry:
             wb.put(_GROUP_PREFIX + name.encode(), group.model_dump_json().encode(), self._handle)
             self._db.write(wb, self._sync)
             self._install(group)
-            return group
+        if self.hooks is not None:
+            self.hooks.group_changed(group)
+        return group
 
     def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
         with self._lock:
@@ -120,18 +149,28 @@ class FeatureGroupRegistry:
             )
             self._cf.put(_GROUP_PREFIX + name.encode(), new.model_dump_json().encode(), self._sync)
             self._install(new)
-            return new
+        if self.hooks is not None:
+            self.hooks.group_changed(new)
+        return new
 
     def delete(self, name: str) -> None:
         with self._lock:
             group = self.describe(name)
-            self._cf.delete(_GROUP_PREFIX + name.encode(), self._sync)
+            gid = group.feature_group_id
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb.delete(_GROUP_PREFIX + name.encode(), self._handle)
+            wb.put(_RETIRED_PREFIX + _ID.pack(gid), group.model_dump_json().encode(), self._handle)
+            self._db.write(wb, self._sync)
+            self._retired[gid] = group
             del self._schemas[name]
             del self._groups[name]
-        self._on_delete(group.feature_group_id)
+            del self._by_id[gid]
+        if self.hooks is not None:
+            self.hooks.group_deleted(group)
 
     def _install(self, group: FeatureGroup) -> None:
         self._schemas[group.name] = CompiledSchema.of(group)
         self._groups[group.name] = group
+        self._by_id[group.feature_group_id] = group
 
 

@@ -12,7 +12,8 @@ from tessera.core.errors import StorageError
 RECORDS = "records"  # group_id | record_id -> header + Record wire bytes
 EXPIRY = "expiry"  # expires_at_us | group_id | record_id -> b"" (the TTL purge's index)
 REGISTRY = "registry"  # feature group definitions
-COLUMN_FAMILIES = ("default", RECORDS, EXPIRY, REGISTRY)
+OUTBOX = "outbox"  # b"r" | seq -> history row, until flushed to Parquet; b"m/..." its marks
+COLUMN_FAMILIES = ("default", RECORDS, EXPIRY, REGISTRY, OUTBOX)
 
 
 @dataclass
@@ -23,6 +24,7 @@ class RocksDB:
     records: rocksdict.Rdict
     expiry: rocksdict.Rdict
     registry: rocksdict.Rdict
+    outbox: rocksdict.Rdict
 
     def handle(self, name: str) -> rocksdict.ColumnFamily:
         return self.db.get_column_family_handle(name)
@@ -31,7 +33,7 @@ class RocksDB:
         """Sync the WAL and close. RocksDB releases its lock once every Python reference to the
         DB, its column families and their handles is gone."""
         self.db.flush_wal(True)
-        for view in (self.records, self.expiry, self.registry):
+        for view in (self.records, self.expiry, self.registry, self.outbox):
             view.close()
         self.db.close()
 
@@ -72,4 +74,5 @@ def open_rocksdb(path: Path, block_cache_mb: int = 512, write_buffer_mb: int = 6
         records=db.get_column_family(RECORDS),
         expiry=db.get_column_family(EXPIRY),
         registry=db.get_column_family(REGISTRY),
+        outbox=db.get_column_family(OUTBOX),
     )

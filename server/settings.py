@@ -31,6 +31,15 @@ class OnlineStoreSettings(_Section):
     ttl_purge_batch: int = Field(10_000, ge=1)
 
 
+class OfflineStoreSettings(_Section):
+    # Where Parquet history goes; default: <data_dir>/offline.
+    root: Path | None = None
+    # A committed write reaches Parquet within this delay (and at shutdown).
+    flush_interval_s: float = Field(30.0, gt=0, le=3600)
+    # Flush early once this many rows are pending; also the most rows one flush writes.
+    flush_max_rows: int = Field(200_000, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TESSERA_", env_nested_delimiter="__", frozen=True, extra="forbid"
@@ -39,3 +48,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("tessera-data")
     server: ServerSettings = ServerSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
+    offline_store: OfflineStoreSettings = OfflineStoreSettings()
+
+    @property
+    def offline_root(self) -> Path:
+        return self.offline_store.root or self.data_dir / "offline"
