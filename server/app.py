@@ -122,7 +122,7 @@ async def serve(
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
 
-    app = create_app(registry, is_ready=lambda: ready)
+    app = create_app(registry, is_ready=lambda: ready, offline=offline)
     http = _EmbeddedHTTPServer(
         uvicorn.Config(
             app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",

@@ -78,6 +78,20 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    import httpx
+
+    resp = httpx.post(f"{args.http}/v1/feature-groups/{args.group}/compact",
+                      params={"min_files": args.min_files}, timeout=None)
+    if resp.status_code != 200:
+        print(f"tessera: compaction failed: {resp.text}", file=sys.stderr)
+        return 2
+    r = resp.json()
+    print(f"compacted {r['partitions_compacted']} partitions: {r['files_before']} files -> "
+          f"{r['files_after']} ({r['rows']} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description="Tessera feature store")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("record_id")
     get.add_argument("--features", help="comma-separated feature names")
     get.set_defaults(func=_get)
+    compact = sub.add_parser("compact", parents=[client_args],
+                             help="merge a group's small offline files (results do not change)")
+    compact.add_argument("group")
+    compact.add_argument("--min-files", type=int, default=2,
+                         help="compact partitions with at least this many files")
+    compact.set_defaults(func=_compact)
     return parser
 
 

@@ -7,6 +7,7 @@ status of the error class (422 invalid, 404 not found, 409 conflict, 503 unavail
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -18,9 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tessera.core.errors import TesseraError
+from tessera.core.errors import StorageError, TesseraError
 from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
+from tessera.server.compaction import compact_group
+from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.registry import FeatureGroupRegistry
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,11 @@ def _error(status: int, message: str, details: Any = None) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=status)
 
 
-def create_app(registry: FeatureGroupRegistry, is_ready: Callable[[], bool]) -> FastAPI:
+def create_app(
+    registry: FeatureGroupRegistry,
+    is_ready: Callable[[], bool],
+    offline: ParquetOfflineWriter | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
@@ -103,6 +110,16 @@ def create_app(registry: FeatureGroupRegistry, is_ready: Callable[[], bool]) -> 
         await asyncio.to_thread(registry.delete, name)
         metrics.FEATURE_GROUPS.set(len(registry.list()))
         return Response(status_code=204)
+
+    @app.post("/v1/feature-groups/{name}/compact", tags=["offline store"])
+    async def compact_feature_group(name: str, min_files: int = 2) -> dict[str, Any]:
+        """Merge each offline partition's small files into one, clustered by record id and
+        event time. Query results do not change."""
+        group = registry.describe(name)
+        if offline is None:
+            raise StorageError("this server has no offline store")
+        result = await asyncio.to_thread(compact_group, offline, group, min_files)
+        return dataclasses.asdict(result)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -59,7 +59,7 @@ class ParquetOfflineWriter:
         self.root = root
         self.rows_written = 0
         self.files_written = 0
-        self._lock = threading.Lock()  # folder moves vs. writes
+        self.lock = threading.Lock()  # one writer at a time per folder: flushes, moves, compaction
         root.mkdir(parents=True, exist_ok=True)
 
     # --- group folders -------------------------------------------------------------------------
@@ -81,7 +81,7 @@ class ParquetOfflineWriter:
     def retire_group(self, group: FeatureGroup) -> None:
         """Move a deleted group's history aside: a new group of the same name starts empty,
         and the old files stay readable under .retired/<name>.<id>/."""
-        with self._lock:
+        with self.lock:
             src = self.folder(group, retired=False)
             if src.exists():
                 dst = self.folder(group, retired=True)
@@ -104,7 +104,7 @@ class ParquetOfflineWriter:
             by_group[row.group_id].append(row)
         name = layout.part_file_name(first_seq, last_seq)
         files = 0
-        with self._lock:
+        with self.lock:
             for gid, group_rows in by_group.items():
                 if gid not in groups:
                     log.error("history rows of unknown feature group id %d dropped", gid)
