@@ -78,6 +78,16 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from tessera.client import FeatureStoreClient
+    from tessera.client.importer import import_table
+
+    with FeatureStoreClient(grpc=args.grpc, http=args.http) as fs:
+        result = import_table(fs, args.group, args.file, batch_size=args.batch_size)
+    print(f"imported {result.written} rows of {args.file} into '{args.group}'")
+    return 0
+
+
 def _compact(args: argparse.Namespace) -> int:
     import httpx
 
@@ -128,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("record_id")
     get.add_argument("--features", help="comma-separated feature names")
     get.set_defaults(func=_get)
+    imp = sub.add_parser("import", parents=[client_args],
+                         help="backfill a Parquet or CSV file into a group (history + latest)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--group", required=True, help="feature group name")
+    imp.add_argument("--batch-size", type=int, default=1000)
+    imp.set_defaults(func=_import)
+
     compact = sub.add_parser("compact", parents=[client_args],
                              help="merge a group's small offline files (results do not change)")
     compact.add_argument("group")
