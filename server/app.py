@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from tessera.core.catalog import Catalog
 from tessera.core.schema import FeatureGroup
 from tessera.server import metrics
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
@@ -122,7 +123,8 @@ async def serve(
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
 
-    app = create_app(registry, is_ready=lambda: ready, offline=offline)
+    catalog = Catalog(settings.offline_root, memory_limit="1GB", restrict_files=True)
+    app = create_app(registry, is_ready=lambda: ready, offline=offline, catalog=catalog)
     http = _EmbeddedHTTPServer(
         uvicorn.Config(
             app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
@@ -170,5 +172,6 @@ async def serve(
         purger.stop()
         store.close()  # drains queued writes
         flusher.stop()  # and everything committed reaches Parquet
+        catalog.close()
         rocks.close()
         log.info("stopped cleanly")

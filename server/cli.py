@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tessera.server import cli_offline
 from tessera.server.settings import Settings
 
 
@@ -78,30 +79,6 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import(args: argparse.Namespace) -> int:
-    from tessera.client import FeatureStoreClient
-    from tessera.client.importer import import_table
-
-    with FeatureStoreClient(grpc=args.grpc, http=args.http) as fs:
-        result = import_table(fs, args.group, args.file, batch_size=args.batch_size)
-    print(f"imported {result.written} rows of {args.file} into '{args.group}'")
-    return 0
-
-
-def _compact(args: argparse.Namespace) -> int:
-    import httpx
-
-    resp = httpx.post(f"{args.http}/v1/feature-groups/{args.group}/compact",
-                      params={"min_files": args.min_files}, timeout=None)
-    if resp.status_code != 200:
-        print(f"tessera: compaction failed: {resp.text}", file=sys.stderr)
-        return 2
-    r = resp.json()
-    print(f"compacted {r['partitions_compacted']} partitions: {r['files_before']} files -> "
-          f"{r['files_after']} ({r['rows']} rows)")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tessera", description="Tessera feature store")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,19 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("record_id")
     get.add_argument("--features", help="comma-separated feature names")
     get.set_defaults(func=_get)
-    imp = sub.add_parser("import", parents=[client_args],
-                         help="backfill a Parquet or CSV file into a group (history + latest)")
-    imp.add_argument("file", type=Path)
-    imp.add_argument("--group", required=True, help="feature group name")
-    imp.add_argument("--batch-size", type=int, default=1000)
-    imp.set_defaults(func=_import)
+    cli_offline.register(sub, client_args)
 
-    compact = sub.add_parser("compact", parents=[client_args],
-                             help="merge a group's small offline files (results do not change)")
-    compact.add_argument("group")
-    compact.add_argument("--min-files", type=int, default=2,
-                         help="compact partitions with at least this many files")
-    compact.set_defaults(func=_compact)
+    from tessera.ingest.cli import register as register_ingest
+
+    register_ingest(sub)  # `tessera ingest`: Kafka topics into feature groups
     return parser
 
 

@@ -12,13 +12,16 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
+import pyarrow as pa
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 
+from tessera.core.catalog import Catalog, format_result
 from tessera.core.errors import StorageError, TesseraError
 from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
@@ -38,10 +41,19 @@ def _error(status: int, message: str, details: Any = None) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=status)
 
 
+class SqlQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    format: Literal["json", "csv", "parquet"] = "json"
+    max_rows: int = Field(10_000, ge=1, le=1_000_000)
+
+
 def create_app(
     registry: FeatureGroupRegistry,
     is_ready: Callable[[], bool],
     offline: ParquetOfflineWriter | None = None,
+    catalog: Catalog | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Tessera control plane",
@@ -120,6 +132,30 @@ def create_app(
             raise StorageError("this server has no offline store")
         result = await asyncio.to_thread(compact_group, offline, group, min_files)
         return dataclasses.asdict(result)
+
+    @app.post("/v1/sql", tags=["offline store"])
+    async def run_sql(body: SqlQuery) -> Response:
+        """Run one read-only SELECT over the offline store's views (one per feature group).
+        `format`: json (at most `max_rows` rows), csv, or parquet (the whole result)."""
+        if catalog is None:
+            raise StorageError("this server has no offline store")
+
+        def run() -> pa.Table:
+            catalog.refresh()
+            return catalog.sql(body.query)
+
+        table = await asyncio.to_thread(run)
+        if body.format == "json":
+            shown = table.slice(0, body.max_rows)
+            return JSONResponse({
+                "columns": shown.column_names,
+                "rows": [list(r.values()) for r in shown.to_pylist()],
+                "row_count": table.num_rows,
+                "truncated": table.num_rows > body.max_rows,
+            }, media_type="application/json")
+        out = format_result(table, body.format)
+        media = "text/csv" if body.format == "csv" else "application/vnd.apache.parquet"
+        return Response(out, media_type=media)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
