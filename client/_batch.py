@@ -6,7 +6,8 @@ most MAX_PUT_REQUEST_BYTES), BatchGetRecord in calls of at most 100 groups x 100
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,35 +31,82 @@ MAX_PUT_REQUEST_BYTES = 32 * 1024 * 1024
 FeatureFilter = Iterable[str] | str | Mapping[str, Iterable[str] | str] | None
 
 
+#: What put_records takes per record: feature name -> Python value, or a wire Record as is.
+RecordInput = Mapping[str, Any] | pb.Record
+
+
 def put_records_requests(
     group: str,
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[RecordInput],
     ttl_s: float | None,
     batch_size: int,
     max_bytes: int = MAX_PUT_REQUEST_BYTES,
+    sources: Iterable[str] | None = None,
 ) -> Iterator[pb.PutRecordsRequest]:
     """PutRecordsRequests of at most `batch_size` records and about `max_bytes` each, built
-    lazily, so that a long iterable is never held in memory as a whole."""
+    lazily, so that a long iterable is never held in memory as a whole. `sources`, if given,
+    holds one source per record (PutRecordsRequest.sources) and is split alongside."""
     if batch_size < 1:
         raise InvalidRequestError(f"batch_size must be at least 1, got {batch_size}")
+    source_iter = iter(sources) if sources is not None else None
     chunk: list[pb.Record] = []
+    chunk_sources: list[str] = []
     size = 0
+    n = 0
     for values in records:
-        record = to_record(values)
+        record = values if isinstance(values, pb.Record) else to_record(values)
         record_size = record.ByteSize()
         if chunk and (len(chunk) >= batch_size or size + record_size > max_bytes):
-            yield _put_records_request(group, chunk, ttl_s)
-            chunk, size = [], 0
+            yield _put_records_request(group, chunk, ttl_s, chunk_sources)
+            chunk, chunk_sources, size = [], [], 0
         chunk.append(record)
+        if source_iter is not None:
+            source = next(source_iter, None)
+            if source is None:
+                raise InvalidRequestError(f"sources has {n} entries; records has more")
+            chunk_sources.append(source)
         size += record_size
+        n += 1
+    if source_iter is not None and next(source_iter, None) is not None:
+        raise InvalidRequestError(f"sources has more entries than the {n} records")
     if chunk:
-        yield _put_records_request(group, chunk, ttl_s)
+        yield _put_records_request(group, chunk, ttl_s, chunk_sources)
+
+
+def encode_put_records_request(
+    group: str, records: Sequence[bytes], ttl_s: float | None, sources: Sequence[str] | None
+) -> bytes:
+    """A PutRecordsRequest's wire bytes from records already serialized as tessera.v1.Record
+    (no decoding and re-encoding: what a bulk writer holding wire records sends)."""
+    if sources and len(sources) != len(records):
+        raise InvalidRequestError(
+            f"sources has {len(sources)} entries for {len(records)} records; give none or one "
+            "per record"
+        )
+    parts = [_field(1, group.encode())]
+    parts += [_field(2, r) for r in records]
+    if ttl_s is not None:
+        parts.append(b"\x19" + struct.pack("<d", float(ttl_s)))
+    if sources:
+        parts += [_field(4, s.encode()) for s in sources]
+    return b"".join(parts)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field: tag, varint length, bytes."""
+    n = len(data)
+    head = bytearray([(number << 3) | 2])
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + data
 
 
 def _put_records_request(
-    group: str, records: list[pb.Record], ttl_s: float | None
+    group: str, records: list[pb.Record], ttl_s: float | None, sources: list[str] | None = None
 ) -> pb.PutRecordsRequest:
-    request = pb.PutRecordsRequest(feature_group_name=group, records=records)
+    request = pb.PutRecordsRequest(feature_group_name=group, records=records, sources=sources)
     if ttl_s is not None:
         request.ttl_s = float(ttl_s)
     return request

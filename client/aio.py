@@ -16,6 +16,7 @@ from tessera.client._admin import AsyncAdminTransport, FeatureSpecs, Tags
 from tessera.client._batch import (
     BatchGetResult,
     FeatureFilter,
+    RecordInput,
     batch_get_requests,
     merge_batch_get_responses,
     put_records_requests,
@@ -119,15 +120,18 @@ class AsyncFeatureStoreClient:
     async def put_records(
         self,
         feature_group_name: str,
-        records: Iterable[Mapping[str, Any]],
+        records: Iterable[RecordInput],
         ttl_s: float | None = None,
         batch_size: int = 500,
+        sources: Iterable[str] | None = None,
     ) -> int:
         """Write records in PutRecords calls of `batch_size`, one after the other; returns how
-        many were written."""
+        many were written. Records and `sources` as for FeatureStoreClient.put_records."""
         stub = self._stub()
         written = 0
-        for request in put_records_requests(feature_group_name, records, ttl_s, batch_size):
+        for request in put_records_requests(
+            feature_group_name, records, ttl_s, batch_size, sources=sources
+        ):
             response = await self._call(
                 stub.PutRecords, request, WRITE_RETRY_CODES, feature_group_name
             )

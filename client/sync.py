@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,7 +13,9 @@ from tessera.client._admin import AdminTransport, FeatureSpecs, Tags
 from tessera.client._batch import (
     BatchGetResult,
     FeatureFilter,
+    RecordInput,
     batch_get_requests,
+    encode_put_records_request,
     merge_batch_get_responses,
     put_records_requests,
 )
@@ -22,6 +24,7 @@ from tessera.client._grpc_errors import rpc_errors
 from tessera.client._requests import DeletionMode, EventTime, RecordId
 from tessera.client._retry import READ_RETRY_CODES, WRITE_RETRY_CODES, RetryPolicy, call_with_retry
 from tessera.core.errors import TesseraError
+from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.proto.v1 import feature_store_pb2_grpc
 
 T = TypeVar("T")
@@ -62,6 +65,7 @@ class FeatureStoreClient:
         self._channel = open_channel(grpc, credentials)
         self._stub = feature_store_pb2_grpc.FeatureStoreStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._admin = AdminTransport(http, timeout_s, retries) if http is not None else None
+        self._put_records_raw: Callable[..., Any] | None = None
 
     # --- feature groups (HTTP) ------------------------------------------------------------------
 
@@ -121,20 +125,45 @@ class FeatureStoreClient:
     def put_records(
         self,
         feature_group_name: str,
-        records: Iterable[Mapping[str, Any]],
+        records: Iterable[RecordInput],
         ttl_s: float | None = None,
         batch_size: int = 500,
+        sources: Iterable[str] | None = None,
     ) -> int:
         """Write records in PutRecords calls of `batch_size`; returns how many were written.
 
-        Each call is all or nothing; when one fails, the earlier calls stay written."""
+        Each call is all or nothing; when one fails, the earlier calls stay written. A record
+        may also be a wire `Record` (sent as is). `sources`: one per record, kept in the offline
+        store's tessera_source column (e.g. "kafka:<topic>/<partition>/<offset>")."""
         written = 0
-        for request in put_records_requests(feature_group_name, records, ttl_s, batch_size):
+        for request in put_records_requests(
+            feature_group_name, records, ttl_s, batch_size, sources=sources
+        ):
             response = self._call(
                 self._stub.PutRecords, request, WRITE_RETRY_CODES, feature_group_name
             )
             written += response.written
         return written
+
+    def put_records_encoded(
+        self,
+        feature_group_name: str,
+        records: Sequence[bytes],
+        ttl_s: float | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> int:
+        """Write records given as serialized tessera.v1.Record messages in ONE PutRecords call
+        (the bytes are sent as they are; keep a call well under 64 MB). Returns how many were
+        written. For bulk writers that already hold wire records, e.g. the Kafka ingest."""
+        request = encode_put_records_request(feature_group_name, records, ttl_s, sources)
+        if self._put_records_raw is None:
+            self._put_records_raw = self._channel.unary_unary(
+                "/tessera.v1.FeatureStore/PutRecords",
+                request_serializer=None,  # already bytes
+                response_deserializer=pb.PutRecordsResponse.FromString,
+            )
+        response = self._call(self._put_records_raw, request, WRITE_RETRY_CODES, feature_group_name)
+        return int(response.written)
 
     def get_record(
         self,

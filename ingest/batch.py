@@ -1,0 +1,200 @@
+"""Batches: messages gathered by size and time (`Batcher`), then turned into records to write and
+dead letters (`Preparer` -> `PreparedBatch`). No Kafka client here: the consumer feeds it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tessera.core.errors import InvalidRequestError, SerializationError
+from tessera.core.records import MAX_RECORD_BYTES, validate_record
+from tessera.core.schema import CompiledSchema
+from tessera.ingest.config import TopicConfig
+from tessera.ingest.decode import Decoder, decoder_for
+from tessera.ingest.dlq import OVERSIZED, SCHEMA, UNDECODABLE, DeadLetter, KafkaMessage
+from tessera.ingest.encode import FastEncoder
+from tessera.ingest.mapping import WHERE, RecordMapper, record_from_values
+from tessera.ingest.sinks import SinkRecord
+
+TopicPartition = tuple[str, int]
+_NO_TIMESTAMP = (0, -1)
+
+
+def source_of(msg: KafkaMessage) -> str:
+    """The record's source as the offline store keeps it: "kafka:<topic>/<partition>/<offset>"."""
+    return f"kafka:{msg.topic()}/{msg.partition()}/{msg.offset()}"
+
+
+def _tp(msg: KafkaMessage) -> TopicPartition:
+    return (msg.topic() or "", msg.partition() or 0)
+
+
+class Batcher:
+    """Messages waiting to be processed: a batch is due when it holds `max_records` messages or
+    its first message is `max_ms` old."""
+
+    def __init__(
+        self, max_records: int, max_ms: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_records = max_records
+        self._max_s = max_ms / 1000.0
+        self._clock = clock
+        self._messages: list[KafkaMessage] = []
+        self._started: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def add(self, messages: Iterable[KafkaMessage]) -> None:
+        for msg in messages:
+            if self._started is None:
+                self._started = self._clock()
+            self._messages.append(msg)
+
+    def room(self) -> int:
+        """How many more messages the batch takes."""
+        return max(0, self.max_records - len(self._messages))
+
+    def time_left_s(self) -> float:
+        """Seconds until the batch is due by age (the full window while it is empty)."""
+        if self._started is None:
+            return self._max_s
+        return max(0.0, self._started + self._max_s - self._clock())
+
+    def due(self) -> bool:
+        return bool(self._messages) and (
+            len(self._messages) >= self.max_records or self.time_left_s() <= 0.0
+        )
+
+    def take(self) -> list[KafkaMessage]:
+        out, self._messages, self._started = self._messages, [], None
+        return out
+
+    def drop_partitions(self, revoked: set[TopicPartition]) -> int:
+        """Forget the messages of revoked partitions; returns how many were dropped."""
+        kept = [m for m in self._messages if _tp(m) not in revoked]
+        dropped = len(self._messages) - len(kept)
+        self._messages = kept
+        if not kept:
+            self._started = None
+        return dropped
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after decoding and validation, until it is durable and committed.
+
+    `dead` holds the dead letters not yet acknowledged by the broker; `written` tells whether
+    `records` are durable in the store.
+    """
+
+    messages: list[KafkaMessage]
+    schema: CompiledSchema
+    records: list[SinkRecord]
+    record_messages: list[KafkaMessage]  # the message of each record
+    dead: list[DeadLetter]
+    next_offsets: dict[TopicPartition, int]
+    started: float = field(default_factory=time.monotonic)
+    written: bool = False
+
+    def drop_partitions(self, revoked: set[TopicPartition]) -> None:
+        """Forget the work of revoked partitions (another consumer will redo it)."""
+        keep = [i for i, m in enumerate(self.record_messages) if _tp(m) not in revoked]
+        self.records = [self.records[i] for i in keep]
+        self.record_messages = [self.record_messages[i] for i in keep]
+        self.dead = [d for d in self.dead if _tp(d.message) not in revoked]
+        self.messages = [m for m in self.messages if _tp(m) not in revoked]
+        self.next_offsets = {tp: o for tp, o in self.next_offsets.items() if tp not in revoked}
+
+    @property
+    def empty(self) -> bool:
+        return not self.next_offsets
+
+
+class Preparer:
+    """Decodes, maps and validates the messages of one topic."""
+
+    def __init__(
+        self,
+        topic: TopicConfig,
+        max_message_bytes: int,
+        decoder: Decoder | None = None,
+    ) -> None:
+        self._decode = decoder if decoder is not None else decoder_for(topic)
+        self._mapper = RecordMapper(topic)
+        self._ttl_s = topic.ttl_s
+        self._max_bytes = max_message_bytes
+        self._encoder: FastEncoder | None = None
+
+    def _fast(self, schema: CompiledSchema) -> FastEncoder:
+        encoder = self._encoder
+        if encoder is None or encoder.schema is not schema:
+            encoder = self._encoder = FastEncoder(schema, self._ttl_s)
+        return encoder
+
+    def prepare(self, messages: Sequence[KafkaMessage], schema: CompiledSchema) -> PreparedBatch:
+        records: list[SinkRecord] = []
+        record_messages: list[KafkaMessage] = []
+        dead: list[DeadLetter] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        prefixes: dict[TopicPartition, str] = {}
+        for msg in messages:
+            tp = (msg.topic() or "", msg.partition() or 0)
+            offset = msg.offset() or 0
+            if offset + 1 > next_offsets.get(tp, -1):
+                next_offsets[tp] = offset + 1
+            prefix = prefixes.get(tp)
+            if prefix is None:
+                prefix = prefixes[tp] = f"kafka:{tp[0]}/{tp[1]}/"
+            outcome = self.prepare_one(msg, schema, prefix + str(offset))
+            if isinstance(outcome, DeadLetter):
+                dead.append(outcome)
+            else:
+                records.append(outcome)
+                record_messages.append(msg)
+        return PreparedBatch(list(messages), schema, records, record_messages, dead, next_offsets)
+
+    def prepare_one(
+        self, msg: KafkaMessage, schema: CompiledSchema, source: str | None = None
+    ) -> SinkRecord | DeadLetter:
+        """The message's record, or why it is refused."""
+        if source is None:
+            source = source_of(msg)
+        value = msg.value()
+        if value is None:
+            return DeadLetter(
+                msg, UNDECODABLE, "the message has no value (a tombstone); deletes are not ingested"
+            )
+        if len(value) > self._max_bytes:
+            return DeadLetter(
+                msg,
+                OVERSIZED,
+                f"the message value is {len(value)} bytes; the limit is {self._max_bytes}",
+            )
+        try:
+            decoded = self._decode(value)
+        except SerializationError as exc:
+            return DeadLetter(msg, UNDECODABLE, exc.message)
+        try:
+            if isinstance(decoded, dict):
+                if self._mapper.reads_message(schema):
+                    values = self._mapper.flatten(decoded, msg.key(), msg.timestamp(), schema)
+                else:
+                    values = self._mapper.flatten(decoded, None, _NO_TIMESTAMP, schema)
+                validated = self._fast(schema).encode(values)
+                if validated is not None:
+                    return SinkRecord(validated, source)
+                record = record_from_values(values)
+            else:
+                record = self._mapper.to_record(decoded, msg.key(), msg.timestamp(), schema)
+        except InvalidRequestError as exc:
+            return DeadLetter(msg, SCHEMA, exc.message)
+        try:
+            validated = validate_record(schema, record, self._ttl_s, WHERE)
+        except InvalidRequestError as exc:
+            # The size is checked last, once the rest is valid and the record normalized.
+            kind = OVERSIZED if record.ByteSize() > MAX_RECORD_BYTES else SCHEMA
+            return DeadLetter(msg, kind, exc.message)
+        return SinkRecord(validated, source)
