@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,19 @@ async def serve(
                                    "pid": os.getpid()}))
         tmp.replace(ready_file)
 
+    ingest_stop = threading.Event()
+    ingest_task = None
+    if settings.ingest is not None:
+        from tessera.ingest import run_consumers
+        from tessera.ingest.metrics import IngestMetrics
+        from tessera.server.ingest_sink import EmbeddedSink
+
+        ingest_task = asyncio.ensure_future(asyncio.to_thread(
+            run_consumers, settings.ingest, EmbeddedSink(registry, store), ingest_stop,
+            IngestMetrics(metrics.REGISTRY),
+        ))
+        log.info("consuming %d Kafka topic(s) into the store",
+                 len(settings.ingest.topics))
     driver = asyncio.ensure_future(on_ready(ports)) if on_ready else None
     try:
         await stop.wait()
@@ -165,6 +179,12 @@ async def serve(
         ready = False
         if driver is not None and not driver.done():
             driver.cancel()
+        if ingest_task is not None:  # drain and commit before the store closes
+            ingest_stop.set()
+            try:
+                await ingest_task
+            except Exception:
+                log.exception("the embedded Kafka consumer failed")
         await health.enter_graceful_shutdown()
         await grpc_server.stop(s.shutdown_grace_s)
         http.should_exit = True

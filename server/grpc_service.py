@@ -19,14 +19,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tessera.core import eventtime
-from tessera.core.errors import InvalidRequestError, PreconditionFailedError, TesseraError
+from tessera.core.errors import InvalidRequestError, TesseraError
 from tessera.core.keys import normalize_record_id, record_key
-from tessera.core.records import ValidatedRecord, validate_record
+from tessera.core.records import validate_record
 from tessera.core.schema import CompiledSchema
 from tessera.proto.v1 import feature_store_pb2 as pb
-from tessera.server import history, metrics, wire
-from tessera.server.online_store import DeleteOp, OpResult, PutOp, RocksDBOnlineStore, now_us
+from tessera.server import metrics, wire
+from tessera.server.online_store import OpResult, RocksDBOnlineStore, now_us
 from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.writes import count_writes, delete_op, no_online_store, put_op
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class FeatureStoreService:
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
         op = put_op(schema, validate_record(schema, req.record, ttl_s), api_us, req.source)
         (result,) = await self._commit([op])
-        _count_writes(schema, [result])
+        count_writes(schema, [result])
         out: bytes = pb.PutRecordResponse(applied=bool(result)).SerializeToString()
         return out
 
@@ -77,7 +78,7 @@ class FeatureStoreService:
             for i, record in enumerate(req.records)
         ]
         results = await self._commit(ops) if ops else []
-        stale = _count_writes(schema, results)
+        stale = count_writes(schema, results)
         out: bytes = pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
         return out
 
@@ -110,7 +111,7 @@ class FeatureStoreService:
         req = pb.GetRecordRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
         if not schema.online:
-            raise _no_online_store(schema)
+            raise no_online_store(schema)
         record_id = normalize_record_id(schema, req.record_identifier)
         hit = self._store.get(record_key(schema.group_id, record_id), now_us())
         if hit is None:
@@ -149,7 +150,7 @@ class FeatureStoreService:
                 continue
             try:
                 if not schema.online:
-                    raise _no_online_store(schema)
+                    raise no_online_store(schema)
                 for f in entry.feature_names:
                     if f not in schema.features:
                         raise schema.unknown_feature(f)
@@ -187,51 +188,6 @@ class FeatureStoreService:
         return data
 
 
-def put_op(
-    schema: CompiledSchema, rec: ValidatedRecord, api_invocation_time_us: int, source: str
-) -> PutOp:
-    """The store operation of a validated put, with its history row when the group keeps one."""
-    gid = schema.group_id
-    row = None
-    if schema.offline:
-        row = history.encode(gid, api_invocation_time_us, rec.event_time_us, rec.expires_at_us,
-                             False, source, rec.payload)
-    return PutOp(gid, record_key(gid, rec.record_id), rec.event_time_us, rec.expires_at_us,
-                 rec.payload, row, schema.online)
-
-
-def delete_op(
-    schema: CompiledSchema, record_id: str, event_time_us: int, hard: bool,
-    api_invocation_time_us: int, source: str = "",
-) -> DeleteOp:
-    """The store operation of a delete; its history row is a delete marker carrying the record
-    identifier and the event time."""
-    gid = schema.group_id
-    row = None
-    if schema.offline:
-        marker = pb.Record()
-        fv = marker.features.add(feature_name=schema.record_identifier.name)
-        if schema.record_identifier.oneof == "int_value":
-            fv.int_value = int(record_id)
-        else:
-            fv.string_value = record_id
-        et = marker.features.add(feature_name=schema.event_time.name)
-        if schema.event_time.oneof == "float_value":
-            et.float_value = event_time_us / eventtime.US_PER_S
-        else:
-            et.string_value = eventtime.to_iso(event_time_us)
-        row = history.encode(gid, api_invocation_time_us, event_time_us, None, True, source,
-                             marker.SerializeToString())
-    return DeleteOp(gid, record_key(gid, record_id), event_time_us, hard, row, schema.online)
-
-
-def _no_online_store(schema: CompiledSchema) -> PreconditionFailedError:
-    return PreconditionFailedError(
-        f"feature group '{schema.group_name}' has no online store "
-        "(online_store_config.enable_online_store is false); read its history offline"
-    )
-
-
 def _project(schema: CompiledSchema, payload: memoryview, names: Any) -> memoryview:
     """The stored record restricted to `names` (decoded: only when a filter is asked for)."""
     wanted = set(names)
@@ -241,16 +197,6 @@ def _project(schema: CompiledSchema, payload: memoryview, names: Any) -> memoryv
     record = pb.Record.FromString(bytes(payload))
     kept = pb.Record(features=[fv for fv in record.features if fv.feature_name in wanted])
     return memoryview(kept.SerializeToString())
-
-
-def _count_writes(schema: CompiledSchema, results: list[OpResult]) -> int:
-    applied = sum(1 for r in results if r is True)
-    stale = len(results) - applied
-    if applied:
-        metrics.RECORDS_WRITTEN.labels(schema.group_name, "applied").inc(applied)
-    if stale:
-        metrics.RECORDS_WRITTEN.labels(schema.group_name, "stale").inc(stale)
-    return stale
 
 
 # --- the edge: error mapping, metrics ----------------------------------------------------------

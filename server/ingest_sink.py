@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from tessera.core.errors import TesseraError
 from tessera.core.schema import CompiledSchema
 from tessera.ingest.sinks import SchemaChangedError, SinkRecord
-from tessera.server import metrics
-from tessera.server.grpc_service import put_op
 from tessera.server.online_store import Op, RocksDBOnlineStore, now_us
 from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.writes import count_writes, put_op
 
 
 class EmbeddedSink:
@@ -59,11 +58,7 @@ class EmbeddedSink:
         for result in results:
             if isinstance(result, TesseraError):
                 raise result
-        applied = sum(1 for r in results if r is True)
-        if applied:
-            metrics.RECORDS_WRITTEN.labels(schema.group_name, "applied").inc(applied)
-        if len(results) > applied:
-            metrics.RECORDS_WRITTEN.labels(schema.group_name, "stale").inc(len(results) - applied)
+        count_writes(schema, results)
 
     def close(self) -> None:
         """Nothing to release: the server owns the registry and the store."""

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tessera.ingest.config import IngestConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,6 +51,9 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
     offline_store: OfflineStoreSettings = OfflineStoreSettings()
+    # Kafka topics `tessera serve` consumes itself (embedded, writing straight to the store);
+    # as JSON in TESSERA_INGEST, e.g. {"bootstrap_servers": "...", "topics": [...]}.
+    ingest: IngestConfig | None = None
 
     @property
     def offline_root(self) -> Path:

@@ -97,3 +97,48 @@ def test_embedded_sink_writes_into_the_store_and_follows_added_features(
         thread.join(30)
     assert metrics.registry.get_sample_value(
         "tessera_ingest_records_total", {"topic": topic, "feature_group": "users"}) == 201
+
+
+def test_tessera_serve_consumes_topics_configured_in_settings(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The embedded consumer inside a real `tessera serve` process, configured by TESSERA_INGEST:
+    records land online and in history with their Kafka source, and SIGTERM drains cleanly."""
+    from tessera.client import FeatureStoreClient
+    from tests.integration.test_offline_history import wait_for_rows
+    from tests.serverproc import ServerProcess
+
+    topic = kafka.create_topic(kafka.unique("embedded"), partitions=2)
+    config = {"bootstrap_servers": kafka.bootstrap, "group_id": kafka.unique("g"),
+              "topics": [{"topic": topic, "feature_group": "events"}]}
+    proc = ServerProcess(tmp_path / "data", extra_env={
+        "TESSERA_INGEST": json.dumps(config),
+        "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2",
+    })
+    proc.start()
+    try:
+        fs = FeatureStoreClient(grpc=proc.grpc_target, http=proc.http_url)
+        fs.create_feature_group("events", record_identifier="user_id", event_time="ts",
+                                features={"user_id": "String", "ts": "Fractional",
+                                          "clicks": "Integral"})
+        t0 = time.time()
+        kafka.produce(topic, [
+            (None, json.dumps({"user_id": f"u{i % 10}", "ts": t0 + i, "clicks": i}).encode())
+            for i in range(200)
+        ])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = fs.get_record("events", "u9")
+            if got is not None and got["clicks"] == 199:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"records did not arrive:\n{proc.log()[-3000:]}")
+        rows = wait_for_rows(proc, "events", 200)
+        assert len(rows) == 200
+        assert all(r["tessera_source"].startswith(f"kafka:{topic}/") for r in rows)
+        fs.close()
+        assert proc.stop() == 0
+        assert "stopped cleanly" in proc.log()
+    finally:
+        proc.kill()
