@@ -12,6 +12,7 @@ over gRPC and manage feature groups over HTTP; failures raise the TesseraError c
 from tessera.client._batch import BatchGetResult
 from tessera.client._retry import RetryPolicy
 from tessera.client.aio import AsyncFeatureStoreClient
+from tessera.client.offline import Dataset, OfflineStore
 from tessera.client.sync import FeatureStoreClient
 from tessera.core.errors import (
     ConflictError,
@@ -28,10 +29,12 @@ __all__ = [
     "AsyncFeatureStoreClient",
     "BatchGetResult",
     "ConflictError",
+    "Dataset",
     "FeatureGroupNotFoundError",
     "FeatureStoreClient",
     "InvalidRequestError",
     "NotFoundError",
+    "OfflineStore",
     "PreconditionFailedError",
     "RetryPolicy",
     "SerializationError",

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -124,7 +125,11 @@ async def serve(
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
 
-    catalog = Catalog(settings.offline_root, memory_limit="1GB", restrict_files=True)
+    spill = settings.data_dir / "tmp" / "duckdb"
+    shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
+    spill.mkdir(parents=True)
+    catalog = Catalog(settings.offline_root, memory_limit="1GB", restrict_files=True,
+                      temp_directory=spill)
     app = create_app(registry, is_ready=lambda: ready, offline=offline, catalog=catalog)
     http = _EmbeddedHTTPServer(
         uvicorn.Config(

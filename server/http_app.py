@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import pyarrow as pa
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -140,11 +139,7 @@ def create_app(
         if catalog is None:
             raise StorageError("this server has no offline store")
 
-        def run() -> pa.Table:
-            catalog.refresh()
-            return catalog.sql(body.query)
-
-        table = await asyncio.to_thread(run)
+        table = await asyncio.to_thread(catalog.sql, body.query)
         if body.format == "json":
             shown = table.slice(0, body.max_rows)
             return JSONResponse({

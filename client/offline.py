@@ -1,0 +1,448 @@
+"""Point-in-time training datasets, read straight from the offline store: no server needed.
+
+    from tessera.client import OfflineStore
+    off = OfflineStore("tessera-data/offline")
+    ds = off.dataset(spine, timestamp="ts", features={"users": ["clicks", "ctr"]})
+    ds.to_parquet("train.parquet")          # or ds.to_arrow(), ds.to_pandas()
+    off.sql("SELECT count(*) FROM users")   # the catalog's views, read-only
+
+DuckDB runs the join (see `tessera.core.pit`); results stream out as Arrow record batches, and
+DuckDB spills to disk beyond `memory_limit`, so a spine larger than memory still completes when
+written with `to_parquet`. DuckDB, pyarrow, pandas and tqdm are the `tessera[offline]` extra: they
+are imported when an OfflineStore is made, so `import tessera.client` never needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from tessera.core.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the dev tools
+    import pyarrow as pa
+
+    from tessera.core.catalog import Catalog
+    from tessera.core.pit import PointInTimeQuery
+    from tessera.core.schema import FeatureGroup
+
+    #: A spine: a DataFrame, an Arrow table, a Parquet file (path or glob), or a SELECT query
+    #: over the catalog's views (a string starting with SELECT, WITH, FROM, VALUES or '(').
+    SpineInput: TypeAlias = pd.DataFrame | pa.Table | str | Path
+
+__all__ = ["Dataset", "OfflineStore"]
+
+DEFAULT_BATCH_ROWS = 131_072
+_SPINE_SOURCE = "__tessera_spine_source"
+_RESULT = "__tessera_result"
+_COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "uncompressed")
+_PERCENT_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
+_SQL_START = ("select", "with", "from", "values", "(")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+class OfflineStore:
+    """The offline store at `root` (a path or URI): point-in-time datasets and read-only SQL.
+
+    `memory_limit` bounds DuckDB's memory (it spills to `temp_directory` beyond it, a private
+    temporary folder by default); `threads` defaults to the CPU count. `progress` shows a progress
+    bar while a dataset is read (None: only when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        memory_limit: str = "4GB",
+        temp_directory: str | Path | None = None,
+        threads: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        from tessera.core.catalog import Catalog
+
+        self.catalog: Catalog = Catalog(
+            root, memory_limit=memory_limit, temp_directory=temp_directory, threads=threads
+        )
+        self.progress = progress
+
+    def group_names(self) -> list[str]:
+        """The feature groups of the store, sorted."""
+        self.catalog.refresh()
+        return self.catalog.group_names()
+
+    def group(self, name: str) -> FeatureGroup:
+        """A group's definition as its `_group.json` holds it."""
+        self.catalog.refresh()
+        return self.catalog.group(name)
+
+    def sql(self, query: str) -> pa.Table:
+        """Run one read-only SELECT over the catalog's views (one per group); an Arrow table."""
+        return self.catalog.sql(query)
+
+    def dataset(
+        self,
+        spine: SpineInput,
+        *,
+        timestamp: str,
+        features: Mapping[str, Sequence[str] | None] | Sequence[str],
+        on: Mapping[str, str] | str | None = None,
+        as_of: datetime | float | str | None = None,
+        prefix_group: bool = False,
+    ) -> Dataset:
+        """A point-in-time dataset: for each spine row, each group's features as they were at
+        the row's `timestamp` (latest event time <= it; deleted or expired rows read as null).
+
+        `features` maps a group to feature names (None, or a plain list of group names: every
+        feature but the record identifier and event time). `on` names the spine column holding
+        each group's record ids (default: the group's record identifier name). `as_of` ignores
+        writes after that moment (a datetime, naive = UTC; epoch seconds; or ISO-8601),
+        reproducing a dataset as it could have been built then. `prefix_group` names the
+        feature columns `<group>__<feature>`.
+        Nothing runs until a `to_*` method; each run reads the store as it is then.
+        """
+        from tessera.core import pit
+
+        if isinstance(features, str):
+            raise InvalidRequestError(
+                f"features must map groups to feature names, e.g. {{'{features}': [...]}}"
+            )
+        self.catalog.refresh()
+        wanted: Mapping[str, Sequence[str] | None] = (
+            features if isinstance(features, Mapping) else dict.fromkeys(features)
+        )
+        groups = {name: self.catalog.group(name) for name in wanted}
+        source = _SpineSource.of(spine, self.catalog)
+        columns = source.columns
+        names = [n for n, _ in columns]
+        reserved = [n for n in names if n.startswith(pit.INTERNAL_PREFIX)]
+        if reserved:
+            raise InvalidRequestError(
+                f"spine column '{reserved[0]}' uses the reserved prefix '{pit.INTERNAL_PREFIX}'"
+            )
+        selections = pit.select_groups(
+            groups,
+            {name: self.catalog.has_files(name) for name in wanted},
+            wanted,
+            on,
+            names,
+            timestamp,
+        )
+        query = pit.PointInTimeQuery(
+            spine_relation=source.relation,
+            spine_columns=tuple(columns),
+            timestamp=timestamp,
+            groups=selections,
+            as_of_us=_as_of_us(as_of),
+            prefix_group=prefix_group,
+        )
+        pit.check_output_names(query)
+        pit.timestamp_us_sql(timestamp, dict(columns)[timestamp])  # refuses a bad type now
+        return Dataset(self.catalog, source, query, self.progress)
+
+    def close(self) -> None:
+        """Close the DuckDB database and remove its temporary folder."""
+        self.catalog.close()
+
+    def __enter__(self) -> OfflineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Dataset:
+    """A point-in-time dataset, not yet computed: read it with `to_arrow`, `to_pandas`,
+    `to_parquet` or `to_batches`. Spine rows come out once each, in the spine's order."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        source: _SpineSource,
+        query: PointInTimeQuery,
+        progress: bool | None,
+    ) -> None:
+        self._catalog = catalog
+        self._source = source
+        self.query = query
+        self.progress = progress
+
+    @property
+    def sql(self) -> str:
+        """The DuckDB query that builds the dataset (for reading and debugging)."""
+        return self.query.sql()
+
+    @property
+    def columns(self) -> list[str]:
+        """The dataset's columns: the spine's, then the features."""
+        return self.query.output_names()
+
+    def to_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """The rows as Arrow record batches, streamed: memory stays bounded whatever the size."""
+        from tqdm import tqdm
+
+        from tessera.core.catalog import duckdb_errors
+        from tessera.core.errors import StorageError
+
+        show = self._show_progress()
+        with self._joined(show) as (cur, total):
+            with duckdb_errors("dataset"):
+                reader = cur.sql(_ordered_sql()).to_arrow_reader(batch_rows)
+            with tqdm(total=total, unit="rows", desc="dataset", disable=not show) as bar:
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        break
+                    except OSError as exc:  # DuckDB's error, through Arrow's stream interface
+                        raise StorageError(f"dataset: {exc}") from exc
+                    bar.update(batch.num_rows)
+                    yield batch
+
+    def to_arrow(self) -> pa.Table:
+        """The dataset as one Arrow table."""
+        import pyarrow as pa
+
+        batches = list(self.to_batches())
+        return pa.Table.from_batches(
+            batches, schema=batches[0].schema if batches else self.schema()
+        )
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The dataset as a pandas DataFrame (a null integer feature makes a float column)."""
+        df: pd.DataFrame = self.to_arrow().to_pandas()
+        return df
+
+    def to_parquet(self, path: str | Path, *, compression: str = "zstd") -> int:
+        """Write the dataset to one Parquet file (DuckDB's parallel writer, streaming, in spine
+        order); the number of rows written. `path` may be any URI DuckDB can write."""
+        from tessera.core.catalog import duckdb_errors, quote_literal
+
+        if compression.lower() not in _COMPRESSIONS:
+            raise InvalidRequestError(
+                f"compression '{compression}' is not valid; allowed: {', '.join(_COMPRESSIONS)}"
+            )
+        show = self._show_progress()
+        with self._joined(show) as (cur, _):
+            target = quote_literal(str(path))
+            options = f"FORMAT parquet, COMPRESSION {compression}"
+            with duckdb_errors("dataset"), _statement_progress(cur, show, "writing"):
+                done = cur.sql(f"COPY ({_ordered_sql()}) TO {target} ({options})")
+                return int(done.fetchall()[0][0]) if done is not None else 0
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the result, without computing it."""
+        from tessera.core.catalog import duckdb_errors
+
+        cur = self._catalog.cursor()
+        try:
+            with duckdb_errors("dataset"):
+                self._source.prepare(cur, bind_only=True)
+                schema: pa.Schema = cur.sql(self.sql).limit(0).to_arrow_table().schema
+                return schema
+        finally:
+            cur.close()
+
+    def _show_progress(self) -> bool:
+        return self.progress if self.progress is not None else sys.stderr.isatty()
+
+    @contextmanager
+    def _joined(self, show: bool) -> Iterator[tuple[duckdb.DuckDBPyConnection, int | None]]:
+        """A cursor whose temporary table holds the joined rows, unordered, and the spine's
+        row count when known. Two steps, each of which DuckDB spills to disk: this join, then
+        the table read back in spine order (see `PointInTimeQuery.unordered_sql`)."""
+        from tessera.core.catalog import duckdb_errors
+
+        cur = self._catalog.cursor()
+        try:
+            with duckdb_errors("dataset"):
+                total = self._source.prepare(cur)
+                # The read-back sorts; keeping insertion order here would only buffer rows.
+                cur.execute("SET SESSION preserve_insertion_order = false")
+                with _statement_progress(cur, show, "joining"):
+                    cur.execute(f"CREATE TEMP TABLE {_RESULT} AS {self.query.unordered_sql()}")
+                self._source.release(cur)
+                cur.execute("SET SESSION preserve_insertion_order = true")
+            yield cur, total
+        finally:
+            cur.close()  # drops the temporary tables
+
+
+class _SpineSource:
+    """Where the spine's rows come from, and how one cursor is made ready to read them with
+    their order as ROW_COLUMN: Arrow data gets a row-number column; a single Parquet file has
+    DuckDB's file_row_number; a glob or a query is copied to a temporary table, whose rowid
+    keeps the insertion (query) order. DuckDB spills that table to disk when it is large."""
+
+    def __init__(
+        self,
+        relation: str,
+        columns: list[tuple[str, str]],
+        arrow: pa.Table | None,
+        setup: str | None,
+    ) -> None:
+        self.relation = relation
+        self.columns = columns
+        self._arrow = arrow
+        self._setup = setup  # the SELECT a temporary table is made of
+
+    @classmethod
+    def of(cls, spine: SpineInput, catalog: Catalog) -> _SpineSource:
+        import pyarrow as pa
+
+        from tessera.core.catalog import check_select_only, duckdb_errors, quote_literal
+        from tessera.core.pit import ROW_COLUMN
+
+        table: pa.Table | None = None
+        if type(spine).__module__.split(".")[0] == "pandas" and hasattr(spine, "columns"):
+            # A DataFrame, recognised without importing pandas.
+            table = pa.Table.from_pandas(spine, preserve_index=False)
+        elif isinstance(spine, pa.RecordBatch):
+            table = pa.Table.from_batches([spine])
+        elif isinstance(spine, pa.Table):
+            table = spine
+        if table is not None:
+            import numpy as np
+
+            rows = pa.chunked_array([np.arange(table.num_rows, dtype=np.int64)], pa.int64())
+            source = cls(_SPINE_SOURCE, [], table.append_column(ROW_COLUMN, rows), None)
+        elif isinstance(spine, str) and spine.lstrip().lower().startswith(_SQL_START):
+            cur = catalog.cursor()
+            try:
+                check_select_only(cur, spine)
+            finally:
+                cur.close()
+            source = cls._copied(f"SELECT * FROM ({spine})")
+        elif isinstance(spine, str | Path):
+            path = str(spine)
+            globbed = any(ch in path for ch in "*?[")
+            if not globbed and "://" not in path and not Path(path).exists():
+                raise InvalidRequestError(
+                    f"spine '{path}' is not a Parquet file that exists, nor a query (a query "
+                    "starts with SELECT, WITH, FROM, VALUES or '(')"
+                )
+            if globbed:
+                source = cls._copied(f"SELECT * FROM read_parquet({quote_literal(path)})")
+            else:
+                source = cls(
+                    f"(SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW_COLUMN} "
+                    f"FROM read_parquet({quote_literal(path)}, file_row_number = true))",
+                    [],
+                    None,
+                    None,
+                )
+        else:
+            raise InvalidRequestError(
+                f"spine of type {type(spine).__name__} is not supported; allowed: a pandas "
+                "DataFrame, a pyarrow Table, a Parquet path, or a SELECT query string"
+            )
+        cur = catalog.cursor()
+        try:
+            with duckdb_errors("spine"):
+                source.prepare(cur, bind_only=True)
+                rel = cur.sql(f"SELECT * FROM {source.relation}")
+                source.columns = [
+                    (n, t.id)
+                    for n, t in zip(rel.columns, rel.types, strict=True)
+                    if n != ROW_COLUMN
+                ]
+        finally:
+            cur.close()
+        return source
+
+    @classmethod
+    def _copied(cls, select: str) -> _SpineSource:
+        from tessera.core.pit import ROW_COLUMN
+
+        table = _SPINE_SOURCE + "_table"
+        return cls(f"(SELECT rowid AS {ROW_COLUMN}, * FROM {table})", [], None, select)
+
+    def release(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Free what `prepare` holds on `cur` once the join has read it."""
+        if self._setup is not None:
+            cur.execute(f"DROP TABLE IF EXISTS {_SPINE_SOURCE}_table")
+
+    def prepare(self, cur: duckdb.DuckDBPyConnection, *, bind_only: bool = False) -> int | None:
+        """Make the spine readable on `cur`; the number of spine rows when known cheaply."""
+        if self._arrow is not None:
+            cur.register(_SPINE_SOURCE, self._arrow)
+            return int(self._arrow.num_rows)
+        if self._setup is not None:
+            limit = " LIMIT 0" if bind_only else ""
+            table = _SPINE_SOURCE + "_table"
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._setup}{limit}")
+            return int(cur.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+        if bind_only:
+            return None
+        rows = cur.sql(f"SELECT count(*) FROM {self.relation}").fetchall()[0][0]
+        return int(rows)  # from the Parquet footer: no data is read
+
+
+def _ordered_sql() -> str:
+    """The joined rows read back from their temporary table in spine order."""
+    from tessera.core.pit import ROW_COLUMN
+
+    return f"SELECT * EXCLUDE ({ROW_COLUMN}) FROM {_RESULT} ORDER BY {ROW_COLUMN}"
+
+
+@contextmanager
+def _statement_progress(cur: duckdb.DuckDBPyConnection, show: bool, desc: str) -> Iterator[None]:
+    """A progress bar (in percent) for the statement `cur` runs meanwhile: DuckDB reports its
+    progress to another thread through query_progress()."""
+    if not show:
+        yield
+        return
+    from tqdm import tqdm
+
+    for setting in (
+        "enable_progress_bar = true",
+        "enable_progress_bar_print = false",
+        "progress_bar_time = 0",
+    ):
+        cur.execute(f"SET SESSION {setting}")
+    done = threading.Event()
+
+    def poll() -> None:
+        with tqdm(total=100, desc=desc, unit="%", bar_format=_PERCENT_BAR) as bar:
+            while not done.wait(0.2):
+                pct = cur.query_progress()
+                if pct > bar.n:
+                    bar.update(pct - bar.n)
+            bar.update(100 - bar.n)
+
+    thread = threading.Thread(target=poll, name="tessera-dataset-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _as_of_us(value: Any) -> int | None:  # Any: datetime, pandas Timestamp, number or text
+    """`as_of` as epoch microseconds, floored: write_time <= as_of at microsecond precision."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return int((value - _EPOCH) // _US)
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"as_of: {value!r} is not a time")
+    if isinstance(value, int | float):
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        from tessera.core import eventtime
+
+        return eventtime.parse(value, "as_of")
+    raise InvalidRequestError(
+        f"as_of: {type(value).__name__} is not a time; allowed: a datetime, epoch seconds, "
+        "or an ISO-8601 string"
+    )
