@@ -18,7 +18,7 @@ import queue
 import struct
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -129,6 +129,22 @@ def _live(raw: bytes | None, at_us: int) -> tuple[memoryview, int | None] | None
     return memoryview(raw)[HEADER_SIZE:], None
 
 
+def _settle(
+    fut: Future[list[OpResult]],
+    result: list[OpResult] | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    """Resolve a writer future, unless its caller gave up on it (a client deadline or a
+    disconnect cancels it): the write itself is committed either way, as a retry would be."""
+    try:
+        if exception is not None:
+            fut.set_exception(exception)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass  # cancelled
+
+
 class RocksDBOnlineStore:
     """The online store on RocksDB (see the module docstring)."""
 
@@ -220,10 +236,10 @@ class RocksDBOnlineStore:
             log.exception("group commit failed")
             err = StorageError(f"the online store could not write: {exc}")
             for _, fut in batch:
-                fut.set_exception(err)
+                _settle(fut, exception=err)
             return
         for (_, fut), res in zip(batch, results, strict=True):
-            fut.set_result(res)
+            _settle(fut, result=res)
 
     def _apply(
         self, batch: list[tuple[list[Op], Future[list[OpResult]]]]

@@ -128,3 +128,16 @@ def test_data_and_options_survive_reopen(tmp_path: Path) -> None:
 
 def _latest_options(path: Path) -> str:
     return sorted(p.name for p in path.glob("OPTIONS-*"))[-1]
+
+
+def test_a_cancelled_write_is_committed_and_the_writer_keeps_going(
+    store: RocksDBOnlineStore,
+) -> None:
+    # A large batch keeps the writer busy while the next write's caller gives up on it.
+    busy = store.submit([put(f"bulk{i}", 1) for i in range(20_000)])
+    abandoned = store.submit([put("gave-up", 1, b"late")])
+    abandoned.cancel()
+    busy.result()
+    assert store.submit([put("after", 1, b"ok")]).result(timeout=10) == [True]
+    assert payload(store, "after") == b"ok"
+    assert payload(store, "gave-up") == b"late"  # committed all the same
