@@ -25,5 +25,10 @@ test: $(BIN)/.installed
 protos: $(BIN)/.installed
 	$(BIN)/python scripts/gen_protos.py
 
+# The online benchmark drives the server with h2load (C) when it is installed; it falls back to
+# a Python load generator otherwise and says so in its report.
 bench: $(BIN)/.installed
+	command -v h2load >/dev/null || (apt-get install -y nghttp2-client || \
+	  (apt-get update && apt-get install -y nghttp2-client)) || echo "no h2load: Python load generator"
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.ingest_bench
