@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tessera.core.errors import InvalidRequestError
 from tessera.core.records import validate_record
-from tessera.core.schema import CompiledSchema, FeatureGroup, FeatureGroupDefinition
+from tessera.core.schema import CompiledSchema
 from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 
@@ -64,21 +64,6 @@ def load_table(data: Any) -> tuple[pa.Table, str]:
         ) from exc
 
 
-def schema_of(description: dict[str, Any]) -> CompiledSchema:
-    """The compiled schema of a group from its HTTP description."""
-    fields = FeatureGroupDefinition.model_fields
-    definition = FeatureGroupDefinition.model_validate(
-        {k: v for k, v in description.items() if k in fields}
-    )
-    group = FeatureGroup(
-        definition=definition,
-        feature_group_id=0,
-        creation_time=description.get("creation_time", 0.0),
-        last_modified_time=description.get("last_modified_time", 0.0),
-    )
-    return CompiledSchema.of(group)
-
-
 def _records(table: pa.Table) -> Iterator[tuple[int, pb.Record]]:
     row = 1
     for batch in table.to_batches(max_chunksize=_CHUNK):
@@ -117,7 +102,7 @@ def import_table(
     from tqdm import tqdm
 
     table, name = load_table(data)
-    schema = schema_of(client.describe_feature_group(feature_group_name))
+    schema = CompiledSchema.from_description(client.describe_feature_group(feature_group_name))
     errors = check_rows(schema, table)
     if errors:
         more = " (first shown)" if len(errors) >= MAX_REPORTED_ERRORS else ""

@@ -10,9 +10,10 @@ or Vector collection), online / offline store configs, TTL, description and tags
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -366,6 +367,23 @@ class CompiledSchema:
             online=d.online_store_config.enable_online_store,
             offline=d.offline_store_config.enable_offline_store,
         )
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any]) -> CompiledSchema:
+        """The schema of a group from its HTTP description (DescribeFeatureGroup JSON), for
+        clients that validate before writing (bulk import, the Kafka consumer)."""
+        fields = FeatureGroupDefinition.model_fields
+        definition = FeatureGroupDefinition.model_validate(
+            {k: v for k, v in description.items() if k in fields}
+        )
+        group = FeatureGroup(
+            definition=definition,
+            feature_group_id=0,  # the server's business: writes name the group
+            version=int(description.get("version", 1)),
+            creation_time=float(description.get("creation_time", 0.0)),
+            last_modified_time=float(description.get("last_modified_time", 0.0)),
+        )
+        return cls.of(group)
 
     def unknown_feature(self, name: str) -> InvalidRequestError:
         known = ", ".join(self.features)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from tessera.client import FeatureStoreClient
 from tessera.core.errors import FeatureGroupNotFoundError, InvalidRequestError, TesseraError
 from tessera.core.records import ValidatedRecord
-from tessera.core.schema import CompiledSchema, FeatureGroup, FeatureGroupDefinition
+from tessera.core.schema import CompiledSchema
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +53,7 @@ class Sink(Protocol):
 
 def schema_from_description(description: dict[str, Any]) -> CompiledSchema:
     """The CompiledSchema of a group from its HTTP description (DescribeFeatureGroup JSON)."""
-    fields = FeatureGroupDefinition.model_fields
-    definition = FeatureGroupDefinition.model_validate(
-        {k: v for k, v in description.items() if k in fields}
-    )
-    group = FeatureGroup(
-        definition=definition,
-        feature_group_id=0,  # the server's own business; PutRecords names the group
-        version=int(description.get("version", 1)),
-        creation_time=float(description.get("creation_time", 0.0)),
-        last_modified_time=float(description.get("last_modified_time", 0.0)),
-    )
-    return CompiledSchema.of(group)
+    return CompiledSchema.from_description(description)
 
 
 class GrpcSink:

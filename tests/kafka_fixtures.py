@@ -257,41 +257,7 @@ class IngestProcess:
 
 
 class FixedPortServer(ServerProcess):
-    """A server that comes back on the same ports after a stop (the consumer keeps its address):
-    started once on free ports, then restarted on them."""
+    """A server that comes back on the same ports after a stop (the consumer keeps its address)."""
 
-    def start(self, timeout_s: float = 30.0) -> ServerProcess:
-        if not self.grpc_port:
-            self.grpc_port, self.http_port = free_port(), free_port()
-        ready = self.data_dir.with_name(self.data_dir.name + ".ready.json")
-        ready.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
-        self._log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the process)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tessera.server",
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--grpc-port",
-                str(self.grpc_port),
-                "--http-port",
-                str(self.http_port),
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"server not ready in {timeout_s}s:\n{self.log()}")
-            time.sleep(0.02)
-        return self
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(data_dir, extra_env, keep_ports=True)

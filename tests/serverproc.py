@@ -14,7 +14,12 @@ from pathlib import Path
 class ServerProcess:
     """`python -m tessera.server serve` on 127.0.0.1 with free ports, data in `data_dir`."""
 
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, extra_env: dict[str, str] | None = None, keep_ports: bool = False
+    ) -> None:
+        """`keep_ports`: a restart binds the ports of the first start (clients keep their
+        address across a server restart)."""
+        self.keep_ports = keep_ports
         self.data_dir = Path(data_dir)
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -35,9 +40,11 @@ class ServerProcess:
         ready.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the process)
+        ports = (self.grpc_port, self.http_port) if self.keep_ports else (0, 0)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(self.data_dir),
-             "--grpc-port", "0", "--http-port", "0", "--ready-file", str(ready)],
+             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
+             "--ready-file", str(ready)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout_s
