@@ -23,6 +23,7 @@ from tessera.client._channel import open_channel
 from tessera.client._grpc_errors import rpc_errors
 from tessera.client._requests import DeletionMode, EventTime, RecordId
 from tessera.client._retry import READ_RETRY_CODES, WRITE_RETRY_CODES, RetryPolicy, call_with_retry
+from tessera.client.importer import ImportResult
 from tessera.core.errors import TesseraError
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.proto.v1 import feature_store_pb2_grpc
@@ -217,6 +218,22 @@ class FeatureStoreClient:
         return bool(response.applied)
 
     # --- lifetime -------------------------------------------------------------------------------
+
+    def import_table(
+        self,
+        feature_group_name: str,
+        data: Any,
+        *,
+        batch_size: int = 1000,
+        progress: bool | None = None,
+    ) -> ImportResult:
+        """Backfill a pandas DataFrame, a pyarrow Table or a Parquet / CSV path into a group:
+        every row is validated first (bad rows are reported by number and nothing is written),
+        then every row goes to history and the latest per id to the online store."""
+        from tessera.client.importer import import_table
+
+        return import_table(self, feature_group_name, data, batch_size=batch_size,
+                            progress=progress)
 
     def close(self) -> None:
         """Close the gRPC channel and the HTTP connection pool."""

@@ -79,6 +79,6 @@ def test_import_of_parquet_with_an_unknown_column_is_refused(proc: ServerProcess
         import_table(fs, "vecs", path, progress=False)
     ok = tmp_path / "ok.parquet"
     pd.DataFrame({"user_id": ["a", "a"], "ts": [T0, T0 + 5], "emb": [[1.0, 2.0], [3.0, 4.0]]}).to_parquet(ok)
-    assert import_table(fs, "vecs", ok, progress=False).written == 2
+    assert fs.import_table("vecs", ok, progress=False).written == 2
     assert fs.get_record("vecs", "a")["emb"].tolist() == [3.0, 4.0]
     fs.close()
