@@ -20,6 +20,7 @@ from tessera.client._requests import (
 )
 from tessera.core.errors import InvalidRequestError
 from tessera.core.values import from_record, to_record
+from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 
 #: BatchGetRecord's limits per call (feature_store.proto): the server leaves the rest unprocessed.
@@ -83,24 +84,13 @@ def encode_put_records_request(
             f"sources has {len(sources)} entries for {len(records)} records; give none or one "
             "per record"
         )
-    parts = [_field(1, group.encode())]
-    parts += [_field(2, r) for r in records]
+    parts = [length_delimited(1, group.encode())]
+    parts += [length_delimited(2, r) for r in records]
     if ttl_s is not None:
         parts.append(b"\x19" + struct.pack("<d", float(ttl_s)))
     if sources:
-        parts += [_field(4, s.encode()) for s in sources]
+        parts += [length_delimited(4, s.encode()) for s in sources]
     return b"".join(parts)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field: tag, varint length, bytes."""
-    n = len(data)
-    head = bytearray([(number << 3) | 2])
-    while n >= 0x80:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + data
 
 
 def _put_records_request(

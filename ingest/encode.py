@@ -21,6 +21,7 @@ from tessera.core.errors import InvalidRequestError
 from tessera.core.keys import MAX_RECORD_ID_BYTES
 from tessera.core.records import MAX_RECORD_BYTES, ValidatedRecord
 from tessera.core.schema import CompiledSchema
+from tessera.core.wire import varint
 
 _INT, _FLOAT, _STRING = 1, 2, 3
 _KINDS = {"int_value": _INT, "float_value": _FLOAT, "string_value": _STRING}
@@ -32,19 +33,7 @@ _US = eventtime.US_PER_S
 _MAX_EVENT_TIME_S = eventtime.MAX_EVENT_TIME_S
 
 
-_SMALL = [bytes((i,)) for i in range(0x80)]
-
-
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_SMALL = [varint(i) for i in range(0x80)]
 
 
 class FastEncoder:

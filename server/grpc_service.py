@@ -23,6 +23,7 @@ from tessera.core.errors import InvalidRequestError, TesseraError
 from tessera.core.keys import normalize_record_id, record_key
 from tessera.core.records import validate_record
 from tessera.core.schema import CompiledSchema
+from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, wire
 from tessera.server.online_store import OpResult, RocksDBOnlineStore, now_us
@@ -168,7 +169,7 @@ class FeatureStoreService:
                                     error_code="INVALID_ARGUMENT", error_message=exc.message)
             gid = schema.group_id
             hits = self._store.multi_get([record_key(gid, rid) for rid in good], at_us)
-            group_enc = wire.length_delimited(1, name.encode())
+            group_enc = length_delimited(1, name.encode())
             for rid, hit in zip(good, hits, strict=True):
                 if hit is None:
                     continue

@@ -7,25 +7,7 @@ follow proto/tessera/v1/feature_store.proto (tests check the result parses as th
 
 from __future__ import annotations
 
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int (int64 fields here are never negative)."""
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def length_delimited(field: int, data: bytes | memoryview) -> bytes:
-    return bytes(((field << 3) | 2,)) + varint(len(data)) + data
-
-
-def int_field(field: int, value: int) -> bytes:
-    return bytes((field << 3,)) + varint(value)
+from tessera.core.wire import int_field, length_delimited
 
 
 # GetRecordResponse: record = 1, expires_at_us = 2.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tessera.core import wire as core_wire
 from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import wire
@@ -15,7 +16,7 @@ expiry = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
 @given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_varint_matches_protobuf(value: int) -> None:
     msg = pb.GetRecordResponse(expires_at_us=value & (2**63 - 1))
-    assert wire.int_field(2, value & (2**63 - 1)) == msg.SerializeToString()
+    assert core_wire.int_field(2, value & (2**63 - 1)) == msg.SerializeToString()
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers(-5, 5) | st.text(max_size=300),
@@ -33,7 +34,7 @@ def test_get_record_response_parses(values: dict, expires_at_us: int | None) -> 
 def test_batch_result_detail_parses(group: str, record_id: str, expires_at_us: int | None) -> None:
     payload = to_record({"a": 1, "b": "x" * 200}).SerializeToString()
     raw = wire.batch_result_detail(
-        wire.length_delimited(1, group.encode()), record_id, memoryview(payload), expires_at_us)
+        core_wire.length_delimited(1, group.encode()), record_id, memoryview(payload), expires_at_us)
     side = pb.BatchGetRecordResponse(errors=[pb.BatchGetRecordError(error_code="NOT_FOUND")])
     resp = pb.BatchGetRecordResponse.FromString(raw + side.SerializeToString())
     (detail,) = resp.records
