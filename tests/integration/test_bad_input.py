@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -12,13 +12,6 @@ from tessera.proto.v1 import feature_store_pb2 as pb
 from tests.integration.wire_helpers import Wire, rpc_error
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def wire(server) -> Iterator[Wire]:
-    w = Wire(server.grpc_target, server.http_url)
-    yield w
-    w.close()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import numpy as np
 import pytest
@@ -13,13 +11,6 @@ from tessera.proto.v1 import feature_store_pb2 as pb
 from tests.integration.wire_helpers import Wire, rpc_error
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def wire(server) -> Iterator[Wire]:
-    w = Wire(server.grpc_target, server.http_url)
-    yield w
-    w.close()
 
 
 @pytest.fixture
