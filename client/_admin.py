@@ -14,6 +14,7 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
+from tessera.core.aggregation.spec import AggregationConfig, AggregationDefinition
 from tessera.core.errors import (
     FeatureGroupNotFoundError,
     InvalidRequestError,
@@ -38,6 +39,10 @@ Description = dict[str, Any]
 
 FeatureSpecs = Mapping[str, str | FeatureDefinition]
 Tags = Mapping[str, str] | Iterable[tuple[str, str]]
+#: Aggregation features: dicts like {"name": "clicks_sum_1h", "source": "clicks",
+#: "function": "sum", "window": "1h"} (see tessera.core.aggregation.spec), or the models.
+Aggregations = Iterable[Mapping[str, Any] | AggregationDefinition]
+AggregationSettings = Mapping[str, Any] | AggregationConfig
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ def create_feature_group(
     offline: bool = True,
     description: str | None = None,
     tags: Tags | None = None,
+    aggregations: Aggregations | None = None,
+    aggregation_config: AggregationSettings | None = None,
 ) -> AdminCall[Description]:
     """POST /v1/feature-groups with a FeatureGroupDefinition; answers the group's description."""
     with _invalid_model():
@@ -117,6 +124,15 @@ def create_feature_group(
             offline_store_config=OfflineStoreConfig(enable_offline_store=offline),
             description=description,
             tags=[Tag(key=k, value=v) for k, v in pairs],
+            aggregations=[
+                a if isinstance(a, AggregationDefinition) else AggregationDefinition(**a)
+                for a in aggregations or ()
+            ],
+            aggregation_config=(
+                aggregation_config
+                if aggregation_config is None or isinstance(aggregation_config, AggregationConfig)
+                else AggregationConfig(**aggregation_config)
+            ),
         )
     return AdminCall(
         "POST",

@@ -12,7 +12,13 @@ from typing import Any, TypeVar
 from grpc import ChannelCredentials, StatusCode, aio
 
 from tessera.client import _admin, _requests
-from tessera.client._admin import AsyncAdminTransport, FeatureSpecs, Tags
+from tessera.client._admin import (
+    Aggregations,
+    AggregationSettings,
+    AsyncAdminTransport,
+    FeatureSpecs,
+    Tags,
+)
 from tessera.client._batch import (
     BatchGetResult,
     FeatureFilter,
@@ -77,10 +83,13 @@ class AsyncFeatureStoreClient:
         offline: bool = True,
         description: str | None = None,
         tags: Tags | None = None,
+        aggregations: Aggregations | None = None,
+        aggregation_config: AggregationSettings | None = None,
     ) -> dict[str, Any]:
         """Create a feature group; see FeatureStoreClient.create_feature_group."""
         call = _admin.create_feature_group(
-            name, record_identifier, event_time, features, ttl_s, online, offline, description, tags
+            name, record_identifier, event_time, features, ttl_s, online, offline, description,
+            tags, aggregations, aggregation_config,
         )
         return await self._admin_transport().send(call)
 

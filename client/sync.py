@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 from grpc import ChannelCredentials, StatusCode
 
 from tessera.client import _admin, _requests
-from tessera.client._admin import AdminTransport, FeatureSpecs, Tags
+from tessera.client._admin import (
+    AdminTransport,
+    Aggregations,
+    AggregationSettings,
+    FeatureSpecs,
+    Tags,
+)
 from tessera.client._batch import (
     BatchGetResult,
     FeatureFilter,
@@ -81,12 +87,19 @@ class FeatureStoreClient:
         offline: bool = True,
         description: str | None = None,
         tags: Tags | None = None,
+        aggregations: Aggregations | None = None,
+        aggregation_config: AggregationSettings | None = None,
     ) -> dict[str, Any]:
         """Create a feature group; `features` maps names to types ('Integral', 'Fractional',
-        'String', 'List[T]', 'Set[T]', 'Vector[N]'). Returns its description.
+        'String', 'List[T]', 'Set[T]', 'Vector[N]'). `aggregations` declares windowed
+        aggregation features, e.g. [{"name": "clicks_sum_1h", "source": "clicks",
+        "function": "sum", "window": "1h"}], read like any feature by GetRecord and the dataset
+        builder; `aggregation_config` may set {"tile_size": ..., "lateness": ...}. Returns its
+        description.
         Raises ConflictError when it exists, InvalidRequestError for a bad definition."""
         call = _admin.create_feature_group(
-            name, record_identifier, event_time, features, ttl_s, online, offline, description, tags
+            name, record_identifier, event_time, features, ttl_s, online, offline, description,
+            tags, aggregations, aggregation_config,
         )
         return self._admin_transport().send(call)
 

@@ -20,6 +20,12 @@ def record_key(group_id: int, record_id: str) -> bytes:
     return _GROUP.pack(group_id) + record_id.encode()
 
 
+def aggregate_key(group_id: int, stream_id: int, key_text: str) -> bytes:
+    """The key of one aggregation stream's tile state for one key value (column family
+    "aggregates"): a group's aggregates are one contiguous range, like its records."""
+    return _GROUP.pack(group_id) + bytes((stream_id,)) + key_text.encode()
+
+
 def normalize_record_id(schema: CompiledSchema, text: str) -> str:
     """The canonical string form of a record identifier given as text (GetRecord, DeleteRecord).
 

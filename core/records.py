@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tessera.core import eventtime
+from tessera.core.aggregation.inputs import AggregationInput, aggregation_input
 from tessera.core.errors import InvalidRequestError
 from tessera.core.keys import check_record_id
 from tessera.core.schema import CollectionType, CompiledSchema, FeatureSpec
@@ -33,6 +34,8 @@ class ValidatedRecord:
     event_time_us: int
     expires_at_us: int | None
     payload: bytes  # the wire encoding of the Record message
+    #: What the put adds to the group's aggregation features; None when it has none.
+    aggregation: AggregationInput | None = None
 
 
 def validate_record(
@@ -92,7 +95,10 @@ def validate_record(
         if not (math.isfinite(ttl_s) and ttl_s > 0):
             raise InvalidRequestError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         expires_at_us = event_time_us + round(ttl_s * eventtime.US_PER_S)
-    return ValidatedRecord(record_id, event_time_us, expires_at_us, payload)
+    aggregation = None
+    if schema.aggregations is not None:
+        aggregation = aggregation_input(schema.aggregations, record_id, record)
+    return ValidatedRecord(record_id, event_time_us, expires_at_us, payload, aggregation)
 
 
 def _at(where: str, exc: InvalidRequestError) -> InvalidRequestError:

@@ -13,11 +13,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tessera.core.aggregation.spec import AggregationConfig, AggregationDefinition
 from tessera.core.errors import ConflictError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from tessera.core.aggregation.plan import AggregationPlan
 
 # Like SageMaker's: letters and digits, '-' or '_' only between them, 1-64 characters.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]){0,63}$")
@@ -189,6 +193,9 @@ class FeatureGroupDefinition(_Model):
     offline_store_config: OfflineStoreConfig = OfflineStoreConfig()
     description: str | None = None
     tags: list[Tag] = []
+    #: Windowed aggregation features (tessera.core.aggregation): fixed when the group is made.
+    aggregations: list[AggregationDefinition] = []
+    aggregation_config: AggregationConfig | None = None
 
     def check(self) -> None:
         """Validate everything a schema must satisfy; raise InvalidRequestError naming the field."""
@@ -229,6 +236,22 @@ class FeatureGroupDefinition(_Model):
             )
         if len(self.tags) > MAX_TAGS:
             raise InvalidRequestError(f"{len(self.tags)} tags; the limit is {MAX_TAGS}")
+        if self.aggregation_config is not None and not self.aggregations:
+            raise InvalidRequestError("aggregation_config is set but aggregations is empty")
+        self.aggregation_plan(types)
+
+    def aggregation_plan(self, types: Mapping[str, FeatureType] | None = None) -> AggregationPlan:
+        """The compiled aggregations (validated: InvalidRequestError naming the aggregation)."""
+        from tessera.core.aggregation.spec import check
+
+        if types is None:
+            types = {fd.feature_name: fd.type() for fd in self.feature_definitions}
+        return check(
+            self.aggregations,
+            types,
+            record_identifier=self.record_identifier_feature_name,
+            config=self.aggregation_config,
+        )
 
 
 def check_name(field: str, value: str) -> None:
@@ -301,6 +324,15 @@ class FeatureGroup(_Model):
     def describe(self) -> dict[str, object]:
         """The JSON shape of DescribeFeatureGroup."""
         out = self.definition.model_dump(mode="json")
+        if self.definition.aggregations:
+            from tessera.core.aggregation.spec import format_duration
+
+            plan = self.definition.aggregation_plan()
+            out["aggregation_resolved"] = {
+                "tile_size": format_duration(plan.tile_us),
+                "lateness": format_duration(plan.lateness_us),
+                "output_types": {a.name: a.output_type for a in plan.aggregations.values()},
+            }
         out.update(
             feature_group_status="Created",
             version=self.version,
@@ -346,6 +378,8 @@ class CompiledSchema:
     default_ttl_s: int | None
     online: bool
     offline: bool
+    #: The group's aggregation features compiled; None when it declares none.
+    aggregations: AggregationPlan | None = None
 
     @classmethod
     def of(cls, group: FeatureGroup) -> CompiledSchema:
@@ -366,6 +400,7 @@ class CompiledSchema:
             default_ttl_s=ttl.seconds if ttl else None,
             online=d.online_store_config.enable_online_store,
             offline=d.offline_store_config.enable_offline_store,
+            aggregations=d.aggregation_plan() if d.aggregations else None,
         )
 
     @classmethod

@@ -1,6 +1,7 @@
 """Tile state in RocksDB: one value per (stream, key), its layout, and the key layout.
 
-Key (column family "aggregates"):  group_id (4 bytes, big-endian) | stream id (1 byte) | key text
+Key (column family "aggregates", `tessera.core.keys.aggregate_key`):
+    group_id (4 bytes, big-endian) | stream id (1 byte) | key text
 where key text is the record identifier (or the key feature's value) as `keys.record_key` writes
 it: a group's aggregates are one contiguous range, and GetRecord reads ONE value per stream
 (usually one: aggregations by record id), so the read is one get and one kernel call.
@@ -30,7 +31,6 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.core.aggregation import kernels
-from tessera.core.keys import group_prefix
 
 F64s = npt.NDArray[np.float64]
 I64s = npt.NDArray[np.int64]
@@ -43,11 +43,6 @@ HEADER = struct.Struct("<BxHHxxI4x")
 class TileLayoutError(ValueError):
     """A stored value does not have the stream's layout: corrupt, or written before the
     stream's sources or last_n sizes changed."""
-
-
-def aggregate_key(group_id: int, stream_id: int, key_text: str) -> bytes:
-    """The RocksDB key of one stream's tile state for one key value."""
-    return group_prefix(group_id) + bytes((stream_id,)) + key_text.encode()
 
 
 def value_size(n_tiles: int, n_sources: int, rows: int) -> int:

@@ -126,6 +126,13 @@ class AggregationPlan:
         """The aggregation feature names, in declaration order."""
         return tuple(self.aggregations)
 
+    @property
+    def input_features(self) -> frozenset[str]:
+        """The features an event's aggregation inputs are read from: sources and keys."""
+        names = {s for stream in self.streams for s in stream.sources}
+        names.update(stream.key for stream in self.streams if stream.key is not None)
+        return frozenset(names)
+
 
 def compile_plan(
     definitions: Sequence[AggregationDefinition],

@@ -11,14 +11,13 @@ from tessera.core.aggregation import online
 from tessera.core.aggregation.codec import (
     HEADER,
     TileLayoutError,
-    aggregate_key,
     decode,
     empty_value,
     encode,
     value_size,
 )
 from tessera.core.aggregation.plan import StreamPlan
-from tessera.core.keys import group_prefix
+from tessera.core.keys import aggregate_key, group_prefix
 from tests.unit.core.aggregation.reference import PLANS, Ev, streams, to_columns
 
 

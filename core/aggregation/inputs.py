@@ -1,0 +1,68 @@
+"""What one put contributes to its group's aggregations, read from the validated record.
+
+No Numba here: the request path extracts the inputs while it validates, and the writer folds
+them (tessera.core.aggregation.online) in its commit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tessera.core.aggregation.plan import AggregationPlan
+from tessera.proto.v1 import feature_store_pb2 as pb
+
+_NAN = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationInput:
+    """Per stream of the group's plan: the key text (the record identifier, or the key
+    feature's value; None when that feature is null: the event is in none of the stream's
+    keys) and each source's value as a float (NaN: null)."""
+
+    keys: tuple[str | None, ...]
+    values: tuple[tuple[float, ...], ...]
+
+
+def aggregation_input(
+    plan: AggregationPlan, record_id: str, record: pb.Record
+) -> AggregationInput:
+    """The inputs of a record that passed validation (its values have the schema's types)."""
+    wanted = plan.input_features
+    found: dict[str, pb.FeatureValue] = {}
+    for fv in record.features:
+        if fv.feature_name in wanted:
+            found[fv.feature_name] = fv
+    keys: list[str | None] = []
+    values: list[tuple[float, ...]] = []
+    for stream in plan.streams:
+        if stream.key is None:
+            keys.append(record_id)
+        else:
+            keys.append(key_text(found.get(stream.key)))
+        values.append(tuple(_number(found.get(s)) for s in stream.sources))
+    return AggregationInput(tuple(keys), tuple(values))
+
+
+def key_text(fv: pb.FeatureValue | None) -> str | None:
+    """A key feature's value as key text: an Integral's decimal digits, a String as is."""
+    if fv is None:
+        return None
+    kind = fv.WhichOneof("value")
+    if kind == "int_value":
+        return str(fv.int_value)
+    if kind == "string_value":
+        return str(fv.string_value)
+    return None
+
+
+def _number(fv: pb.FeatureValue | None) -> float:
+    if fv is None:
+        return _NAN
+    kind = fv.WhichOneof("value")
+    if kind == "float_value":
+        return float(fv.float_value)
+    if kind == "int_value":
+        return float(fv.int_value)
+    return _NAN
