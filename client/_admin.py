@@ -134,12 +134,10 @@ def create_feature_group(
                 else AggregationConfig(**aggregation_config)
             ),
         )
-    return AdminCall(
-        "POST",
-        FEATURE_GROUPS_PATH,
-        _description,
-        body=definition.model_dump(mode="json", exclude_none=True),
-    )
+    body = definition.model_dump(mode="json", exclude_none=True)
+    if not body["aggregations"]:
+        del body["aggregations"]  # the body of a group without them is as it always was
+    return AdminCall("POST", FEATURE_GROUPS_PATH, _description, body=body)
 
 
 def describe_feature_group(name: str) -> AdminCall[Description]:

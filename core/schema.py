@@ -421,7 +421,10 @@ class CompiledSchema:
         return cls.of(group)
 
     def unknown_feature(self, name: str) -> InvalidRequestError:
-        known = ", ".join(self.features)
+        names = list(self.features)
+        if self.aggregations is not None:
+            names += self.aggregations.names
+        known = ", ".join(names)
         return InvalidRequestError(
             f"feature '{name}' is not in group '{self.group_name}'; known: {known}"
         )

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.core import eventtime
+from tessera.core.aggregation.inputs import aggregation_input_of_values
 from tessera.core.errors import InvalidRequestError
 from tessera.core.keys import MAX_RECORD_ID_BYTES
 from tessera.core.records import MAX_RECORD_BYTES, ValidatedRecord
@@ -97,7 +98,9 @@ class FastEncoder:
         if len(payload) > MAX_RECORD_BYTES:
             return None
         expires = event_time_us + self._ttl_us if self._ttl_us is not None else None
-        return ValidatedRecord(record_id, event_time_us, expires, payload)
+        plan = self.schema.aggregations
+        inputs = None if plan is None else aggregation_input_of_values(plan, record_id, values)
+        return ValidatedRecord(record_id, event_time_us, expires, payload, inputs)
 
     def _event_time_us(self, value: Any) -> int | None:
         t = type(value)

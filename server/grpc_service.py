@@ -26,6 +26,7 @@ from tessera.core.schema import CompiledSchema
 from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, wire
+from tessera.server.aggregates import read_features, stream_keys
 from tessera.server.online_store import OpResult, RocksDBOnlineStore, now_us
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.writes import count_writes, delete_op, no_online_store, put_op
@@ -114,15 +115,48 @@ class FeatureStoreService:
         if not schema.online:
             raise no_online_store(schema)
         record_id = normalize_record_id(schema, req.record_identifier)
+        names = req.feature_names
+        if names:
+            _check_names(schema, names)
         hit = self._store.get(record_key(schema.group_id, record_id), now_us())
         if hit is None:
             return b""
         payload, expires_at_us = hit
-        if req.feature_names:
-            payload = _project(schema, payload, req.feature_names)
+        wanted = _aggregates_wanted(schema, names)
+        extra = b""
+        if wanted is not None:
+            (extra,) = self._aggregates(schema, [record_id], [payload], wanted)
+        if names:
+            payload = _project(schema, payload, names)
+        if extra:
+            payload = memoryview(bytes(payload) + extra)
         return wire.get_record_response(
             payload, expires_at_us if req.expiration_time_response else None
         )
+
+    def _aggregates(
+        self,
+        schema: CompiledSchema,
+        record_ids: list[str],
+        payloads: list[memoryview],
+        wanted: frozenset[str] | None,
+    ) -> list[bytes]:
+        """The records' aggregation features as of now, encoded to append to their bytes."""
+        plan = schema.aggregations
+        assert plan is not None
+        gid = schema.group_id
+        keys = [stream_keys(plan, gid, rid, p) for rid, p in zip(record_ids, payloads, strict=True)]
+        stored: list[list[bytes | None]] = []
+        present: list[list[bool]] = []
+        for s in range(len(plan.streams)):
+            column = [k[s] for k in keys]
+            found = self._store.get_aggregates([k for k in column if k is not None])
+            values = iter(found)
+            stored.append([None if k is None else next(values) for k in column])
+            present.append([k is not None for k in column])
+        # "Now" is taken after the tiles were read, so it is never before the commit that
+        # wrote them (the fold's eviction and write times assume reads come later).
+        return read_features(plan, stored, present, now_us(), wanted)
 
     def batch_get_record(self, data: bytes) -> bytes:
         req = pb.BatchGetRecordRequest.FromString(data)
@@ -152,9 +186,7 @@ class FeatureStoreService:
             try:
                 if not schema.online:
                     raise no_online_store(schema)
-                for f in entry.feature_names:
-                    if f not in schema.features:
-                        raise schema.unknown_feature(f)
+                _check_names(schema, entry.feature_names)
             except TesseraError as exc:
                 for rid in ids:
                     side.errors.add(feature_group_name=name, record_identifier=rid,
@@ -170,12 +202,18 @@ class FeatureStoreService:
             gid = schema.group_id
             hits = self._store.multi_get([record_key(gid, rid) for rid in good], at_us)
             group_enc = length_delimited(1, name.encode())
-            for rid, hit in zip(good, hits, strict=True):
-                if hit is None:
-                    continue
-                payload, expires_at_us = hit
+            found = [(rid, hit) for rid, hit in zip(good, hits, strict=True) if hit is not None]
+            wanted = _aggregates_wanted(schema, entry.feature_names)
+            extras: list[bytes] = []
+            if wanted is not None and found:
+                extras = self._aggregates(
+                    schema, [rid for rid, _ in found], [hit[0] for _, hit in found], wanted
+                )
+            for i, (rid, (payload, expires_at_us)) in enumerate(found):
                 if entry.feature_names:
                     payload = _project(schema, payload, entry.feature_names)
+                if extras and extras[i]:
+                    payload = memoryview(bytes(payload) + extras[i])
                 parts.append(wire.batch_result_detail(
                     group_enc, rid, payload, expires_at_us if with_expiry else None
                 ))
@@ -189,12 +227,29 @@ class FeatureStoreService:
         return data
 
 
+def _check_names(schema: CompiledSchema, names: Any) -> None:
+    """Refuse a feature filter naming neither a feature nor an aggregation of the group."""
+    plan = schema.aggregations
+    for f in names:
+        if f not in schema.features and (plan is None or f not in plan.aggregations):
+            raise schema.unknown_feature(f)
+
+
+def _aggregates_wanted(schema: CompiledSchema, names: Any) -> frozenset[str] | None:
+    """The aggregations a read returns: all of them without a filter, the named ones with one;
+    None when there are none to compute."""
+    plan = schema.aggregations
+    if plan is None:
+        return None
+    if not names:
+        return frozenset(plan.aggregations)
+    wanted = frozenset(n for n in names if n in plan.aggregations)
+    return wanted or None
+
+
 def _project(schema: CompiledSchema, payload: memoryview, names: Any) -> memoryview:
     """The stored record restricted to `names` (decoded: only when a filter is asked for)."""
     wanted = set(names)
-    for f in wanted:
-        if f not in schema.features:
-            raise schema.unknown_feature(f)
     record = pb.Record.FromString(bytes(payload))
     kept = pb.Record(features=[fv for fv in record.features if fv.feature_name in wanted])
     return memoryview(kept.SerializeToString())

@@ -43,6 +43,13 @@ RECORDS_WRITTEN = Counter(
     ["feature_group", "outcome"],
     registry=REGISTRY,
 )
+AGGREGATE_EVENTS_TOO_LATE = Counter(
+    "tessera_aggregate_events_too_late_total",
+    "Puts left out of a group's aggregation features because they arrived later than its "
+    "lateness bound (commit time - event time > aggregation_config.lateness).",
+    ["feature_group"],
+    registry=REGISTRY,
+)
 GROUP_COMMITS = Gauge(
     "tessera_online_group_commits",
     "Durable (fsync'd) write batches committed by the online store since start.",

@@ -27,8 +27,9 @@ import rocksdict
 from tessera.core.errors import PreconditionFailedError, StorageError, TesseraError
 from tessera.core.eventtime import to_iso
 from tessera.core.keys import group_prefix
-from tessera.server import history
-from tessera.server.rocksdb import EXPIRY, OUTBOX, RECORDS, RocksDB
+from tessera.server import history, metrics
+from tessera.server.aggregates import AggregateEvent, CommitAggregates
+from tessera.server.rocksdb import AGGREGATES, EXPIRY, OUTBOX, RECORDS, RocksDB
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class PutOp:
     history: bytes | None = None
     #: False for a group without an online store: only the history row is written.
     online: bool = True
+    #: The put's inputs to its group's aggregation features (None: the group has none).
+    aggregate: AggregateEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,8 @@ class RocksDBOnlineStore:
         self._records_cf = rocks.handle(RECORDS)
         self._expiry_cf = rocks.handle(EXPIRY)
         self._outbox_cf = rocks.handle(OUTBOX)
+        self._aggregates = rocks.aggregates
+        self._aggregates_cf = rocks.handle(AGGREGATES)
         #: The last commit sequence number made durable: history rows up to it are in the outbox
         #: (or already flushed). Only the writer thread advances it.
         self.last_seq = self._recover_last_seq()
@@ -185,6 +190,12 @@ class RocksDBOnlineStore:
         self, keys: list[bytes], at_us: int
     ) -> list[tuple[memoryview, int | None] | None]:
         return [_live(raw, at_us) for raw in self._records.get(keys)]  # type: ignore[arg-type, union-attr]
+
+    def get_aggregates(self, keys: list[bytes]) -> list[bytes | None]:
+        """Stored tile states (None: no events for that key)."""
+        if len(keys) == 1:
+            return [self._aggregates.get(keys[0])]
+        return self._aggregates.get(keys)  # type: ignore[return-value, arg-type]
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -250,6 +261,7 @@ class RocksDBOnlineStore:
         if keys:
             stored.update(zip(keys, self._records.get(keys), strict=True))  # type: ignore[arg-type]
         wb = rocksdict.WriteBatch(raw_mode=True)
+        aggregates = CommitAggregates()
         out: list[list[OpResult]] = []
         n = 0
         seq = self.last_seq
@@ -274,17 +286,39 @@ class RocksDBOnlineStore:
                         seq += 1
                         row = history.with_write_time(at_us, op.history)
                         wb.put(outbox_key(seq), row, self._outbox_cf)
+                    # So do aggregates: every accepted put is an event (ordered by seq).
+                    if (
+                        isinstance(op, PutOp)
+                        and op.aggregate is not None
+                        and op.online
+                        and not isinstance(result, TesseraError)
+                    ):
+                        aggregates.add(op.group_id, op.aggregate, op.event_time_us, seq)
                 elif isinstance(op, _PurgeOp):
                     result = self._purge(wb, stored, op)
                 else:
                     result = self._drop(wb, stored, op)
                 results.append(result)
             out.append(results)
+        if aggregates:
+            self._fold(wb, aggregates, at_us)
         self._rocks.db.write(wb, self._sync)
         self.last_seq = seq
         self.commits += 1
         self.committed_ops += n
         return out
+
+    def _fold(self, wb: rocksdict.WriteBatch, aggregates: CommitAggregates, at_us: int) -> None:
+        cf = self._aggregates_cf
+        aggregates.discard_groups(self._dropped)  # a drop in this commit range-deleted them
+        dropped = aggregates.fold(
+            self.get_aggregates,
+            lambda key, value: wb.put(key, value, cf),
+            lambda key: wb.delete(key, cf),
+            at_us,
+        )
+        for group_name, count in dropped.items():
+            metrics.AGGREGATE_EVENTS_TOO_LATE.labels(group_name).inc(count)
 
     def _newer_stored(self, stored: _Stored, key: bytes, et: int, at: int) -> int:
         """The stored event time if a live-or-tombstoned record newer than `et` exists, else -1."""
@@ -343,7 +377,9 @@ class RocksDBOnlineStore:
 
     def _drop(self, wb: rocksdict.WriteBatch, stored: _Stored, op: _DropGroupOp) -> OpResult:
         self._dropped.add(op.group_id)
-        wb.delete_range(group_prefix(op.group_id), group_prefix(op.group_id + 1), self._records_cf)
+        start, end = group_prefix(op.group_id), group_prefix(op.group_id + 1)
+        wb.delete_range(start, end, self._records_cf)
+        wb.delete_range(start, end, self._aggregates_cf)
         for key in stored:
             if key.startswith(group_prefix(op.group_id)):
                 stored[key] = None

@@ -13,7 +13,8 @@ RECORDS = "records"  # group_id | record_id -> header + Record wire bytes
 EXPIRY = "expiry"  # expires_at_us | group_id | record_id -> b"" (the TTL purge's index)
 REGISTRY = "registry"  # feature group definitions
 OUTBOX = "outbox"  # b"r" | seq -> history row, until flushed to Parquet; b"m/..." its marks
-COLUMN_FAMILIES = ("default", RECORDS, EXPIRY, REGISTRY, OUTBOX)
+AGGREGATES = "aggregates"  # group_id | stream id | key text -> tile state (core/aggregation)
+COLUMN_FAMILIES = ("default", RECORDS, EXPIRY, REGISTRY, OUTBOX, AGGREGATES)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RocksDB:
     expiry: rocksdict.Rdict
     registry: rocksdict.Rdict
     outbox: rocksdict.Rdict
+    aggregates: rocksdict.Rdict
 
     def handle(self, name: str) -> rocksdict.ColumnFamily:
         return self.db.get_column_family_handle(name)
@@ -33,7 +35,7 @@ class RocksDB:
         """Sync the WAL and close. RocksDB releases its lock once every Python reference to the
         DB, its column families and their handles is gone."""
         self.db.flush_wal(True)
-        for view in (self.records, self.expiry, self.registry, self.outbox):
+        for view in (self.records, self.expiry, self.registry, self.outbox, self.aggregates):
             view.close()
         self.db.close()
 
@@ -75,4 +77,5 @@ def open_rocksdb(path: Path, block_cache_mb: int = 512, write_buffer_mb: int = 6
         expiry=db.get_column_family(EXPIRY),
         registry=db.get_column_family(REGISTRY),
         outbox=db.get_column_family(OUTBOX),
+        aggregates=db.get_column_family(AGGREGATES),
     )

@@ -10,6 +10,7 @@ from tessera.core.records import ValidatedRecord
 from tessera.core.schema import CompiledSchema
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import history, metrics
+from tessera.server.aggregates import AggregateEvent
 from tessera.server.online_store import DeleteOp, OpResult, PutOp
 
 
@@ -22,8 +23,11 @@ def put_op(
     if schema.offline:
         row = history.encode(gid, api_invocation_time_us, rec.event_time_us, rec.expires_at_us,
                              False, source, rec.payload)
+    aggregate = None
+    if rec.aggregation is not None and schema.aggregations is not None:
+        aggregate = AggregateEvent(schema.group_name, schema.aggregations, rec.aggregation)
     return PutOp(gid, record_key(gid, rec.record_id), rec.event_time_us, rec.expires_at_us,
-                 rec.payload, row, schema.online)
+                 rec.payload, row, schema.online, aggregate)
 
 
 def delete_op(

@@ -31,3 +31,12 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
 def unique_group_name(request: pytest.FixtureRequest) -> str:
     base = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40].strip("_")
     return f"{base}_{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def aggregation_kernels() -> None:
+    """Compile the aggregation kernels once, in this process: Numba caches them on disk, so the
+    server processes the tests start load them (~0.3 s) instead of compiling (~15 s each)."""
+    from tessera.core.aggregation.warmup import warm_up
+
+    warm_up()

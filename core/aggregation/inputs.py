@@ -7,7 +7,9 @@ them (tessera.core.aggregation.online) in its commit.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tessera.core.aggregation.plan import AggregationPlan
 from tessera.proto.v1 import feature_store_pb2 as pb
@@ -43,6 +45,25 @@ def aggregation_input(
             keys.append(key_text(found.get(stream.key)))
         values.append(tuple(_number(found.get(s)) for s in stream.sources))
     return AggregationInput(tuple(keys), tuple(values))
+
+
+def aggregation_input_of_values(
+    plan: AggregationPlan, record_id: str, values: Mapping[str, Any]
+) -> AggregationInput:
+    """The inputs of a record given as plain values that passed validation (ints, floats and
+    strings of the schema's types; None for a null): the ingest fast path's form."""
+    keys: list[str | None] = []
+    numbers: list[tuple[float, ...]] = []
+    for stream in plan.streams:
+        if stream.key is None:
+            keys.append(record_id)
+        else:
+            k = values.get(stream.key)
+            keys.append(None if k is None else str(k))
+        numbers.append(
+            tuple(_NAN if (v := values.get(s)) is None else float(v) for s in stream.sources)
+        )
+    return AggregationInput(tuple(keys), tuple(numbers))
 
 
 def key_text(fv: pb.FeatureValue | None) -> str | None:

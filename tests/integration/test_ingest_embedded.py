@@ -100,10 +100,11 @@ def test_embedded_sink_writes_into_the_store_and_follows_added_features(
 
 
 def test_tessera_serve_consumes_topics_configured_in_settings(
-    kafka: KafkaBroker, tmp_path: Path
+    kafka: KafkaBroker, tmp_path: Path, aggregation_kernels: None
 ) -> None:
     """The embedded consumer inside a real `tessera serve` process, configured by TESSERA_INGEST:
-    records land online and in history with their Kafka source, and SIGTERM drains cleanly."""
+    records land online, in their group's aggregations and in history with their Kafka source,
+    and SIGTERM drains cleanly."""
     from tessera.client import FeatureStoreClient
     from tests.integration.test_offline_history import wait_for_rows
     from tests.serverproc import ServerProcess
@@ -120,7 +121,11 @@ def test_tessera_serve_consumes_topics_configured_in_settings(
         fs = FeatureStoreClient(grpc=proc.grpc_target, http=proc.http_url)
         fs.create_feature_group("events", record_identifier="user_id", event_time="ts",
                                 features={"user_id": "String", "ts": "Fractional",
-                                          "clicks": "Integral"})
+                                          "clicks": "Integral"},
+                                aggregations=[{"name": "clicks_sum_1h", "source": "clicks",
+                                               "function": "sum", "window": "1h"},
+                                              {"name": "events_1h", "function": "count",
+                                               "window": "1h"}])
         t0 = time.time()
         kafka.produce(topic, [
             (None, json.dumps({"user_id": f"u{i % 10}", "ts": t0 + i, "clicks": i}).encode())
@@ -129,11 +134,13 @@ def test_tessera_serve_consumes_topics_configured_in_settings(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             got = fs.get_record("events", "u9")
-            if got is not None and got["clicks"] == 199:
+            if got is not None and got["clicks"] == 199 and got["events_1h"] == 20:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"records did not arrive:\n{proc.log()[-3000:]}")
+        # The consumer's batches fold into the aggregates as PutRecords' do.
+        assert got["clicks_sum_1h"] == sum(range(9, 200, 10))
         rows = wait_for_rows(proc, "events", 200)
         assert len(rows) == 200
         assert all(r["tessera_source"].startswith(f"kafka:{topic}/") for r in rows)
