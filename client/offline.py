@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,12 +36,16 @@ if TYPE_CHECKING:
     #: A spine: a DataFrame, an Arrow table, a Parquet file (path or glob), or a SELECT query
     #: over the catalog's views (a string starting with SELECT, WITH, FROM, VALUES or '(').
     SpineInput: TypeAlias = pd.DataFrame | pa.Table | str | Path
+    _AggregateTable: TypeAlias = Callable[
+        [duckdb.DuckDBPyConnection, PointInTimeQuery, str], pa.Table
+    ]
 
 __all__ = ["Dataset", "OfflineStore"]
 
 DEFAULT_BATCH_ROWS = 131_072
 _SPINE_SOURCE = "__tessera_spine_source"
 _RESULT = "__tessera_result"
+_AGGREGATES = "__tessera_aggregates"
 _COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "uncompressed")
 _PERCENT_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
 _SQL_START = ("select", "with", "from", "values", "(")
@@ -100,12 +104,21 @@ class OfflineStore:
         """A point-in-time dataset: for each spine row, each group's features as they were at
         the row's `timestamp` (latest event time <= it; deleted or expired rows read as null).
 
-        `features` maps a group to feature names (None, or a plain list of group names: every
-        feature but the record identifier and event time). `on` names the spine column holding
+        `features` maps a group to feature names, plain features or the group's aggregation
+        features (None, or a plain list of group names: every feature but the record identifier
+        and event time, then every aggregation feature). `on` names the spine column holding
         each group's record ids (default: the group's record identifier name). `as_of` ignores
         writes after that moment (a datetime, naive = UTC; epoch seconds; or ISO-8601),
         reproducing a dataset as it could have been built then. `prefix_group` names the
         feature columns `<group>__<feature>`.
+
+        An aggregation feature is what GetRecord returned at the row's timestamp (see
+        `tessera.core.aggregation`): over the group's events (every put, not only the latest
+        per record) committed by then, for the row's record id, whether or not a live record
+        is found; or, keyed by a feature, for that feature's value in the row the join picks
+        (null when there is none). They need the Numba kernels (`tessera[aggregation]`) and
+        are computed in memory (`tessera.core.aggregation.dataset`), the plain features still
+        streaming and spilling as without them.
         Nothing runs until a `to_*` method; each run reads the store as it is then.
         """
         from tessera.core import pit
@@ -145,6 +158,8 @@ class OfflineStore:
         )
         pit.check_output_names(query)
         pit.timestamp_us_sql(timestamp, dict(columns)[timestamp])  # refuses a bad type now
+        if query.has_aggregations:
+            _aggregation_kernels()  # refuses a missing extra now
         return Dataset(self.catalog, source, query, self.progress)
 
     def close(self) -> None:
@@ -176,7 +191,8 @@ class Dataset:
 
     @property
     def sql(self) -> str:
-        """The DuckDB query that builds the dataset (for reading and debugging)."""
+        """The DuckDB query that builds the dataset (for reading and debugging); aggregation
+        features are computed apart from it and are not among its columns."""
         return self.query.sql()
 
     @property
@@ -194,7 +210,7 @@ class Dataset:
         show = self._show_progress()
         with self._joined(show) as (cur, total):
             with duckdb_errors("dataset"):
-                reader = cur.sql(_ordered_sql()).to_arrow_reader(batch_rows)
+                reader = cur.sql(self._read_sql()).to_arrow_reader(batch_rows)
             with tqdm(total=total, unit="rows", desc="dataset", disable=not show) as bar:
                 while True:
                     try:
@@ -234,7 +250,7 @@ class Dataset:
             target = quote_literal(str(path))
             options = f"FORMAT parquet, COMPRESSION {compression}"
             with duckdb_errors("dataset"), _statement_progress(cur, show, "writing"):
-                done = cur.sql(f"COPY ({_ordered_sql()}) TO {target} ({options})")
+                done = cur.sql(f"COPY ({self._read_sql()}) TO {target} ({options})")
                 return int(done.fetchall()[0][0]) if done is not None else 0
 
     def schema(self) -> pa.Schema:
@@ -245,13 +261,18 @@ class Dataset:
         try:
             with duckdb_errors("dataset"):
                 self._source.prepare(cur, bind_only=True)
-                schema: pa.Schema = cur.sql(self.sql).limit(0).to_arrow_table().schema
+                sql = self.query.schema_sql()
+                schema: pa.Schema = cur.sql(sql).limit(0).to_arrow_table().schema
                 return schema
         finally:
             cur.close()
 
     def _show_progress(self) -> bool:
         return self.progress if self.progress is not None else sys.stderr.isatty()
+
+    def _read_sql(self) -> str:
+        """The joined rows (and aggregation features) read back in spine order."""
+        return self.query.read_sql(_RESULT, _AGGREGATES if self.query.has_aggregations else None)
 
     @contextmanager
     def _joined(self, show: bool) -> Iterator[tuple[duckdb.DuckDBPyConnection, int | None]]:
@@ -270,6 +291,9 @@ class Dataset:
                     cur.execute(f"CREATE TEMP TABLE {_RESULT} AS {self.query.unordered_sql()}")
                 self._source.release(cur)
                 cur.execute("SET SESSION preserve_insertion_order = true")
+                if self.query.has_aggregations:
+                    aggregate_table = _aggregation_kernels()
+                    cur.register(_AGGREGATES, aggregate_table(cur, self.query, _RESULT))
             yield cur, total
         finally:
             cur.close()  # drops the temporary tables
@@ -385,11 +409,16 @@ class _SpineSource:
         return int(rows)  # from the Parquet footer: no data is read
 
 
-def _ordered_sql() -> str:
-    """The joined rows read back from their temporary table in spine order."""
-    from tessera.core.pit import ROW_COLUMN
-
-    return f"SELECT * EXCLUDE ({ROW_COLUMN}) FROM {_RESULT} ORDER BY {ROW_COLUMN}"
+def _aggregation_kernels() -> _AggregateTable:
+    """`tessera.core.aggregation.dataset.aggregate_table`, which loads Numba."""
+    try:
+        from tessera.core.aggregation.dataset import aggregate_table
+    except ImportError as exc:
+        raise ImportError(
+            f"aggregation features need the aggregation kernels ({exc}); "
+            "install tessera[aggregation]"
+        ) from exc
+    return aggregate_table
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from tessera.core import eventtime
 from tessera.core import offline_layout as layout
+from tessera.core.aggregation.spec import AggregationConfig, AggregationDefinition
 from tessera.core.schema import (
     FeatureDefinition,
     FeatureGroup,
@@ -40,6 +41,8 @@ def make_group(
     ttl_s: int | None = None,
     group_id: int = 1,
     version: int = 1,
+    aggregations: Sequence[AggregationDefinition] = (),
+    aggregation_config: AggregationConfig | None = None,
 ) -> FeatureGroup:
     """A feature group; `features` maps names to type text ('Integral', 'List[String]', ...) and
     must include the record identifier and the event time feature."""
@@ -51,6 +54,8 @@ def make_group(
         online_store_config=OnlineStoreConfig(
             ttl_duration=TtlDuration.of_seconds(ttl_s) if ttl_s else None
         ),
+        aggregations=list(aggregations),
+        aggregation_config=aggregation_config,
     )
     definition.check()
     return FeatureGroup(

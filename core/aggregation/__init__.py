@@ -8,6 +8,7 @@ rules, so that the dataset builder's value for (id, t) is what GetRecord returne
     codec     tile state <-> RocksDB value (one per stream and key), the key layout
     online    fold(stored values, events) -> new values; read(stored values, now)
     offline   point_in_time(events, queries)
+    dataset   the dataset builder's aggregation columns: events and queries read with DuckDB
     warmup    warm_up(): compile every kernel signature at start-up
     bench     the micro-benchmarks (python -m tessera.core.aggregation.bench)
 
