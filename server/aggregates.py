@@ -16,11 +16,9 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from tessera.core.aggregation.columns import AggregateValue
 from tessera.core.aggregation.inputs import AggregationInput
 from tessera.core.aggregation.plan import AggregationPlan, StreamPlan
 from tessera.core.keys import aggregate_key
@@ -179,39 +177,21 @@ def read_features(
     wanted: frozenset[str] | None = None,
 ) -> list[bytes]:
     """Per record: its aggregation features as of `now_us`, encoded as Record.features entries
-    to append to the stored record's bytes. `stored[s][i]` is stream s's value for record i
-    (None: no events), `present[s][i]` False where the record's key feature is null (its
-    aggregates of that stream are null). `wanted`: only these names (None: all)."""
+    to append to the stored record's bytes (by the kernel, which reads and encodes in one
+    call per stream). `stored[s][i]` is stream s's value for record i (None: no events),
+    `present[s][i]` False where the record's key feature is null (its aggregates of that
+    stream are null). `wanted`: only these names (None: all)."""
     from tessera.core.aggregation import online
 
     ensure_kernels()
     n = len(stored[0]) if stored else 0
-    records = [pb.Record() for _ in range(n)]
+    out = [b""] * n
     for stream, values, here in zip(plan.streams, stored, present, strict=True):
-        aggs = [a for a in stream.aggregations if wanted is None or a.name in wanted]
-        if not aggs:
+        fields = online.encoded_fields(stream, wanted)
+        if not len(fields.kinds):
             continue
-        result = online.read(stream, values, now_us)
+        encoded = online.read_encoded(stream, values, now_us, fields)
         for i in range(n):
-            if not here[i]:
-                continue
-            row = result.row(i)
-            features = records[i].features
-            for agg in aggs:
-                _add(features, agg.name, agg.output_type, row[agg.name])
-    return [r.SerializeToString() for r in records]
-
-
-def _add(features: Any, name: str, output_type: str, value: AggregateValue) -> None:
-    if value is None:
-        return  # an empty window's mean/min/max/last: null, like a feature left out
-    fv = features.add(feature_name=name)
-    if isinstance(value, list):
-        # last_n: newest first; an empty window is an empty list, not a null.
-        target = fv.int_list if output_type == "List[Integral]" else fv.float_list
-        target.SetInParent()
-        target.values.extend(value)
-    elif output_type == "Integral":
-        fv.int_value = int(value)
-    else:
-        fv.float_value = float(value)
+            if here[i]:
+                out[i] += encoded[i]
+    return out

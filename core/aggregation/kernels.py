@@ -924,3 +924,161 @@ def read_values(
         now_us, tile_us, window_tiles, agg_func, agg_source, agg_window, agg_n, list_off,
     )  # fmt: skip
     return values, valid, lists, list_len, bad
+
+
+# --- the read path's response encoding ---------------------------------------------------------
+
+# Output kinds of encode_features (server/aggregates.py maps output types to them).
+KIND_INT, KIND_FLOAT, KIND_INT_LIST, KIND_FLOAT_LIST = 0, 1, 2, 3
+READ_ENCODED_SIGNATURE = (*READ_VALUES_SIGNATURE, I64_1, I64_1, U8_1, I64_1)
+
+
+@helper
+def _varint_len(u: np.uint64) -> int:
+    n = 1
+    while u >= np.uint64(0x80):
+        u = u >> np.uint64(7)
+        n += 1
+    return n
+
+
+@helper
+def _put_varint(out: U8s, at: int, u: np.uint64) -> int:
+    while u >= np.uint64(0x80):
+        out[at] = np.uint8((u & np.uint64(0x7F)) | np.uint64(0x80))
+        u = u >> np.uint64(7)
+        at += 1
+    out[at] = np.uint8(u)
+    return at + 1
+
+
+@helper
+def _zigzagless(v: float) -> np.uint64:
+    """An Integral output (a float holding a whole number) as protobuf's int64 varint does it:
+    two's complement in 64 bits."""
+    return np.uint64(np.int64(v))
+
+
+@kernel
+def _feature_sizes(
+    values: F64s, valid: Bools, lists: F64s, list_len: I64s, i: int,
+    kinds: I64s, columns: I64s, list_start: I64s, name_off: I64s,
+) -> tuple[I64s, I64s]:
+    """Per field of row i: the FeatureValue body's length (-1: null, left out), and for a
+    list the packed values' length."""
+    f = kinds.shape[0]
+    body = np.full(f, -1, np.int64)
+    packed = np.zeros(f, np.int64)
+    for j in range(f):
+        c = columns[j]
+        name = name_off[j + 1] - name_off[j]
+        kind = kinds[j]
+        if kind == KIND_INT_LIST or kind == KIND_FLOAT_LIST:  # noqa: SIM109 (plain for Numba)
+            n = list_len[i, c]
+            p = 0
+            if kind == KIND_FLOAT_LIST:
+                p = 8 * n
+            else:
+                for x in range(n):
+                    p += _varint_len(_zigzagless(lists[i, list_start[j] + x]))
+            packed[j] = p
+            inner = 0 if n == 0 else 1 + _varint_len(np.uint64(p)) + p
+            body[j] = name + 1 + _varint_len(np.uint64(inner)) + inner
+        elif valid[i, c]:
+            if kind == KIND_INT:
+                body[j] = name + 1 + _varint_len(_zigzagless(values[i, c]))
+            else:
+                body[j] = name + 9
+    return body, packed
+
+
+@kernel
+def read_encoded(
+    buf: U8s,
+    off: I64s,
+    now_us: int,
+    tile_us: int,
+    s: int,
+    r: int,
+    window_tiles: I64s,
+    agg_func: I64s,
+    agg_source: I64s,
+    agg_window: I64s,
+    agg_n: I64s,
+    list_off: I64s,
+    kinds: I64s,
+    columns: I64s,
+    names: U8s,
+    name_off: I64s,
+) -> tuple[U8s, I64s, int]:
+    """read_values, then each key's fields encoded as `tessera.v1.Record` features entries
+    (field 1, each a FeatureValue: the name bytes `names[name_off[j]:name_off[j+1]]`, already
+    encoded as field 1, then int_value = 2, float_value = 3, int_list = 5 or float_list = 6, a
+    packed field 1), ready to append to a stored record: (bytes, per-key offsets, first bad
+    value or -1). Fields in `columns` order; an invalid scalar is left out (null); a list is
+    always there (empty: an empty message)."""
+    values, valid, lists, list_len, bad = read_values(
+        buf, off, now_us, tile_us, s, r,
+        window_tiles, agg_func, agg_source, agg_window, agg_n, list_off,
+    )  # fmt: skip
+    k = values.shape[0]
+    f = kinds.shape[0]
+    list_start = np.zeros(f, np.int64)
+    for j in range(f):
+        list_start[j] = list_off[columns[j]]
+    out_off = np.zeros(k + 1, np.int64)
+    sizes = np.zeros((k, f), np.int64)
+    packs = np.zeros((k, f), np.int64)
+    for i in range(k):
+        body, packed = _feature_sizes(
+            values, valid, lists, list_len, i, kinds, columns, list_start, name_off
+        )
+        total = 0
+        for j in range(f):
+            sizes[i, j] = body[j]
+            packs[i, j] = packed[j]
+            if body[j] >= 0:
+                total += 1 + _varint_len(np.uint64(body[j])) + body[j]
+        out_off[i + 1] = out_off[i] + total
+    out = np.empty(out_off[k], np.uint8)
+    for i in range(k):
+        at = out_off[i]
+        for j in range(f):
+            b = sizes[i, j]
+            if b < 0:
+                continue
+            c = columns[j]
+            kind = kinds[j]
+            out[at] = 0x0A  # Record.features
+            at = _put_varint(out, at + 1, np.uint64(b))
+            for x in range(name_off[j], name_off[j + 1]):
+                out[at] = names[x]
+                at += 1
+            if kind == KIND_INT:
+                out[at] = 0x10
+                at = _put_varint(out, at + 1, _zigzagless(values[i, c]))
+            elif kind == KIND_FLOAT:
+                out[at] = 0x19
+                bits = np.array([values[i, c]]).view(np.uint8)
+                for x in range(8):
+                    out[at + 1 + x] = bits[x]
+                at += 9
+            else:
+                n = list_len[i, c]
+                p = packs[i, j]
+                inner = 0 if n == 0 else 1 + _varint_len(np.uint64(p)) + p
+                out[at] = 0x2A if kind == KIND_INT_LIST else 0x32
+                at = _put_varint(out, at + 1, np.uint64(inner))
+                if n:
+                    out[at] = 0x0A
+                    at = _put_varint(out, at + 1, np.uint64(p))
+                    for x in range(n):
+                        v = lists[i, list_start[j] + x]
+                        if kind == KIND_INT_LIST:
+                            at = _put_varint(out, at, _zigzagless(v))
+                        else:
+                            bits = np.array([v]).view(np.uint8)
+                            for y in range(8):
+                                out[at + y] = bits[y]
+                            at += 8
+    return out, out_off, bad

@@ -9,6 +9,7 @@ same WriteBatch as the records, add `dropped` to a metric. Read path: get ONE va
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tessera.core.aggregation import kernels
 from tessera.core.aggregation._arrays import offsets, ro_f64, ro_i64
 from tessera.core.aggregation.codec import TileState, check_bad, decode, pack, unpack
 from tessera.core.aggregation.columns import AggregateValues, Events
 from tessera.core.aggregation.kernels import encode_values, fold_tiles, read_values
 from tessera.core.aggregation.plan import StreamPlan
+from tessera.core.wire import length_delimited
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +70,62 @@ def read(plan: StreamPlan, stored: Sequence[bytes | None], now_us: int) -> Aggre
     )
     check_bad(bad, stored, s, r)
     return AggregateValues(plan, values, valid, lists, list_len)
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedFields:
+    """Which of a stream's aggregations `read_encoded` writes, in order, and how: kinds
+    (kernels.KIND_*), output columns, and the encoded name field of each, concatenated."""
+
+    kinds: npt.NDArray[np.int64]
+    columns: npt.NDArray[np.int64]
+    names: npt.NDArray[np.uint8]
+    name_off: npt.NDArray[np.int64]
+
+
+_KINDS = {
+    "Integral": kernels.KIND_INT,
+    "Fractional": kernels.KIND_FLOAT,
+    "List[Integral]": kernels.KIND_INT_LIST,
+    "List[Fractional]": kernels.KIND_FLOAT_LIST,
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def encoded_fields(plan: StreamPlan, wanted: frozenset[str] | None) -> EncodedFields:
+    """The fields `read_encoded` writes for `wanted` (None: every aggregation of the stream)."""
+    aggs = [a for a in plan.aggregations if wanted is None or a.name in wanted]
+    names = [length_delimited(1, a.name.encode()) for a in aggs]
+    name_off = np.zeros(len(names) + 1, np.int64)
+    np.cumsum([len(n) for n in names], out=name_off[1:])
+    return EncodedFields(
+        ro_i64(np.array([_KINDS[a.output_type] for a in aggs], np.int64)),
+        ro_i64(np.array([a.column for a in aggs], np.int64)),
+        _ro_u8(np.frombuffer(b"".join(names), np.uint8).copy()),
+        ro_i64(name_off),
+    )
+
+
+def _ro_u8(a: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    a.flags.writeable = False
+    return a
+
+
+def read_encoded(
+    plan: StreamPlan, stored: Sequence[bytes | None], now_us: int, fields: EncodedFields
+) -> list[bytes]:
+    """The stream's aggregations as of `now_us`, per stored value, encoded as Record features
+    entries (see kernels.read_encoded): the read path's one kernel call per stream."""
+    s, r = plan.n_sources, plan.recent_capacity
+    buf, off = pack(stored, s, r)
+    out, out_off, bad = kernels.read_encoded(
+        buf, off, int(now_us), plan.tile_us, s, r, *plan.kernel_plan(),
+        fields.kinds, fields.columns, fields.names, fields.name_off,
+    )  # fmt: skip
+    check_bad(bad, stored, s, r)
+    raw = out.tobytes()
+    bounds = out_off.tolist()
+    return [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def fold_arguments(

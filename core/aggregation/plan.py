@@ -9,6 +9,7 @@ every group.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -82,7 +83,7 @@ class StreamPlan:
     def n_sources(self) -> int:
         return len(self.sources)
 
-    @property
+    @functools.cached_property
     def recent_capacity(self) -> int:
         """Rows of the per-source recent-events arrays (the largest n of last/last_n)."""
         return int(self.recent_caps.max()) if len(self.recent_caps) else 0
@@ -126,7 +127,7 @@ class AggregationPlan:
         """The aggregation feature names, in declaration order."""
         return tuple(self.aggregations)
 
-    @property
+    @functools.cached_property
     def input_features(self) -> frozenset[str]:
         """The features an event's aggregation inputs are read from: sources and keys."""
         names = {s for stream in self.streams for s in stream.sources}

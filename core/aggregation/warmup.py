@@ -20,6 +20,7 @@ KERNELS: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (
     ("fold_tiles", kernels.fold_tiles, kernels.FOLD_SIGNATURE),
     ("encode_values", kernels.encode_values, kernels.ENCODE_SIGNATURE),
     ("read_values", kernels.read_values, kernels.READ_VALUES_SIGNATURE),
+    ("read_encoded", kernels.read_encoded, kernels.READ_ENCODED_SIGNATURE),
     ("pit_aggregate", kernels.pit_aggregate, kernels.PIT_SIGNATURE),
 )
 
@@ -74,6 +75,7 @@ def _exercise() -> None:
     events = _events(plan)
     result = online.fold(plan, [None], events)
     online.read(plan, result.values, 3_600_000_000)
+    online.read_encoded(plan, result.values, 3_600_000_000, online.encoded_fields(plan, None))
     codec.encode(codec.decode(result.values, plan.n_sources, plan.recent_capacity))
     offline.point_in_time(plan, events, np.zeros(1, np.int64), np.array([3_600_000_000]))
 
