@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tessera.core import eventtime
-from tessera.core.aggregation.inputs import AggregationInput, aggregation_input
+from tessera.core.aggregation.inputs import AggregationInput, aggregation_input_of_values
 from tessera.core.errors import InvalidRequestError
 from tessera.core.keys import check_record_id
 from tessera.core.schema import CollectionType, CompiledSchema, FeatureSpec
@@ -48,6 +48,9 @@ def validate_record(
     seen: set[str] = set()
     record_id: str | None = None
     event_time_us: int | None = None
+    plan = schema.aggregations
+    inputs: frozenset[str] = plan.input_features if plan is not None else frozenset()
+    input_values: dict[str, int | float | str] = {}
     for fv in record.features:
         name = fv.feature_name
         spec = features.get(name)
@@ -64,6 +67,8 @@ def validate_record(
                 raise _not_finite(where, name, fv.float_value)
         elif kind != "int_value" and kind != "string_value":
             _check_collection(fv, spec, where)
+        if name in inputs:  # an aggregation's source or key: a scalar, in the schema's form
+            input_values[name] = getattr(fv, spec.oneof)
         if name == id_name:
             if kind == "int_value":
                 record_id = str(fv.int_value)
@@ -96,8 +101,8 @@ def validate_record(
             raise InvalidRequestError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
         expires_at_us = event_time_us + round(ttl_s * eventtime.US_PER_S)
     aggregation = None
-    if schema.aggregations is not None:
-        aggregation = aggregation_input(schema.aggregations, record_id, record)
+    if plan is not None:
+        aggregation = aggregation_input_of_values(plan, record_id, input_values)
     return ValidatedRecord(record_id, event_time_us, expires_at_us, payload, aggregation)
 
 

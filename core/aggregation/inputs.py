@@ -1,7 +1,8 @@
 """What one put contributes to its group's aggregations, read from the validated record.
 
 No Numba here: the request path extracts the inputs while it validates, and the writer folds
-them (tessera.core.aggregation.online) in its commit.
+them (tessera.core.aggregation.online) in its commit. `key_text` is also how the read path
+finds a keyed stream's key in a stored record.
 """
 
 from __future__ import annotations
@@ -27,31 +28,12 @@ class AggregationInput:
     values: tuple[tuple[float, ...], ...]
 
 
-def aggregation_input(
-    plan: AggregationPlan, record_id: str, record: pb.Record
-) -> AggregationInput:
-    """The inputs of a record that passed validation (its values have the schema's types)."""
-    wanted = plan.input_features
-    found: dict[str, pb.FeatureValue] = {}
-    for fv in record.features:
-        if fv.feature_name in wanted:
-            found[fv.feature_name] = fv
-    keys: list[str | None] = []
-    values: list[tuple[float, ...]] = []
-    for stream in plan.streams:
-        if stream.key is None:
-            keys.append(record_id)
-        else:
-            keys.append(key_text(found.get(stream.key)))
-        values.append(tuple(_number(found.get(s)) for s in stream.sources))
-    return AggregationInput(tuple(keys), tuple(values))
-
-
 def aggregation_input_of_values(
     plan: AggregationPlan, record_id: str, values: Mapping[str, Any]
 ) -> AggregationInput:
-    """The inputs of a record given as plain values that passed validation (ints, floats and
-    strings of the schema's types; None for a null): the ingest fast path's form."""
+    """The inputs of a record that passed validation, from its values (ints, floats and
+    strings of the schema's types; absent or None for a null): `validate_record` collects the
+    plan's `input_features` as it checks them, the ingest fast path has them as a dict."""
     keys: list[str | None] = []
     numbers: list[tuple[float, ...]] = []
     for stream in plan.streams:
@@ -76,14 +58,3 @@ def key_text(fv: pb.FeatureValue | None) -> str | None:
     if kind == "string_value":
         return str(fv.string_value)
     return None
-
-
-def _number(fv: pb.FeatureValue | None) -> float:
-    if fv is None:
-        return _NAN
-    kind = fv.WhichOneof("value")
-    if kind == "float_value":
-        return float(fv.float_value)
-    if kind == "int_value":
-        return float(fv.int_value)
-    return _NAN
