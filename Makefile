@@ -32,3 +32,4 @@ bench: $(BIN)/.installed
 	  (apt-get update && apt-get install -y nghttp2-client)) || echo "no h2load: Python load generator"
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.ingest_bench
+	$(BIN)/python -m benchmarks.aggregation_bench

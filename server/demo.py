@@ -25,9 +25,15 @@ def run_demo(grpc: str, http: str) -> None:
             features={"user_id": "String", "ts": "Fractional", "clicks": "Integral",
                       "ctr": "Fractional", "tags": "List[String]", "emb": "Vector[4]"},
             description="users of the Tessera demo",
+            aggregations=[
+                {"name": "clicks_sum_1h", "source": "clicks", "function": "sum", "window": "1h"},
+                {"name": "events_1h", "function": "count", "window": "1h"},
+                {"name": "ctr_mean_1d", "source": "ctr", "function": "mean", "window": "1d"},
+            ],
         )
         say(f"created feature group '{group}': user_id (String), ts (Fractional event time), "
-            "clicks, ctr, tags, emb (Vector[4])")
+            "clicks, ctr, tags, emb (Vector[4]), and aggregations clicks_sum_1h, events_1h, "
+            "ctr_mean_1d")
         now = time.time()
         fs.put_record(group, {"user_id": "u1", "ts": now, "clicks": 3, "ctr": 0.1,
                               "tags": ["new"], "emb": [0.1, 0.2, 0.3, 0.4]})
@@ -38,8 +44,9 @@ def run_demo(grpc: str, http: str) -> None:
             for i in range(2, 1002)
         ))
         say(f"put_records wrote {n} records in bulk")
-        applied = fs.put_record(group, {"user_id": "u1", "ts": now - 3600, "clicks": 99})
-        say(f"put u1 with an event time an hour older: applied={applied} (the newer record stays)")
+        applied = fs.put_record(group, {"user_id": "u1", "ts": now - 1800, "clicks": 99})
+        say(f"put u1 with an event time 30 minutes older: applied={applied} (the newer record "
+            "stays; the put still counts in u1's aggregates)")
         record = fs.get_record(group, "u1")
         say(f"get u1 -> {_show(record)}")
         batch = fs.batch_get_record({group: ["u2", "u500", "nobody"]}, features=["clicks"])

@@ -127,6 +127,13 @@ class FeatureGroupRegistry:
         with self._lock:
             group = self.describe(name)
             d = group.definition
+            taken = {a.name for a in d.aggregations}
+            for f in update.feature_additions:
+                if f.feature_name in taken:
+                    raise ConflictError(
+                        f"feature '{f.feature_name}' would have the name of an aggregation "
+                        "feature of the group; choose another name"
+                    )
             check_feature_definitions(
                 update.feature_additions, existing=[f.feature_name for f in d.feature_definitions]
             )

@@ -202,6 +202,18 @@ BAD_DEFINITIONS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown field", {"ttl": 5}, "ttl: Extra inputs are not permitted"),
     ("negative ttl", {"online_store_config": {"ttl_duration": {"unit": "Seconds", "value": -1}}},
      "online_store_config.ttl_duration.value: Input should be greater than 0"),
+    ("aggregation of a string", {"aggregations": [
+        {"name": "a", "source": "id", "function": "max", "window": "1h"}]},
+     "aggregation 'a': source feature 'id' has type String; allowed: an Integral or Fractional "
+     "scalar feature (ts)"),
+    ("aggregation window not in tiles", {
+        "aggregations": [{"name": "a", "function": "count", "window": "7m"}],
+        "aggregation_config": {"tile_size": "5m"}},
+     "aggregation 'a': window '7m' is not a multiple of the tile size '5m'"),
+    ("aggregation missing its window", {"aggregations": [{"name": "a", "function": "count"}]},
+     "aggregations.0.window: Field required"),
+    ("aggregation config alone", {"aggregation_config": {"tile_size": "1m"}},
+     "aggregation_config is set but aggregations is empty"),
 ]
 
 
@@ -231,6 +243,22 @@ def test_unknown_group_is_404_over_http(wire: Wire) -> None:
                                  json={} if method == "PATCH" else None)
         assert resp.status_code == 404
         assert resp.json()["error"]["message"] == "feature group 'no_such_group' does not exist"
+
+
+def test_aggregations_cannot_be_changed_by_an_update(wire: Wire, unique_group_name: str) -> None:
+    body = _definition(unique_group_name,
+                       aggregations=[{"name": "n", "function": "count", "window": "1h"}])
+    assert wire.http.post("/v1/feature-groups", json=body).status_code == 201
+    resp = wire.http.patch(f"/v1/feature-groups/{unique_group_name}",
+                           json={"aggregations": []})
+    assert resp.status_code == 422
+    assert "aggregations: Extra inputs are not permitted" in resp.json()["error"]["message"]
+    resp = wire.http.patch(f"/v1/feature-groups/{unique_group_name}", json={
+        "feature_additions": [{"feature_name": "n", "feature_type": "Integral"}]})
+    assert resp.status_code == 409
+    assert resp.json()["error"]["message"] == (
+        "feature 'n' would have the name of an aggregation feature of the group; "
+        "choose another name")
 
 
 def test_malformed_json_is_422(wire: Wire) -> None:

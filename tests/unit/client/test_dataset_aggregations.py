@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -222,18 +222,6 @@ def assert_rows_match(
                 continue
             sub = dataclasses.replace(stream, aggregations=mine)
             assert_same(sub, gs, ws, w["__scale"], f"row {i}")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "offline"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[OfflineStore]:
-    root.mkdir(parents=True, exist_ok=True)
-    with OfflineStore(root, progress=False) as off:
-        yield off
 
 
 # A history of three users: late events (some past the 30m lateness), future-stamped ones, null

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,18 +38,6 @@ def clicks(off: OfflineStore, sp: pa.Table | pd.DataFrame | str, **kw: Any) -> l
     kw.setdefault("timestamp", "t")
     ds = off.dataset(sp, features={"users": ["clicks"]}, **kw)
     return ds.to_arrow().column("clicks").to_pylist()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "offline"
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[OfflineStore]:
-    root.mkdir(parents=True, exist_ok=True)
-    with OfflineStore(root, progress=False) as off:
-        yield off
 
 
 # --- which row a spine row sees ---------------------------------------------------------------
