@@ -3,11 +3,9 @@ tiles kept in the "aggregates" column family, in the commit's own WriteBatch (so
 acknowledged put is in its aggregates exactly when it is durable), and reads return them next to
 the record's features.
 
-The kernels (Numba) are loaded only by a server that has a group with aggregations:
-`ensure_kernels()` compiles them (or loads them from Numba's on-disk cache, ~0.3 s) before the
-server reports ready, so no read or write pays a compilation; creating the first such group
-starts it in the background (a cold compile takes ~15 s, once per installation: the create
-call does not wait, the group's first read or write does if it comes sooner).
+The server runs `ensure_kernels()` before it reports ready: the kernels (Numba) are compiled, or
+loaded from Numba's on-disk cache (~0.3 s; a compile takes ~20 s, once per installation), so no
+read or write ever pays a compilation, whenever its group was created.
 """
 
 from __future__ import annotations
@@ -30,21 +28,19 @@ _warm_lock = threading.Lock()
 _warm = False
 
 
-def warm_in_background() -> None:
-    """Start compiling the kernels in a thread (a group with aggregations was just created: its
-    first read or write waits for this only if it is not done by then)."""
-    threading.Thread(target=ensure_kernels, name="tessera-kernel-warmup", daemon=True).start()
-
-
 def ensure_kernels() -> None:
     """Compile (or load from Numba's cache) every aggregation kernel, once per process; callers
     block until it is done."""
     global _warm
+    if _warm:
+        return
     with _warm_lock:
         if _warm:
             return
         from tessera.core.aggregation.warmup import warm_up
 
+        log.info("loading the aggregation kernels (the first start after an install compiles "
+                 "them: ~20 s)")
         done = warm_up()
         log.info(
             "aggregation kernels ready: compiled or loaded in %.2f s, first run %.2f s",

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from tessera.core.catalog import Catalog
 from tessera.core.schema import FeatureGroup
 from tessera.server import metrics
-from tessera.server.aggregates import ensure_kernels, warm_in_background
+from tessera.server.aggregates import ensure_kernels
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
 from tessera.server.offline_writer import ParquetOfflineWriter
@@ -55,8 +55,6 @@ class _StoreHooks:
         self._store, self._offline, self._flusher = store, offline, flusher
 
     def group_changed(self, group: FeatureGroup) -> None:
-        if group.definition.aggregations:
-            warm_in_background()
         self._offline.publish_group(group)
 
     def group_deleted(self, group: FeatureGroup) -> None:
@@ -97,8 +95,9 @@ async def serve(
     groups = registry.list()
     for group in groups:
         offline.publish_group(group)
-    if any(g.definition.aggregations for g in groups):
-        await asyncio.to_thread(ensure_kernels)
+    # Before serving: no request pays a compilation, whichever group gets aggregations later
+    # (loaded from Numba's cache in ~0.3 s; compiled once after an install, ~20 s).
+    await asyncio.to_thread(ensure_kernels)
     flusher.start()
     metrics.FEATURE_GROUPS.set(len(registry.list()))
     purger = TtlPurger(

@@ -33,10 +33,11 @@ def unique_group_name(request: pytest.FixtureRequest) -> str:
     return f"{base}_{next(_names)}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def aggregation_kernels() -> None:
-    """Compile the aggregation kernels once, in this process: Numba caches them on disk, so the
-    server processes the tests start load them (~0.3 s) instead of compiling (~15 s each)."""
+    """Compile the aggregation kernels once, in this process, before any server starts: Numba
+    caches them on disk, so every server process the tests start loads them (~0.3 s) instead of
+    compiling them (~20 s each, which a server does before it reports ready)."""
     from tessera.core.aggregation.warmup import warm_up
 
     warm_up()
