@@ -259,23 +259,29 @@ def check_name(field: str, value: str) -> None:
         raise InvalidRequestError(f"{field} '{value}' is not valid; allowed: {NAME_RULE}")
 
 
+def check_column_name(field: str, value: str) -> None:
+    """A name that becomes an offline column (a feature's, an aggregation's): valid, and not
+    one of the offline store's own columns."""
+    from tessera.core.offline_layout import RESERVED_NAMES, RESERVED_PREFIX
+
+    check_name(field, value)
+    if value in RESERVED_NAMES or value.startswith(RESERVED_PREFIX):
+        raise InvalidRequestError(
+            f"{field} '{value}' is reserved for the offline store's columns; "
+            f"reserved: {', '.join(sorted(RESERVED_NAMES))} and names starting with "
+            f"'{RESERVED_PREFIX}'"
+        )
+
+
 def check_feature_definitions(
     definitions: list[FeatureDefinition], existing: tuple[str, ...] | list[str]
 ) -> dict[str, FeatureType]:
     """Types of the given definitions, checking names and refusing duplicates of each other and
     of `existing` feature names."""
-    from tessera.core.offline_layout import RESERVED_NAMES, RESERVED_PREFIX
-
     types: dict[str, FeatureType] = {}
     taken = set(existing)
     for d in definitions:
-        check_name("feature_name", d.feature_name)
-        if d.feature_name in RESERVED_NAMES or d.feature_name.startswith(RESERVED_PREFIX):
-            raise InvalidRequestError(
-                f"feature_name '{d.feature_name}' is reserved for the offline store's columns; "
-                f"reserved: {', '.join(sorted(RESERVED_NAMES))} and names starting with "
-                f"'{RESERVED_PREFIX}'"
-            )
+        check_column_name("feature_name", d.feature_name)
         if d.feature_name in types:
             raise InvalidRequestError(f"feature '{d.feature_name}' is defined twice")
         if d.feature_name in taken:

@@ -126,8 +126,7 @@ def check(
     and what is allowed. An empty list is valid (a plan with no streams).
     """
     from tessera.core.aggregation.plan import AggregationPlan, compile_plan
-    from tessera.core.offline_layout import RESERVED_NAMES, RESERVED_PREFIX
-    from tessera.core.schema import check_name
+    from tessera.core.schema import check_column_name
 
     config = config or AggregationConfig()
     if len(definitions) > MAX_AGGREGATIONS:
@@ -139,13 +138,7 @@ def check(
     seen: set[str] = set()
     windows: list[int] = []
     for d in definitions:
-        check_name("aggregation name", d.name)
-        if d.name in RESERVED_NAMES or d.name.startswith(RESERVED_PREFIX):
-            raise InvalidRequestError(
-                f"aggregation name '{d.name}' is reserved for the offline store's columns; "
-                f"reserved: {', '.join(sorted(RESERVED_NAMES))} and names starting with "
-                f"'{RESERVED_PREFIX}'"
-            )
+        check_column_name("aggregation name", d.name)
         if d.name in feature_types:
             raise InvalidRequestError(
                 f"aggregation '{d.name}' has the name of a feature of the group; "

@@ -16,17 +16,11 @@ import pyarrow as pa
 import pytest
 
 from tessera.client import FeatureStoreClient, OfflineStore
+from tests.integration.test_aggregations import FEATURES
 from tests.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("aggregation_kernels")]
 
-FEATURES = {
-    "user_id": "String",
-    "ts": "Fractional",
-    "clicks": "Integral",
-    "price": "Fractional",
-    "merchant": "String",
-}
 AGGREGATIONS: list[dict[str, Any]] = [
     {"name": "n_3s", "function": "count", "window": "3s"},
     {"name": "n_1m", "function": "count", "window": "1m"},
