@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 from tessera.ingest.config import IngestConfig, TopicConfig, config_from_dict, load_config
 
 if TYPE_CHECKING:
+    from tessera.ingest.grpc_sink import GrpcSink
     from tessera.ingest.metrics import IngestMetrics
     from tessera.ingest.runner import IngestFailedError, run_consumers
-    from tessera.ingest.sinks import GrpcSink, NullSink, SchemaChangedError, Sink, SinkRecord
+    from tessera.ingest.sinks import NullSink, SchemaChangedError, Sink, SinkRecord
 
 _LAZY = {
     "IngestMetrics": "tessera.ingest.metrics",
     "IngestFailedError": "tessera.ingest.runner",
     "run_consumers": "tessera.ingest.runner",
-    "GrpcSink": "tessera.ingest.sinks",
+    "GrpcSink": "tessera.ingest.grpc_sink",
     "NullSink": "tessera.ingest.sinks",
     "SchemaChangedError": "tessera.ingest.sinks",
     "Sink": "tessera.ingest.sinks",

@@ -164,9 +164,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run the consumers the flags describe until SIGTERM / SIGINT; the process's exit code."""
     from prometheus_client import start_http_server
 
+    from tessera.ingest.grpc_sink import GrpcSink
     from tessera.ingest.metrics import IngestMetrics
     from tessera.ingest.runner import IngestFailedError, run_consumers
-    from tessera.ingest.sinks import GrpcSink
 
     config = config_from_args(args)
     metrics = IngestMetrics()

@@ -24,7 +24,7 @@ from tessera.ingest.dlq import (
     SOURCE_PARTITION,
     SOURCE_TOPIC,
 )
-from tessera.ingest.sinks import GrpcSink
+from tessera.ingest.grpc_sink import GrpcSink
 from tests.kafka_fixtures import FixedPortServer, IngestProcess, KafkaBroker, session_broker
 from tests.serverproc import ServerProcess
 
