@@ -50,9 +50,7 @@ class FeatureGroupRegistry:
     """Create, describe, list, evolve and delete feature groups."""
 
     def __init__(self, rocks: RocksDB, hooks: RegistryHooks | None = None) -> None:
-        self._db = rocks.db
-        self._cf = rocks.registry
-        self._handle = rocks.handle("registry")
+        self._rocks = rocks  # DB objects looked up per use: the online store may reopen them
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._lock = threading.Lock()  # serializes mutations; reads use the dicts as they are
@@ -64,6 +62,18 @@ class FeatureGroupRegistry:
         self._by_id: dict[int, FeatureGroup] = {}
         for group in _scan(self._cf, _GROUP_PREFIX):
             self._install(group)
+
+    @property
+    def _db(self) -> rocksdict.Rdict:
+        return self._rocks.db
+
+    @property
+    def _cf(self) -> rocksdict.Rdict:
+        return self._rocks.registry
+
+    @property
+    def _handle(self) -> rocksdict.ColumnFamily:
+        return self._rocks.handle("registry")
 
     # --- reads (the request path) --------------------------------------------------------------
 
