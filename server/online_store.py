@@ -17,10 +17,7 @@ import logging
 import queue
 import struct
 import threading
-import time
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
-from typing import Protocol
 
 import rocksdict
 
@@ -28,8 +25,18 @@ from tessera.core.errors import PreconditionFailedError, StorageError, TesseraEr
 from tessera.core.eventtime import to_iso
 from tessera.core.keys import group_prefix
 from tessera.server import history, metrics
-from tessera.server.aggregates import AggregateEvent, CommitAggregates
+from tessera.server.aggregates import CommitAggregates
 from tessera.server.rocksdb import AGGREGATES, EXPIRY, OUTBOX, RECORDS, RocksDB
+# The operations and results are the seam's (server/store.py); re-exported for this module's
+# users, the two the store makes itself kept under their private names.
+from tessera.server.store import DeleteOp as DeleteOp
+from tessera.server.store import DropGroupOp as _DropGroupOp
+from tessera.server.store import OnlineStore
+from tessera.server.store import Op as Op
+from tessera.server.store import OpResult as OpResult
+from tessera.server.store import PurgeOp as _PurgeOp
+from tessera.server.store import PutOp as PutOp
+from tessera.server.store import now_us as now_us
 
 log = logging.getLogger(__name__)
 
@@ -60,62 +67,7 @@ def pack_mark(seq: int) -> bytes:
     return _SEQ.pack(seq)
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-@dataclass(frozen=True, slots=True)
-class PutOp:
-    group_id: int
-    key: bytes
-    event_time_us: int
-    expires_at_us: int | None
-    payload: bytes
-    #: The history row for the offline store (server/history.py), or None when it has none.
-    history: bytes | None = None
-    #: False for a group without an online store: only the history row is written.
-    online: bool = True
-    #: The put's inputs to its group's aggregation features (None: the group has none).
-    aggregate: AggregateEvent | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteOp:
-    group_id: int
-    key: bytes
-    event_time_us: int
-    hard: bool
-    history: bytes | None = None
-    online: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class _PurgeOp:
-    key: bytes
-    expires_at_us: int
-    index_key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _DropGroupOp:
-    group_id: int
-
-
-Op = PutOp | DeleteOp | _PurgeOp | _DropGroupOp
 _Stored = dict[bytes, bytes | None]  # a commit's view of the stored values of its keys
-#: Per op: True when it changed the online record, False when it was older than the stored one,
-#: or the error that refused it.
-OpResult = bool | TesseraError
-
-
-class OnlineStore(Protocol):
-    """What the servicer needs of an online store."""
-
-    def get(self, key: bytes, at_us: int) -> tuple[memoryview, int | None] | None: ...
-    def multi_get(
-        self, keys: list[bytes], at_us: int
-    ) -> list[tuple[memoryview, int | None] | None]: ...
-    def submit(self, ops: list[Op]) -> Future[list[OpResult]]: ...
 
 
 def _live(raw: bytes | None, at_us: int) -> tuple[memoryview, int | None] | None:
@@ -409,7 +361,7 @@ class RocksDBOnlineStore:
 class TtlPurger:
     """A background thread that purges expired records every `interval_s`."""
 
-    def __init__(self, store: RocksDBOnlineStore, interval_s: float, batch: int) -> None:
+    def __init__(self, store: OnlineStore, interval_s: float, batch: int) -> None:
         self._store = store
         self._interval_s = interval_s
         self._batch = batch

@@ -1,0 +1,118 @@
+"""The online store seam: the `OnlineStore` interface and the operations and results it speaks.
+
+Everything above the store (the servicer, the read path in server/reads.py, the write
+operations in server/writes.py, the embedded ingest sink, the TTL purger) depends on this
+module, never on an implementation. Implementations: `RocksDBOnlineStore` (server/online_store.py,
+the group-commit writer over RocksDB). One contract suite runs against each of them
+(tests/unit/server/test_online_store_contract.py).
+
+The semantics every implementation keeps (SageMaker Feature Store's):
+- one record per key; a put older (by event time) than the stored record does not overwrite it
+  (result False); on equal event times the later write wins;
+- a soft delete leaves a tombstone with its event time (older puts stay hidden); a hard delete
+  older than the stored record is refused (PreconditionFailedError in its result);
+- a record past its expiry reads as absent; `purge_expired` reclaims it;
+- every accepted put of a group with aggregations is an event folded into its aggregates,
+  durably with the commit that acknowledges it.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from tessera.core.errors import TesseraError
+from tessera.server.aggregates import AggregateEvent
+
+
+def now_us() -> int:
+    """Wall-clock microseconds since the epoch: the store's notion of "now"."""
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PutOp:
+    group_id: int
+    key: bytes
+    event_time_us: int
+    expires_at_us: int | None
+    payload: bytes
+    #: The history row for the offline store (server/history.py), or None when it has none.
+    history: bytes | None = None
+    #: False for a group without an online store: only the history row is written.
+    online: bool = True
+    #: The put's inputs to its group's aggregation features (None: the group has none).
+    aggregate: AggregateEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    group_id: int
+    key: bytes
+    event_time_us: int
+    hard: bool
+    history: bytes | None = None
+    online: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeOp:
+    """Delete the record at `key` if it still expires at `expires_at_us`, and the expiry index
+    entry `index_key` either way. Made by the store's own `purge_expired`."""
+
+    key: bytes
+    expires_at_us: int
+    index_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DropGroupOp:
+    """Remove every record and aggregate of a group. Made by the store's own `drop_group`."""
+
+    group_id: int
+
+
+#: Every operation the writer applies. Callers submit PutOp and DeleteOp; the store makes the
+#: others itself (`purge_expired`, `drop_group`).
+Op = PutOp | DeleteOp | PurgeOp | DropGroupOp
+#: Per op: True when it changed the online record, False when it was older than the stored one,
+#: or the error that refused it.
+OpResult = bool | TesseraError
+#: A live record: its stored wire bytes (a `tessera.v1.Record`, sent back without decoding) and
+#: its expiry (None: it does not expire).
+Hit = tuple[memoryview, int | None]
+
+
+class OnlineStore(Protocol):
+    """One record per (group, record id) key, with SageMaker's ordering rules (module docstring).
+
+    Reads are from the caller's thread and never block on writes; writes are submitted and
+    acknowledged through a future once durable.
+    """
+
+    def get(self, key: bytes, at_us: int) -> Hit | None:
+        """The record at `key` as it reads at `at_us` (None: absent, deleted or expired)."""
+        ...
+
+    def multi_get(self, keys: list[bytes], at_us: int) -> list[Hit | None]:
+        """`get` of each key, in order."""
+        ...
+
+    def get_aggregates(self, keys: list[bytes]) -> list[bytes | None]:
+        """Stored aggregate tile states (None: no events for that key), in order."""
+        ...
+
+    def submit(self, ops: list[Op]) -> Future[list[OpResult]]:
+        """Queue ops; the future resolves with one result per op once they are durable (or
+        with StorageError when none of them could be written)."""
+        ...
+
+    def drop_group(self, group_id: int) -> Future[list[OpResult]]:
+        """Remove every record of a group, ordered after everything submitted before it."""
+        ...
+
+    def purge_expired(self, at_us: int, limit: int) -> int:
+        """Delete up to `limit` records expired at `at_us`; how many index entries were done."""
+        ...
