@@ -9,6 +9,12 @@ the ordering check needs no locks. Reads go straight to RocksDB from the caller'
 
 Stored value: a 17-byte header (event_time_us, expires_at_us, flags) followed by the record's
 wire bytes, which GetRecord sends back without decoding.
+
+Storage failures: when a commit fails for a storage reason (disk full, I/O error), RocksDB
+refuses every later write until it is resumed. The store is then *degraded*: reads are served as
+before, writes fail fast with a StorageError (UNAVAILABLE), and the writer thread, which owns
+every mutation, retries its recovery with backoff: once a probe write in the DB's directory
+succeeds (space is back), it reopens the DB in-process (server/rocksdb.py) and writes resume.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ from tessera.core.keys import group_prefix
 from tessera.server import history, metrics
 from tessera.server.aggregates import CommitAggregates
 from tessera.server.rocksdb import AGGREGATES, EXPIRY, OUTBOX, RECORDS, RocksDB
+from tessera.server.storage_health import (
+    STORAGE_DEGRADED,
+    STORAGE_ERRORS,
+    STORAGE_RESUMES,
+    Backoff,
+)
+
 # The operations and results are the seam's (server/store.py); re-exported for this module's
 # users, the two the store makes itself kept under their private names.
 from tessera.server.store import DeleteOp as DeleteOp
@@ -100,17 +113,25 @@ def _settle(
         pass  # cancelled
 
 
+class _WriteFailed(Exception):
+    """RocksDB refused a commit's write: a storage failure, not a bug in the commit."""
+
+
+def _read_error(exc: Exception) -> StorageError:
+    return StorageError(f"the online store could not read: {exc}")
+
+
 class RocksDBOnlineStore:
     """The online store on RocksDB (see the module docstring)."""
 
-    def __init__(self, rocks: RocksDB, max_commit_records: int = 20_000) -> None:
+    def __init__(
+        self, rocks: RocksDB, max_commit_records: int = 20_000, recovery: Backoff | None = None
+    ) -> None:
+        # Column families are looked up per use (never kept): the DB may be reopened.
         self._rocks = rocks
-        self._records = rocks.records
-        self._records_cf = rocks.handle(RECORDS)
-        self._expiry_cf = rocks.handle(EXPIRY)
-        self._outbox_cf = rocks.handle(OUTBOX)
-        self._aggregates = rocks.aggregates
-        self._aggregates_cf = rocks.handle(AGGREGATES)
+        self._recovery = recovery or Backoff()
+        #: True while writes fail for a storage reason and the writer retries its recovery.
+        self.degraded = False
         #: The last commit sequence number made durable: history rows up to it are in the outbox
         #: (or already flushed). Only the writer thread advances it.
         self.last_seq = self._recover_last_seq()
@@ -136,18 +157,29 @@ class RocksDBOnlineStore:
     # --- reads ---------------------------------------------------------------------------------
 
     def get(self, key: bytes, at_us: int) -> tuple[memoryview, int | None] | None:
-        return _live(self._records.get(key), at_us)
+        try:
+            raw = self._rocks.records.get(key)
+        except Exception as exc:  # a reopen in progress (DbClosedError) or an I/O error
+            raise _read_error(exc) from exc
+        return _live(raw, at_us)
 
     def multi_get(
         self, keys: list[bytes], at_us: int
     ) -> list[tuple[memoryview, int | None] | None]:
-        return [_live(raw, at_us) for raw in self._records.get(keys)]  # type: ignore[arg-type, union-attr]
+        try:
+            raws = self._rocks.records.get(keys)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _read_error(exc) from exc
+        return [_live(raw, at_us) for raw in raws]  # type: ignore[union-attr]
 
     def get_aggregates(self, keys: list[bytes]) -> list[bytes | None]:
         """Stored tile states (None: no events for that key)."""
-        if len(keys) == 1:
-            return [self._aggregates.get(keys[0])]
-        return self._aggregates.get(keys)  # type: ignore[return-value, arg-type]
+        try:
+            if len(keys) == 1:
+                return [self._rocks.aggregates.get(keys[0])]
+            return self._rocks.aggregates.get(keys)  # type: ignore[return-value, arg-type]
+        except Exception as exc:
+            raise _read_error(exc) from exc
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -172,7 +204,14 @@ class RocksDBOnlineStore:
 
     def _run_writer(self) -> None:
         while True:
-            item = self._queue.get()
+            if self.degraded:  # wake up to retry the recovery even when no write comes
+                try:
+                    item = self._queue.get(timeout=max(0.01, self._recovery.wait_s()))
+                except queue.Empty:
+                    self._try_recover()
+                    continue
+            else:
+                item = self._queue.get()
             if item is None:
                 return
             batch = [item]
@@ -193,16 +232,59 @@ class RocksDBOnlineStore:
                 return
 
     def _commit(self, batch: list[tuple[list[Op], Future[list[OpResult]]]]) -> None:
+        if self.degraded and not self._try_recover():
+            err = StorageError(
+                "the online store cannot write now (a storage failure: disk full or I/O error); "
+                "it resumes by itself once the storage recovers, retry later"
+            )
+            for _, fut in batch:
+                _settle(fut, exception=err)
+            return
         try:
             results = self._apply(batch)
         except Exception as exc:  # a RocksDB failure fails the whole group, nothing acknowledged
-            log.exception("group commit failed")
-            err = StorageError(f"the online store could not write: {exc}")
+            cause = exc.__cause__ if isinstance(exc, _WriteFailed) else exc
+            err = StorageError(f"the online store could not write: {cause}")
+            if isinstance(exc, _WriteFailed):
+                self._degrade(cause)
+            else:
+                log.exception("group commit failed")
             for _, fut in batch:
                 _settle(fut, exception=err)
             return
         for (_, fut), res in zip(batch, results, strict=True):
             _settle(fut, result=res)
+
+    def _degrade(self, cause: BaseException | None) -> None:
+        STORAGE_ERRORS.labels("online").inc()
+        if not self.degraded:
+            log.error("the online store cannot write (%s): serving reads only and retrying "
+                      "until the storage recovers", cause)
+            self.degraded = True
+            STORAGE_DEGRADED.labels("online").set(1)
+        self._recovery.failed()
+
+    def _try_recover(self) -> bool:
+        """Writer thread: reopen the DB once space is back (at most once per backoff step)."""
+        if not self._recovery.due():
+            return False
+        if not self._rocks.has_free_space():
+            self._recovery.failed()
+            return False
+        try:
+            self._rocks.reopen()
+        except StorageError as exc:
+            log.warning("reopening the online store failed, retrying: %s", exc.message)
+            self._recovery.failed()
+            return False
+        # A write reported failed may still have reached the WAL: never reuse its seq.
+        self.last_seq = max(self.last_seq, self._recover_last_seq())
+        self.degraded = False
+        self._recovery.reset()
+        STORAGE_DEGRADED.labels("online").set(0)
+        STORAGE_RESUMES.labels("online").inc()
+        log.warning("the online store recovered from a storage failure: writes resume")
+        return True
 
     def _apply(
         self, batch: list[tuple[list[Op], Future[list[OpResult]]]]
@@ -211,7 +293,7 @@ class RocksDBOnlineStore:
         keys = [op.key for ops, _ in batch for op in ops if not isinstance(op, _DropGroupOp)]
         stored: _Stored = {}
         if keys:
-            stored.update(zip(keys, self._records.get(keys), strict=True))  # type: ignore[arg-type]
+            stored.update(zip(keys, self._rocks.records.get(keys), strict=True))  # type: ignore[arg-type]
         wb = rocksdict.WriteBatch(raw_mode=True)
         aggregates = CommitAggregates()
         out: list[list[OpResult]] = []
@@ -237,7 +319,7 @@ class RocksDBOnlineStore:
                     if op.history is not None and not isinstance(result, TesseraError):
                         seq += 1
                         row = history.with_write_time(at_us, op.history)
-                        wb.put(outbox_key(seq), row, self._outbox_cf)
+                        wb.put(outbox_key(seq), row, self._rocks.handle(OUTBOX))
                     # So do aggregates: every accepted put is an event (ordered by seq).
                     if (
                         isinstance(op, PutOp)
@@ -254,14 +336,17 @@ class RocksDBOnlineStore:
             out.append(results)
         if aggregates:
             self._fold(wb, aggregates, at_us)
-        self._rocks.db.write(wb, self._sync)
+        try:
+            self._rocks.db.write(wb, self._sync)
+        except Exception as exc:
+            raise _WriteFailed() from exc
         self.last_seq = seq
         self.commits += 1
         self.committed_ops += n
         return out
 
     def _fold(self, wb: rocksdict.WriteBatch, aggregates: CommitAggregates, at_us: int) -> None:
-        cf = self._aggregates_cf
+        cf = self._rocks.handle(AGGREGATES)
         aggregates.discard_groups(self._dropped)  # a drop in this commit range-deleted them
         dropped = aggregates.fold(
             self.get_aggregates,
@@ -289,8 +374,8 @@ class RocksDBOnlineStore:
             value = HEADER.pack(op.event_time_us, 0, 0) + op.payload
         else:
             value = HEADER.pack(op.event_time_us, op.expires_at_us, HAS_EXPIRY) + op.payload
-            wb.put(_EXPIRY_KEY.pack(op.expires_at_us) + op.key, b"", self._expiry_cf)
-        wb.put(op.key, value, self._records_cf)
+            wb.put(_EXPIRY_KEY.pack(op.expires_at_us) + op.key, b"", self._rocks.handle(EXPIRY))
+        wb.put(op.key, value, self._rocks.handle(RECORDS))
         stored[op.key] = value
         return True
 
@@ -306,23 +391,23 @@ class RocksDBOnlineStore:
                 )
             return False
         if op.hard:
-            wb.delete(op.key, self._records_cf)
+            wb.delete(op.key, self._rocks.handle(RECORDS))
             stored[op.key] = None
         else:
             # A tombstone keeps its event time so that older puts arriving late stay hidden.
             value = HEADER.pack(op.event_time_us, 0, TOMBSTONE)
-            wb.put(op.key, value, self._records_cf)
+            wb.put(op.key, value, self._rocks.handle(RECORDS))
             stored[op.key] = value
         return True
 
     def _purge(self, wb: rocksdict.WriteBatch, stored: _Stored, op: _PurgeOp) -> OpResult:
-        wb.delete(op.index_key, self._expiry_cf)
+        wb.delete(op.index_key, self._rocks.handle(EXPIRY))
         raw = stored.get(op.key)
         if raw is None:
             return False
         _, expires_at_us, flags = HEADER.unpack_from(raw)
         if flags & HAS_EXPIRY and expires_at_us == op.expires_at_us:
-            wb.delete(op.key, self._records_cf)
+            wb.delete(op.key, self._rocks.handle(RECORDS))
             stored[op.key] = None
             return True
         return False  # rewritten since the index entry was made
@@ -330,8 +415,8 @@ class RocksDBOnlineStore:
     def _drop(self, wb: rocksdict.WriteBatch, stored: _Stored, op: _DropGroupOp) -> OpResult:
         self._dropped.add(op.group_id)
         start, end = group_prefix(op.group_id), group_prefix(op.group_id + 1)
-        wb.delete_range(start, end, self._records_cf)
-        wb.delete_range(start, end, self._aggregates_cf)
+        wb.delete_range(start, end, self._rocks.handle(RECORDS))
+        wb.delete_range(start, end, self._rocks.handle(AGGREGATES))
         for key in stored:
             if key.startswith(group_prefix(op.group_id)):
                 stored[key] = None
@@ -342,17 +427,20 @@ class RocksDBOnlineStore:
     def purge_expired(self, at_us: int, limit: int) -> int:
         """Delete up to `limit` records expired at `at_us`; returns how many index entries were
         processed. Reads already hide expired records; this reclaims their space."""
-        it = self._rocks.expiry.iter()
-        it.seek_to_first()
         ops: list[Op] = []
-        while it.valid() and len(ops) < limit:
-            index_key = it.key()
-            (expires_at_us,) = _EXPIRY_KEY.unpack_from(index_key)
-            if expires_at_us > at_us:
-                break
-            ops.append(_PurgeOp(index_key[_EXPIRY_KEY.size :], expires_at_us, index_key))
-            it.next()
-        del it
+        with self._rocks.quiesce:  # no iterator may outlive a reopen
+            it = self._rocks.expiry.iter()
+            try:
+                it.seek_to_first()
+                while it.valid() and len(ops) < limit:
+                    index_key = it.key()
+                    (expires_at_us,) = _EXPIRY_KEY.unpack_from(index_key)
+                    if expires_at_us > at_us:
+                        break
+                    ops.append(_PurgeOp(index_key[_EXPIRY_KEY.size :], expires_at_us, index_key))
+                    it.next()
+            finally:
+                del it
         if ops:
             self.write(ops)
         return len(ops)

@@ -5,6 +5,10 @@ intent (durably), writes the range's Parquet files, then trims the range from th
 the flushed mark and clears the intent in one synced batch. After a crash anywhere in between,
 the intent is replayed with the same range, hence the same file names and contents: every
 acknowledged write reaches Parquet exactly once.
+
+A failed flush (disk full while writing Parquet, the online store's RocksDB refusing writes)
+loses nothing: the rows stay in the outbox and the flusher retries with backoff (a second, then
+doubling up to the flush interval) until a flush succeeds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 
 import rocksdict
 
+from tessera.core.errors import StorageError
 from tessera.core.schema import FeatureGroup
 from tessera.server import history
 from tessera.server.offline_writer import ParquetOfflineWriter
@@ -29,6 +34,12 @@ from tessera.server.online_store import (
     read_mark,
 )
 from tessera.server.rocksdb import OUTBOX, RocksDB
+from tessera.server.storage_health import (
+    STORAGE_DEGRADED,
+    STORAGE_ERRORS,
+    STORAGE_RESUMES,
+    Backoff,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +68,14 @@ class OutboxFlusher:
         self._groups = groups
         self._interval_s = interval_s
         self._max_rows = max_rows
-        self._handle = rocks.handle(OUTBOX)
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._lock = threading.Lock()  # one flush at a time
         self._stop = threading.Event()
         self.flushes = 0
+        #: True while flushes fail; the thread then retries with backoff.
+        self.failing = False
+        self._retry = Backoff(initial_s=min(1.0, interval_s), max_s=interval_s)
         self._thread = threading.Thread(target=self._run, name="tessera-outbox", daemon=True)
 
     @property
@@ -78,11 +91,21 @@ class OutboxFlusher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and flush everything committed (call after the writer drained)."""
+        """Stop the thread and flush everything committed (call after the writer drained).
+
+        A flush that fails now leaves its rows in the outbox, durable: the next start flushes
+        them. Raises StorageError then, so the shutdown reports it."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self.flush_all()
+        try:
+            self.flush_all()
+        except Exception as exc:
+            STORAGE_ERRORS.labels("offline").inc()
+            raise StorageError(
+                f"the outbox could not be flushed at shutdown ({exc}); its rows stay in the "
+                "outbox and are flushed at the next start"
+            ) from exc
 
     def flush_all(self) -> int:
         """Flush everything committed so far; returns rows flushed."""
@@ -93,7 +116,8 @@ class OutboxFlusher:
         return total
 
     def flush_once(self) -> int:
-        with self._lock:
+        # `quiesce`: the online store does not reopen the DB under an outbox iteration.
+        with self._lock, self._rocks.quiesce:
             intent = self._read_intent()
             if intent is None:
                 first = self.flushed_seq + 1
@@ -112,9 +136,10 @@ class OutboxFlusher:
                         groups[row.group_id] = found
             self._writer.write(rows, first, last, groups)
             wb = rocksdict.WriteBatch(raw_mode=True)
-            wb.delete_range(outbox_key(first), outbox_key(last + 1), self._handle)
-            wb.put(FLUSHED_MARK, pack_mark(last), self._handle)
-            wb.delete(INTENT_MARK, self._handle)
+            handle = self._rocks.handle(OUTBOX)
+            wb.delete_range(outbox_key(first), outbox_key(last + 1), handle)
+            wb.put(FLUSHED_MARK, pack_mark(last), handle)
+            wb.delete(INTENT_MARK, handle)
             self._rocks.db.write(wb, self._sync)
             self.flushes += 1
             return len(rows)
@@ -129,30 +154,57 @@ class OutboxFlusher:
     def _rows(self, first: int, last: int) -> list[history.HistoryRow]:
         rows = []
         it = self._rocks.outbox.iter()
-        it.seek(outbox_key(first))
-        while it.valid():
-            key = it.key()
-            if not key.startswith(OUTBOX_ROW):
-                break
-            seq = outbox_seq(key)
-            if seq > last:
-                break
-            rows.append(history.decode(seq, it.value()))
-            it.next()
-        del it
+        try:
+            it.seek(outbox_key(first))
+            while it.valid():
+                key = it.key()
+                if not key.startswith(OUTBOX_ROW):
+                    break
+                seq = outbox_seq(key)
+                if seq > last:
+                    break
+                rows.append(history.decode(seq, it.value()))
+                it.next()
+        finally:
+            del it
         return rows
 
     def _run(self) -> None:
         # Wake every second to flush early when many rows are pending (bounding the outbox);
-        # otherwise flush once per interval (bounding the delay to Parquet).
+        # otherwise flush once per interval (bounding the delay to Parquet). After a failure,
+        # retry with backoff instead.
         waited = 0.0
         tick = min(1.0, self._interval_s)
         while not self._stop.wait(tick):
             waited += tick
-            if waited < self._interval_s and self.pending() < self._max_rows:
+            if self.failing:
+                if not self._retry.due():
+                    continue
+            elif waited < self._interval_s and self.pending() < self._max_rows:
                 continue
             waited = 0.0
             try:
                 self.flush_all()
-            except Exception:
-                log.exception("flushing the outbox to Parquet failed; retrying next interval")
+            except Exception as exc:
+                self._failed(exc)
+            else:
+                self._recovered()
+
+    def _failed(self, exc: Exception) -> None:
+        STORAGE_ERRORS.labels("offline").inc()
+        self._retry.failed()
+        if not self.failing:
+            self.failing = True
+            STORAGE_DEGRADED.labels("offline").set(1)
+            log.error("flushing the outbox to Parquet failed (%s); the rows stay in the outbox, "
+                      "retrying with backoff", exc, exc_info=not isinstance(exc, OSError))
+        else:
+            log.warning("flushing the outbox to Parquet failed again: %s", exc)
+
+    def _recovered(self) -> None:
+        if self.failing:
+            self.failing = False
+            self._retry.reset()
+            STORAGE_DEGRADED.labels("offline").set(0)
+            STORAGE_RESUMES.labels("offline").inc()
+            log.warning("the outbox flushes to Parquet again")

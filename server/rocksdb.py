@@ -1,8 +1,19 @@
-"""Opening Tessera's RocksDB: one DB per data directory, a column family per concern."""
+"""Opening Tessera's RocksDB: one DB per data directory, a column family per concern.
+
+After a background error (disk full, I/O error) RocksDB refuses every write until it is resumed,
+and rocksdict exposes no `Resume()`: `RocksDB.reopen` closes the DB and opens it again in the
+process. So that a reopen is possible, nobody keeps a column family handle or an iterator across
+calls: they ask `handle()` / the column family properties each time, and whoever iterates outside
+the writer thread holds `quiesce` meanwhile (the reopen takes it too). Reads that race a reopen
+get `rocksdict.DbClosedError`, which the store reports as a StorageError (retryable).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import gc
+import logging
+import os
+import threading
 from pathlib import Path
 
 import rocksdict
@@ -16,28 +27,110 @@ OUTBOX = "outbox"  # b"r" | seq -> history row, until flushed to Parquet; b"m/..
 AGGREGATES = "aggregates"  # group_id | stream id | key text -> tile state (core/aggregation)
 COLUMN_FAMILIES = ("default", RECORDS, EXPIRY, REGISTRY, OUTBOX, AGGREGATES)
 
+log = logging.getLogger(__name__)
 
-@dataclass
+
+class _Open:
+    """One open generation of the DB: the Rdict, its column family views and handles."""
+
+    def __init__(self, path: Path, opts: rocksdict.Options) -> None:
+        self.db = rocksdict.Rdict(
+            str(path), opts, column_families={name: opts for name in COLUMN_FAMILIES}
+        )
+        self.views = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES[1:]}
+        self.handles = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+
+    def close(self) -> None:
+        try:
+            self.db.flush_wal(True)
+        finally:
+            for view in self.views.values():
+                view.close()
+            self.db.close()
+            self.views.clear()
+            self.handles.clear()
+
+
 class RocksDB:
-    """The open database and its column families."""
+    """The open database and its column families (see the module docstring)."""
 
-    db: rocksdict.Rdict
-    records: rocksdict.Rdict
-    expiry: rocksdict.Rdict
-    registry: rocksdict.Rdict
-    outbox: rocksdict.Rdict
-    aggregates: rocksdict.Rdict
+    def __init__(self, path: Path, opts: rocksdict.Options) -> None:
+        self.path = path
+        self._opts = opts
+        self._open = self._open_now()
+        #: Held by anyone iterating the DB outside the writer thread, and by `reopen`.
+        self.quiesce = threading.RLock()
+        self.reopens = 0
+
+    def _open_now(self) -> _Open:
+        try:
+            return _Open(self.path, self._opts)
+        except Exception as exc:  # rocksdict raises plain Exception for I/O and lock errors
+            raise StorageError(f"cannot open the online store at {self.path}: {exc}") from exc
+
+    @property
+    def db(self) -> rocksdict.Rdict:
+        return self._open.db
+
+    @property
+    def records(self) -> rocksdict.Rdict:
+        return self._open.views[RECORDS]
+
+    @property
+    def expiry(self) -> rocksdict.Rdict:
+        return self._open.views[EXPIRY]
+
+    @property
+    def registry(self) -> rocksdict.Rdict:
+        return self._open.views[REGISTRY]
+
+    @property
+    def outbox(self) -> rocksdict.Rdict:
+        return self._open.views[OUTBOX]
+
+    @property
+    def aggregates(self) -> rocksdict.Rdict:
+        return self._open.views[AGGREGATES]
 
     def handle(self, name: str) -> rocksdict.ColumnFamily:
-        return self.db.get_column_family_handle(name)
+        """A column family handle of the current generation: use it, never keep it."""
+        return self._open.handles[name]
+
+    def has_free_space(self, probe_bytes: int = 1 << 20) -> bool:
+        """Whether `probe_bytes` can be written and synced in the DB's directory now."""
+        probe = self.path / ".tessera-space-probe"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def reopen(self) -> None:
+        """Close the DB and open it again with the same options (clears a background error).
+
+        Call it from the writer thread (no write in flight); readers racing it see a closed DB.
+        Raises StorageError when the DB cannot be opened again; calling it again retries.
+        """
+        with self.quiesce:
+            old = self._open
+            try:
+                old.close()
+            except Exception as exc:  # the WAL sync fails after a background error: expected
+                log.info("closing the online store before reopening it: %s", exc)
+            del old
+            gc.collect()  # the lock is released once the last reference to the DB is gone
+            self._open = self._open_now()
+            self.reopens += 1
 
     def close(self) -> None:
         """Sync the WAL and close. RocksDB releases its lock once every Python reference to the
         DB, its column families and their handles is gone."""
-        self.db.flush_wal(True)
-        for view in (self.records, self.expiry, self.registry, self.outbox, self.aggregates):
-            view.close()
-        self.db.close()
+        self._open.close()
 
 
 def _options(block_cache_mb: int, write_buffer_mb: int) -> rocksdict.Options:
@@ -63,19 +156,8 @@ def open_rocksdb(path: Path, block_cache_mb: int = 512, write_buffer_mb: int = 6
     Every column family's options are passed explicitly: reopening with `Rdict(path, options)`
     alone silently takes the options stored in the directory, losing the bloom filter and cache.
     """
-    path.mkdir(parents=True, exist_ok=True)
-    opts = _options(block_cache_mb, write_buffer_mb)
     try:
-        db = rocksdict.Rdict(
-            str(path), opts, column_families={name: opts for name in COLUMN_FAMILIES}
-        )
-    except Exception as exc:  # rocksdict raises plain Exception for I/O and lock errors
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise StorageError(f"cannot open the online store at {path}: {exc}") from exc
-    return RocksDB(
-        db=db,
-        records=db.get_column_family(RECORDS),
-        expiry=db.get_column_family(EXPIRY),
-        registry=db.get_column_family(REGISTRY),
-        outbox=db.get_column_family(OUTBOX),
-        aggregates=db.get_column_family(AGGREGATES),
-    )
+    return RocksDB(path, _options(block_cache_mb, write_buffer_mb))

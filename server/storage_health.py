@@ -1,0 +1,62 @@
+"""Storage health: the metrics of storage failures and recoveries, and the backoff between
+recovery attempts, shared by the online store's writer and the outbox flusher.
+
+A store is *degraded* while its writes fail for a storage reason (disk full, I/O error): reads
+keep being served, writes answer UNAVAILABLE, and the store retries its recovery with backoff
+until space is back, without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge
+
+from tessera.server.metrics import REGISTRY
+
+STORAGE_ERRORS = Counter(
+    "tessera_storage_errors_total",
+    "Storage failures (disk full, I/O error) by store: online (RocksDB) or offline (Parquet).",
+    ["store"],
+    registry=REGISTRY,
+)
+STORAGE_RESUMES = Counter(
+    "tessera_storage_resumes_total",
+    "Recoveries after a storage failure, by store (online: the RocksDB reopened in-process).",
+    ["store"],
+    registry=REGISTRY,
+)
+STORAGE_DEGRADED = Gauge(
+    "tessera_storage_degraded",
+    "1 while a store's writes fail for a storage reason and it retries its recovery, else 0.",
+    ["store"],
+    registry=REGISTRY,
+)
+for _store in ("online", "offline"):
+    STORAGE_DEGRADED.labels(_store).set(0)
+    STORAGE_ERRORS.labels(_store)
+    STORAGE_RESUMES.labels(_store)
+
+
+class Backoff:
+    """Exponential backoff between recovery attempts: `initial_s`, doubling, at most `max_s`."""
+
+    def __init__(self, initial_s: float = 0.25, max_s: float = 5.0) -> None:
+        self._initial_s = initial_s
+        self._max_s = max_s
+        self._delay_s = initial_s
+        self.next_at = 0.0  # time.monotonic() of the next attempt
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_at
+
+    def wait_s(self) -> float:
+        return max(0.0, self.next_at - time.monotonic())
+
+    def failed(self) -> None:
+        self.next_at = time.monotonic() + self._delay_s
+        self._delay_s = min(self._max_s, self._delay_s * 2)
+
+    def reset(self) -> None:
+        self._delay_s = self._initial_s
+        self.next_at = 0.0
