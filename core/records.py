@@ -18,7 +18,7 @@ from tessera.core import eventtime
 from tessera.core.aggregation.inputs import AggregationInput, aggregation_input_of_values
 from tessera.core.errors import InvalidRequestError
 from tessera.core.keys import check_record_id
-from tessera.core.schema import CollectionType, CompiledSchema, FeatureSpec
+from tessera.core.schema import MAX_TTL_S, TTL_RULE, CollectionType, CompiledSchema, FeatureSpec
 from tessera.proto.v1 import feature_store_pb2 as pb
 
 MAX_RECORD_BYTES = 350 * 1024  # like SageMaker: 350 KB per record
@@ -97,8 +97,8 @@ def validate_record(
         ttl_s = schema.default_ttl_s
     expires_at_us = None
     if ttl_s is not None:
-        if not (math.isfinite(ttl_s) and ttl_s > 0):
-            raise InvalidRequestError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
+        if not (math.isfinite(ttl_s) and 0 < ttl_s <= MAX_TTL_S):
+            raise InvalidRequestError(f"ttl_s {ttl_s} is out of range; allowed: {TTL_RULE}")
         expires_at_us = event_time_us + round(ttl_s * eventtime.US_PER_S)
     aggregation = None
     if plan is not None:

@@ -9,6 +9,7 @@ or Vector collection), online / offline store configs, TTL, description and tags
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +24,19 @@ from tessera.core.errors import ConflictError, InvalidRequestError
 if TYPE_CHECKING:
     from tessera.core.aggregation.plan import AggregationPlan
 
-# Like SageMaker's: letters and digits, '-' or '_' only between them, 1-64 characters.
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]){0,63}$")
-NAME_RULE = "1-64 characters: letters, digits, and '-' or '_' between them"
+# Like SageMaker's: letters and digits, '-' or '_' only between them, 1-64 characters. ASCII
+# only, and `\Z` (not `$`, which also matches before a trailing newline): `NAME_PATTERN.match`
+# is a full match. The pattern bounds the letters and digits; `check_name` bounds the length.
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]){0,63}\Z")
+MAX_NAME_CHARS = 64
+NAME_RULE = (
+    f"1-{MAX_NAME_CHARS} characters: letters, digits, and '-' or '_' between them; "
+    "names are compared case-insensitively"
+)
+#: The longest TTL (a group's ttl_duration, a record's ttl_s): 1,000 years of 365 days. Event
+#: times end in year 9999, so every ExpiresAt stays far inside int64 microseconds.
+MAX_TTL_S = 365_000 * 86_400
+TTL_RULE = f"1 second to {MAX_TTL_S:,} seconds (365,000 days)"
 MAX_FEATURES = 2500
 MAX_VECTOR_DIMENSION = 8192
 MAX_DESCRIPTION_CHARS = 128
@@ -161,10 +172,19 @@ class TtlDuration(_Model):
     def seconds(self) -> int:
         return self.value * _UNIT_SECONDS[self.unit]
 
+    def check(self, field: str) -> None:
+        """Refuse a duration past `MAX_TTL_S`, naming `field`, the value and the range."""
+        if self.seconds > MAX_TTL_S:
+            raise InvalidRequestError(
+                f"{field} {self.value} {self.unit} is out of range; allowed: {TTL_RULE}"
+            )
+
     @classmethod
     def of_seconds(cls, seconds: float) -> TtlDuration:
-        if seconds <= 0 or seconds != int(seconds):
-            raise InvalidRequestError(f"ttl_s must be a positive whole number, got {seconds}")
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_TTL_S) or seconds != int(seconds):
+            raise InvalidRequestError(
+                f"ttl_s must be a whole number of seconds from {TTL_RULE}, got {seconds}"
+            )
         return cls(unit="Seconds", value=int(seconds))
 
 
@@ -198,7 +218,10 @@ class FeatureGroupDefinition(_Model):
     aggregation_config: AggregationConfig | None = None
 
     def check(self) -> None:
-        """Validate everything a schema must satisfy; raise InvalidRequestError naming the field."""
+        """Validate everything a schema must satisfy; raise InvalidRequestError naming the field.
+
+        Names follow one rule (`check_name`, `check_column_name`), and the names that become
+        the group's offline columns (features, aggregations) must differ case-insensitively."""
         check_name("feature_group_name", self.feature_group_name)
         if not self.feature_definitions:
             raise InvalidRequestError("feature_definitions must list at least one feature")
@@ -229,6 +252,8 @@ class FeatureGroupDefinition(_Model):
             or self.offline_store_config.enable_offline_store
         ):
             raise InvalidRequestError("enable at least one of the online and offline stores")
+        if self.online_store_config.ttl_duration is not None:
+            self.online_store_config.ttl_duration.check("online_store_config.ttl_duration")
         if self.description is not None and len(self.description) > MAX_DESCRIPTION_CHARS:
             raise InvalidRequestError(
                 f"description has {len(self.description)} characters; "
@@ -240,8 +265,12 @@ class FeatureGroupDefinition(_Model):
             raise InvalidRequestError("aggregation_config is set but aggregations is empty")
         self.aggregation_plan(types)
 
-    def aggregation_plan(self, types: Mapping[str, FeatureType] | None = None) -> AggregationPlan:
-        """The compiled aggregations (validated: InvalidRequestError naming the aggregation)."""
+    def aggregation_plan(
+        self, types: Mapping[str, FeatureType] | None = None, *, trusted: bool = False
+    ) -> AggregationPlan:
+        """The compiled aggregations (validated: InvalidRequestError naming the aggregation).
+        `trusted`: a registered group, checked when it was made; its plan compiles even if it
+        predates today's name rule and bounds (see `tessera.core.aggregation.spec.check`)."""
         from tessera.core.aggregation.spec import check
 
         if types is None:
@@ -251,45 +280,99 @@ class FeatureGroupDefinition(_Model):
             types,
             record_identifier=self.record_identifier_feature_name,
             config=self.aggregation_config,
+            trusted=trusted,
         )
 
 
+# --- the name rule ----------------------------------------------------------------------------
+
+#: Why two names that differ only in case collide.
+CASE_RULE = "names are compared case-insensitively, as the offline store's SQL compares them"
+
+
+def fold_name(name: str) -> str:
+    """The form in which names are compared: DuckDB's identifiers (a group's view, a feature's
+    column) are case-insensitive, so are Tessera's names."""
+    return name.casefold()
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether `name` follows the rule: 1-64 characters, ASCII letters and digits with '-' or
+    '_' only between them (a full match: no trailing newline)."""
+    return len(name) <= MAX_NAME_CHARS and NAME_PATTERN.match(name) is not None
+
+
+def show_name(name: str) -> str:
+    """`name` quoted for a message: control characters and lone surrogates escaped (a message
+    must encode as UTF-8), a long name cut, with its length."""
+    cut = len(name) > 2 * MAX_NAME_CHARS
+    text = "".join(
+        c if c.isprintable() else repr(c)[1:-1] for c in (name[:MAX_NAME_CHARS] if cut else name)
+    )
+    return f"'{text}...' ({len(name):,} characters)" if cut else f"'{text}'"
+
+
 def check_name(field: str, value: str) -> None:
-    if not NAME_PATTERN.match(value):
-        raise InvalidRequestError(f"{field} '{value}' is not valid; allowed: {NAME_RULE}")
+    """Refuse a name (a group's, a feature's, an aggregation's) that breaks the rule."""
+    if not is_valid_name(value):
+        raise InvalidRequestError(f"{field} {show_name(value)} is not valid; allowed: {NAME_RULE}")
 
 
 def check_column_name(field: str, value: str) -> None:
     """A name that becomes an offline column (a feature's, an aggregation's): valid, and not
-    one of the offline store's own columns."""
+    one of the offline store's own columns in any case."""
     from tessera.core.offline_layout import RESERVED_NAMES, RESERVED_PREFIX
 
     check_name(field, value)
-    if value in RESERVED_NAMES or value.startswith(RESERVED_PREFIX):
+    key = fold_name(value)
+    if key in RESERVED_NAMES or key.startswith(RESERVED_PREFIX):
         raise InvalidRequestError(
             f"{field} '{value}' is reserved for the offline store's columns; "
             f"reserved: {', '.join(sorted(RESERVED_NAMES))} and names starting with "
-            f"'{RESERVED_PREFIX}'"
+            f"'{RESERVED_PREFIX}', in any case ({CASE_RULE})"
         )
 
 
 def check_feature_definitions(
-    definitions: list[FeatureDefinition], existing: tuple[str, ...] | list[str]
+    definitions: list[FeatureDefinition],
+    existing: tuple[str, ...] | list[str],
+    aggregations: tuple[str, ...] | list[str] = (),
 ) -> dict[str, FeatureType]:
-    """Types of the given definitions, checking names and refusing duplicates of each other and
-    of `existing` feature names."""
+    """Types of the given definitions, checking each name and refusing a name equal to, or
+    differing only in case from, another of them (InvalidRequestError) or one the group has:
+    an `existing` feature or an aggregation (ConflictError)."""
     types: dict[str, FeatureType] = {}
-    taken = set(existing)
+    given: dict[str, str] = {}
+    features = {fold_name(n): n for n in existing}
+    aggregates = {fold_name(n): n for n in aggregations}
     for d in definitions:
-        check_column_name("feature_name", d.feature_name)
-        if d.feature_name in types:
-            raise InvalidRequestError(f"feature '{d.feature_name}' is defined twice")
-        if d.feature_name in taken:
-            raise ConflictError(
-                f"feature '{d.feature_name}' already exists; features can be added, "
-                "not redefined or removed"
+        name = d.feature_name
+        check_column_name("feature_name", name)
+        key = fold_name(name)
+        if key in given:
+            if given[key] == name:
+                raise InvalidRequestError(f"feature '{name}' is defined twice")
+            raise InvalidRequestError(
+                f"feature '{name}' and feature '{given[key]}' differ only in case; {CASE_RULE}"
             )
-        types[d.feature_name] = d.type()
+        if key in features:
+            if features[key] == name:
+                raise ConflictError(
+                    f"feature '{name}' already exists; features can be added, "
+                    "not redefined or removed"
+                )
+            raise ConflictError(
+                f"feature '{name}' differs from the group's feature '{features[key]}' only in "
+                f"case; {CASE_RULE}"
+            )
+        if key in aggregates:
+            same = "" if aggregates[key] == name else f" ('{aggregates[key]}', in any case)"
+            raise ConflictError(
+                f"feature '{name}' would have the name of an aggregation feature of the "
+                f"group{same}; choose another name"
+            )
+        given[key] = name
+        types[name] = d.type()
     return types
 
 
@@ -298,7 +381,8 @@ def _check_key_feature(
 ) -> None:
     if name not in types:
         raise InvalidRequestError(
-            f"{field} '{name}' is not among feature_definitions; known: {', '.join(types)}"
+            f"{field} {show_name(name)} is not among feature_definitions; "
+            f"known: {', '.join(types)}"
         )
     if types[name] not in allowed:
         raise InvalidRequestError(
@@ -333,7 +417,7 @@ class FeatureGroup(_Model):
         if self.definition.aggregations:
             from tessera.core.aggregation.spec import format_duration
 
-            plan = self.definition.aggregation_plan()
+            plan = self.definition.aggregation_plan(trusted=True)
             out["aggregation_resolved"] = {
                 "tile_size": format_duration(plan.tile_us),
                 "lateness": format_duration(plan.lateness_us),
@@ -406,7 +490,7 @@ class CompiledSchema:
             default_ttl_s=ttl.seconds if ttl else None,
             online=d.online_store_config.enable_online_store,
             offline=d.offline_store_config.enable_offline_store,
-            aggregations=d.aggregation_plan() if d.aggregations else None,
+            aggregations=d.aggregation_plan(trusted=True) if d.aggregations else None,
         )
 
     @classmethod

@@ -41,6 +41,9 @@ FUNCTIONS = ("count", "sum", "mean", "min", "max", "last", "last_n")
 MAX_AGGREGATIONS = 200
 MAX_LAST_N = 100
 MAX_WINDOW_US = 366 * US_PER_UNIT["d"]
+#: The longest lateness bound: 1,000 years of 365 days, far inside int64 microseconds (the
+#: kernels' arithmetic); a longer one would mean "never drop" anyway.
+MAX_LATENESS_US = 365_000 * US_PER_UNIT["d"]
 #: A window of more tiles than this is refused: its key's value would grow past ~2 MB.
 MAX_WINDOW_TILES = 50_000
 #: Candidate default tile sizes, largest first.
@@ -119,14 +122,17 @@ def check(
     *,
     record_identifier: str,
     config: AggregationConfig | None = None,
+    trusted: bool = False,
 ) -> AggregationPlan:
     """Validate a group's aggregations against its features' types; return the compiled plan.
 
     Raises InvalidRequestError with a message naming the aggregation, the field, the bad value
-    and what is allowed. An empty list is valid (a plan with no streams).
+    and what is allowed. An empty list is valid (a plan with no streams). `trusted`: the
+    definitions belong to a registered group, so the checks added after groups were first
+    stored (the case-insensitive name rule, the tile size and lateness bounds) are skipped: a
+    group made under an older rule still compiles, and the registry quarantines it instead.
     """
     from tessera.core.aggregation.plan import AggregationPlan, compile_plan
-    from tessera.core.schema import check_column_name
 
     config = config or AggregationConfig()
     if len(definitions) > MAX_AGGREGATIONS:
@@ -135,22 +141,23 @@ def check(
         )
     if not definitions:
         return AggregationPlan.empty()
-    seen: set[str] = set()
+    if not trusted:
+        _check_names(definitions, feature_types)
     windows: list[int] = []
     for d in definitions:
-        check_column_name("aggregation name", d.name)
         if d.name in feature_types:
             raise InvalidRequestError(
                 f"aggregation '{d.name}' has the name of a feature of the group; "
                 "aggregation names must differ from feature names"
             )
-        if d.name in seen:
-            raise InvalidRequestError(f"aggregation '{d.name}' is defined twice")
-        seen.add(d.name)
         _check_function(d, feature_types)
         _check_key(d, feature_types)
         windows.append(_check_window(d))
-    tile_us = _tile_us(config, windows)
+    names = [d.name for d in definitions]
+    if len(set(names)) < len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise InvalidRequestError(f"aggregation '{twice}' is defined twice")
+    tile_us = _tile_us(config, windows, trusted)
     for d, w in zip(definitions, windows, strict=True):
         if w % tile_us:
             raise InvalidRequestError(
@@ -167,6 +174,11 @@ def check(
         lateness_us = default_lateness_us(windows, tile_us)
     else:
         lateness_us = parse_duration_us(config.lateness, "aggregation_config.lateness")
+        if lateness_us > MAX_LATENESS_US and not trusted:
+            raise InvalidRequestError(
+                f"aggregation_config.lateness '{config.lateness}' is out of range; allowed: 0s "
+                f"to {format_duration(MAX_LATENESS_US)}"
+            )
     return compile_plan(
         definitions,
         windows,
@@ -175,6 +187,33 @@ def check(
         tile_us=tile_us,
         lateness_us=lateness_us,
     )
+
+
+def _check_names(
+    definitions: Sequence[AggregationDefinition], feature_types: Mapping[str, FeatureType]
+) -> None:
+    """Each name follows the column name rule and differs, in any case, from the others and
+    from every feature's (they become columns of one offline table)."""
+    from tessera.core.schema import CASE_RULE, check_column_name, fold_name
+
+    features = {fold_name(n): n for n in feature_types}
+    seen: dict[str, str] = {}
+    for d in definitions:
+        check_column_name("aggregation name", d.name)
+        key = fold_name(d.name)
+        if key in features and features[key] != d.name:
+            raise InvalidRequestError(
+                f"aggregation '{d.name}' differs from feature '{features[key]}' only in case; "
+                f"aggregation names must differ from feature names: {CASE_RULE}"
+            )
+        if key in seen:
+            if seen[key] == d.name:
+                raise InvalidRequestError(f"aggregation '{d.name}' is defined twice")
+            raise InvalidRequestError(
+                f"aggregation '{d.name}' and aggregation '{seen[key]}' differ only in case; "
+                f"{CASE_RULE}"
+            )
+        seen[key] = d.name
 
 
 def _check_function(d: AggregationDefinition, feature_types: Mapping[str, FeatureType]) -> None:
@@ -233,10 +272,15 @@ def _check_window(d: AggregationDefinition) -> int:
     return window_us
 
 
-def _tile_us(config: AggregationConfig, windows: Sequence[int]) -> int:
+def _tile_us(config: AggregationConfig, windows: Sequence[int], trusted: bool) -> int:
     if config.tile_size is None:
         return default_tile_us(windows)
     tile_us = parse_duration_us(config.tile_size, "aggregation_config.tile_size")
     if tile_us == 0:
         raise InvalidRequestError("aggregation_config.tile_size must be positive, got '0s'")
+    if tile_us > MAX_WINDOW_US and not trusted:
+        raise InvalidRequestError(
+            f"aggregation_config.tile_size '{config.tile_size}' is out of range; allowed: 1s "
+            f"to {format_duration(MAX_WINDOW_US)} (and a divisor of every window)"
+        )
     return tile_us
