@@ -8,6 +8,7 @@ complete after a crash. Names carry the commit sequence range, so writing the sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -22,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tessera.core import offline_layout as layout
-from tessera.core.schema import CollectionType, FeatureGroup
+from tessera.core.errors import StorageError
+from tessera.core.schema import CollectionType, FeatureGroup, show_name
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server.history import HistoryRow
 
@@ -30,6 +32,20 @@ log = logging.getLogger(__name__)
 
 US_PER_DAY = 86_400_000_000
 RETIRED_DIR = ".retired"
+UNNAMED_DIR = ".unnamed"
+#: Linux file systems' NAME_MAX, in bytes.
+_MAX_FOLDER_NAME_BYTES = 255
+
+
+def folder_name_ok(name: str) -> bool:
+    """Whether `name` can be one folder's name (whatever Tessera's name rule says)."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return 0 < size <= _MAX_FOLDER_NAME_BYTES and name not in (".", "..") and not (
+        "/" in name or "\0" in name
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,25 +81,45 @@ class ParquetOfflineWriter:
     # --- group folders -------------------------------------------------------------------------
 
     def folder(self, group: FeatureGroup, retired: bool) -> Path:
+        """The group's folder: `<root>/<name>`, or `.retired/<name>.<id>` once deleted. A name
+        no file system can hold (a group made under an older rule: past 255 bytes) gets
+        `.unnamed/<id>` (`.retired/unnamed.<id>`), so its history still has a home."""
+        gid = group.feature_group_id
+        usable = folder_name_ok(f"{group.name}.{gid}" if retired else group.name)
         if retired:
-            return self.root / RETIRED_DIR / f"{group.name}.{group.feature_group_id}"
-        return layout.group_dir(self.root, group.name)
+            return self.root / RETIRED_DIR / (f"{group.name}.{gid}" if usable else f"unnamed.{gid}")
+        if usable:
+            return layout.group_dir(self.root, group.name)
+        return self.root / UNNAMED_DIR / str(gid)
 
     def publish_group(self, group: FeatureGroup) -> None:
-        """Write the group's `_group.json` (its schema, for readers with no server)."""
+        """Write the group's `_group.json` (its schema, for readers with no server). All or
+        nothing: on failure, a folder it made is removed; raises StorageError."""
         folder = self.folder(group, retired=False)
-        folder.mkdir(parents=True, exist_ok=True)
         target = folder / layout.GROUP_FILE
         tmp = folder / f".{layout.GROUP_FILE}.tmp"
-        tmp.write_text(group.model_dump_json(indent=2))
-        os.replace(tmp, target)
+        made = False
+        try:
+            made = not folder.is_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(group.model_dump_json(indent=2))
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+                if made:
+                    folder.rmdir()
+            raise StorageError(
+                f"the offline store cannot publish feature group {show_name(group.name)}: "
+                f"{exc.strerror or exc}"
+            ) from exc
 
     def retire_group(self, group: FeatureGroup) -> None:
         """Move a deleted group's history aside: a new group of the same name starts empty,
         and the old files stay readable under .retired/<name>.<id>/."""
         with self.lock:
             src = self.folder(group, retired=False)
-            if src.exists():
+            if src.is_dir():
                 dst = self.folder(group, retired=True)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(src), str(dst))

@@ -3,10 +3,22 @@
 Each group gets a numeric id that is never reused, so records of a deleted group can never show
 through a new group of the same name, and a group's records are one key range. A deleted group's
 definition is kept as retired, so history rows still in the outbox can be written out.
+
+Creating or updating a group is all-or-nothing: the definition is checked and compiled before
+anything is written, and when a step after the RocksDB write fails (the hooks: the offline
+store's folder) the write is undone before the error leaves. RocksDB's exceptions become
+`StorageError` in one place (`_storage`).
+
+A group stored under an older, looser rule (a name with a trailing newline or past 64
+characters, features differing only in case, an unbounded TTL) still loads: it keeps serving
+its records, is reported by `quarantined()` with the reason, and can be deleted (or renamed
+offline with `tessera groups rename`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import threading
 import time
@@ -14,36 +26,67 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import rocksdict
+from pydantic import ValidationError
 
-from tessera.core.errors import ConflictError, FeatureGroupNotFoundError
+from tessera.core.errors import (
+    ConflictError,
+    FeatureGroupNotFoundError,
+    PreconditionFailedError,
+    StorageError,
+    TesseraError,
+)
 from tessera.core.schema import (
+    CASE_RULE,
     CompiledSchema,
     FeatureGroup,
     FeatureGroupDefinition,
     FeatureGroupUpdate,
     check_feature_definitions,
+    fold_name,
+    show_name,
 )
 from tessera.server.rocksdb import RocksDB
 
-_GROUP_PREFIX = b"group/"
-_RETIRED_PREFIX = b"retired/"
-_NEXT_ID = b"meta/next_group_id"
+log = logging.getLogger(__name__)
+
+GROUP_PREFIX = b"group/"
+RETIRED_PREFIX = b"retired/"
+NEXT_ID = b"meta/next_group_id"
 _ID = struct.Struct(">Q")
 
 
 class RegistryHooks(Protocol):
     """What happens elsewhere when the registry changes (the offline store's folders, the
-    online store's records)."""
+    online store's records). `group_changed` runs before a create or update takes effect: if it
+    raises, the change is undone."""
 
     def group_changed(self, group: FeatureGroup) -> None: ...
     def group_deleted(self, group: FeatureGroup) -> None: ...
 
 
-def _scan(cf: rocksdict.Rdict, prefix: bytes) -> Iterator[FeatureGroup]:
+def group_key(name: str) -> bytes:
+    """The registry key of a live group (`surrogatepass`: a key written under an older rule
+    reads back whatever it holds)."""
+    return GROUP_PREFIX + name.encode("utf-8", "surrogatepass")
+
+
+@contextlib.contextmanager
+def _storage(what: str) -> Iterator[None]:
+    """The one place RocksDB's exceptions (IO errors, a full disk, a closed DB) become
+    StorageError (UNAVAILABLE / HTTP 503)."""
+    try:
+        yield
+    except TesseraError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"the feature group registry cannot {what}: {exc}") from exc
+
+
+def _scan(cf: rocksdict.Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
     for key, raw in cf.items(from_key=prefix):
         if not isinstance(key, bytes) or not key.startswith(prefix):
             return
-        yield FeatureGroup.model_validate_json(raw)
+        yield key, raw
 
 
 class FeatureGroupRegistry:
@@ -57,11 +100,23 @@ class FeatureGroupRegistry:
         self.hooks = hooks
         self._groups: dict[str, FeatureGroup] = {}
         self._schemas: dict[str, CompiledSchema] = {}
-        self._retired: dict[int, FeatureGroup] = {g.feature_group_id: g
-                                                 for g in _scan(self._cf, _RETIRED_PREFIX)}
         self._by_id: dict[int, FeatureGroup] = {}
-        for group in _scan(self._cf, _GROUP_PREFIX):
-            self._install(group)
+        self._quarantined: dict[str, str] = {}
+        self._unreadable: dict[str, bytes] = {}  # name -> key of an entry that does not parse
+        self._retired: dict[int, FeatureGroup] = {}
+        for _, raw in _scan(self._cf, RETIRED_PREFIX):
+            retired = FeatureGroup.model_validate_json(raw)
+            self._retired[retired.feature_group_id] = retired
+        loaded: list[FeatureGroup] = []
+        for key, raw in _scan(self._cf, GROUP_PREFIX):
+            try:
+                loaded.append(FeatureGroup.model_validate_json(raw))
+            except ValidationError as exc:
+                name = key[len(GROUP_PREFIX):].decode("utf-8", "surrogateescape")
+                self._unreadable[name] = key
+                self._quarantined[name] = f"its stored definition does not parse: {exc}"
+        for group in sorted(loaded, key=lambda g: g.feature_group_id):  # oldest first
+            self._load(group)
 
     @property
     def _db(self) -> rocksdict.Rdict:
@@ -75,13 +130,41 @@ class FeatureGroupRegistry:
     def _handle(self) -> rocksdict.ColumnFamily:
         return self._rocks.handle("registry")
 
+    def _load(self, group: FeatureGroup) -> None:
+        """Install a stored group; quarantine it if today's rule refuses it."""
+        reason = None
+        try:
+            group.definition.check()
+        except TesseraError as exc:
+            reason = exc.message
+        older = self._same_name_in_any_case(group.name)
+        if reason is None and older is not None:
+            reason = (
+                f"its name differs only in case from the older group {show_name(older)}; "
+                f"{CASE_RULE}"
+            )
+        schema = None
+        try:
+            schema = CompiledSchema.of(group)
+        except (TesseraError, ValueError, KeyError) as exc:
+            reason = reason or f"its definition does not compile: {exc}"
+        self._install(group, schema)
+        if reason is not None:
+            self._quarantined[group.name] = reason
+
     # --- reads (the request path) --------------------------------------------------------------
 
     def schema(self, name: str) -> CompiledSchema:
-        """The compiled schema of a group; raises FeatureGroupNotFoundError."""
+        """The compiled schema of a group; raises FeatureGroupNotFoundError (or
+        PreconditionFailedError for a quarantined group whose definition does not compile)."""
         try:
             return self._schemas[name]
         except KeyError:
+            if name in self._groups:
+                raise PreconditionFailedError(
+                    f"feature group {show_name(name)} is quarantined: "
+                    f"{self._quarantined.get(name, 'its definition does not compile')}"
+                ) from None
             raise FeatureGroupNotFoundError(name) from None
 
     def find_schema(self, name: str) -> CompiledSchema | None:
@@ -107,15 +190,32 @@ class FeatureGroupRegistry:
             groups = [g for g in groups if name_contains in g.name]
         return groups
 
+    def quarantined(self) -> dict[str, str]:
+        """Groups that break today's rules, by name, with the reason. They keep serving their
+        records; deleting them (or `tessera groups rename` on a stopped server) fixes it."""
+        return dict(self._quarantined)
+
+    def quarantine(self, name: str, reason: str) -> None:
+        """Flag a group found broken outside the registry (its offline folder, its view)."""
+        if name in self._groups and name not in self._quarantined:
+            self._quarantined[name] = reason
+
     # --- mutations -----------------------------------------------------------------------------
 
     def create(self, definition: FeatureGroupDefinition) -> FeatureGroup:
         definition.check()
+        name = definition.feature_group_name
         with self._lock:
-            name = definition.feature_group_name
-            if name in self._groups:
+            if name in self._groups or name in self._unreadable:
                 raise ConflictError(f"feature group '{name}' already exists")
-            raw_id = self._cf.get(_NEXT_ID)
+            other = self._same_name_in_any_case(name)
+            if other is not None:
+                raise ConflictError(
+                    f"feature group '{name}' differs from the existing group {show_name(other)} "
+                    f"only in case; {CASE_RULE}"
+                )
+            with _storage("read the next group id"):
+                raw_id = self._cf.get(NEXT_ID)
             group_id = _ID.unpack(raw_id)[0] if raw_id else 1
             now = time.time()
             group = FeatureGroup(
@@ -124,28 +224,29 @@ class FeatureGroupRegistry:
                 creation_time=now,
                 last_modified_time=now,
             )
+            schema = CompiledSchema.of(group)
             wb = rocksdict.WriteBatch(raw_mode=True)
-            wb.put(_NEXT_ID, _ID.pack(group_id + 1), self._handle)
-            wb.put(_GROUP_PREFIX + name.encode(), group.model_dump_json().encode(), self._handle)
-            self._db.write(wb, self._sync)
-            self._install(group)
-        if self.hooks is not None:
-            self.hooks.group_changed(group)
+            wb.put(NEXT_ID, _ID.pack(group_id + 1), self._handle)
+            wb.put(group_key(name), group.model_dump_json().encode(), self._handle)
+            self._write(wb, f"create feature group '{name}'")
+            undo = rocksdict.WriteBatch(raw_mode=True)
+            undo.delete(group_key(name), self._handle)
+            if raw_id is None:
+                undo.delete(NEXT_ID, self._handle)
+            else:
+                undo.put(NEXT_ID, raw_id, self._handle)
+            self._publish_or_undo(group, undo)
+            self._install(group, schema)
         return group
 
     def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
         with self._lock:
             group = self.describe(name)
             d = group.definition
-            taken = {a.name for a in d.aggregations}
-            for f in update.feature_additions:
-                if f.feature_name in taken:
-                    raise ConflictError(
-                        f"feature '{f.feature_name}' would have the name of an aggregation "
-                        "feature of the group; choose another name"
-                    )
             check_feature_definitions(
-                update.feature_additions, existing=[f.feature_name for f in d.feature_definitions]
+                update.feature_additions,
+                existing=[f.feature_name for f in d.feature_definitions],
+                aggregations=[a.name for a in d.aggregations],
             )
             new_def = d.model_copy(
                 update={
@@ -164,30 +265,74 @@ class FeatureGroupRegistry:
                     "last_modified_time": time.time(),
                 }
             )
-            self._cf.put(_GROUP_PREFIX + name.encode(), new.model_dump_json().encode(), self._sync)
-            self._install(new)
-        if self.hooks is not None:
-            self.hooks.group_changed(new)
+            schema = CompiledSchema.of(new)
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb.put(group_key(name), new.model_dump_json().encode(), self._handle)
+            self._write(wb, f"update feature group '{name}'")
+            undo = rocksdict.WriteBatch(raw_mode=True)
+            undo.put(group_key(name), group.model_dump_json().encode(), self._handle)
+            self._publish_or_undo(new, undo)
+            self._install(new, schema)
         return new
 
     def delete(self, name: str) -> None:
+        """Delete a group (also a quarantined one, whatever its name)."""
         with self._lock:
+            if name in self._unreadable:  # nothing to retire: no definition, no id
+                wb = rocksdict.WriteBatch(raw_mode=True)
+                wb.delete(self._unreadable[name], self._handle)
+                self._write(wb, f"delete feature group {show_name(name)}")
+                del self._unreadable[name]
+                self._quarantined.pop(name, None)
+                return
             group = self.describe(name)
             gid = group.feature_group_id
             wb = rocksdict.WriteBatch(raw_mode=True)
-            wb.delete(_GROUP_PREFIX + name.encode(), self._handle)
-            wb.put(_RETIRED_PREFIX + _ID.pack(gid), group.model_dump_json().encode(), self._handle)
-            self._db.write(wb, self._sync)
+            wb.delete(group_key(name), self._handle)
+            wb.put(RETIRED_PREFIX + _ID.pack(gid), group.model_dump_json().encode(), self._handle)
+            self._write(wb, f"delete feature group {show_name(name)}")
             self._retired[gid] = group
-            del self._schemas[name]
+            self._schemas.pop(name, None)
             del self._groups[name]
             del self._by_id[gid]
+            self._quarantined.pop(name, None)
         if self.hooks is not None:
             self.hooks.group_deleted(group)
 
-    def _install(self, group: FeatureGroup) -> None:
-        self._schemas[group.name] = CompiledSchema.of(group)
+    # --- internals -----------------------------------------------------------------------------
+
+    def _write(self, wb: rocksdict.WriteBatch, what: str) -> None:
+        with _storage(what):
+            self._db.write(wb, self._sync)
+
+    def _publish_or_undo(self, group: FeatureGroup, undo: rocksdict.WriteBatch) -> None:
+        """Run the hooks of a written create / update; if one fails, write `undo` (the state
+        before) and re-raise. If even the undo fails, the group is installed quarantined, so
+        what RocksDB holds is visible and deletable."""
+        if self.hooks is None:
+            return
+        try:
+            self.hooks.group_changed(group)
+        except BaseException as exc:
+            try:
+                self._write(undo, f"undo the change of feature group {show_name(group.name)}")
+            except StorageError:
+                log.exception("feature group %s: undoing a failed change failed",
+                              show_name(group.name))
+                if group.name not in self._groups:
+                    self._load(group)
+                    self._quarantined[group.name] = (
+                        f"creating it failed half-way ({exc}) and could not be undone; "
+                        "delete it"
+                    )
+            raise
+
+    def _same_name_in_any_case(self, name: str) -> str | None:
+        key = fold_name(name)
+        return next((n for n in self._groups if n != name and fold_name(n) == key), None)
+
+    def _install(self, group: FeatureGroup, schema: CompiledSchema | None) -> None:
+        if schema is not None:
+            self._schemas[group.name] = schema
         self._groups[group.name] = group
         self._by_id[group.feature_group_id] = group
-
-
