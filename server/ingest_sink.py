@@ -1,5 +1,6 @@
 """The embedded ingest sink: `tessera serve` consuming Kafka itself, writing straight into its
-registry's groups and its RocksDB online store, as the PutRecords servicer does, without gRPC.
+registry's groups and its online store (any `OnlineStore`), as the PutRecords servicer does,
+without gRPC.
 
 The consumer validated every record against the schema it passes in (`validate_record`, the
 servicer's own check); this sink turns them into store operations with the servicer's own
@@ -15,8 +16,8 @@ from collections.abc import Sequence
 from tessera.core.errors import TesseraError
 from tessera.core.schema import CompiledSchema
 from tessera.ingest.sinks import SchemaChangedError, SinkRecord
-from tessera.server.online_store import Op, RocksDBOnlineStore, now_us
 from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.store import OnlineStore, Op, now_us
 from tessera.server.writes import count_writes, put_op
 
 
@@ -26,7 +27,7 @@ class EmbeddedSink:
     def __init__(
         self,
         registry: FeatureGroupRegistry,
-        store: RocksDBOnlineStore,
+        store: OnlineStore,
         timeout_s: float | None = None,
     ) -> None:
         self._registry = registry

@@ -11,7 +11,7 @@ from tessera.core.schema import CompiledSchema
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import history, metrics
 from tessera.server.aggregates import AggregateEvent
-from tessera.server.online_store import DeleteOp, OpResult, PutOp
+from tessera.server.store import DeleteOp, OpResult, PutOp
 
 
 def put_op(
