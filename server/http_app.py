@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tessera.core.catalog import Catalog, format_result
 from tessera.core.errors import StorageError, TesseraError
-from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
+from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
 from tessera.server.compaction import compact_group
 from tessera.server.offline_writer import ParquetOfflineWriter
@@ -34,6 +34,8 @@ _CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavail
 
 
 def _error(status: int, message: str, details: Any = None) -> JSONResponse:
+    # A message may quote a lone surrogate sent in JSON: escaped, it still encodes as UTF-8.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body: dict[str, Any] = {"code": _CODES.get(status, "Internal"), "message": message}
     if details is not None:
         body["details"] = details
@@ -91,33 +93,43 @@ def create_app(
         metrics.HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
         return response
 
+    def described(group: FeatureGroup) -> dict[str, Any]:
+        out = group.describe()
+        reason = registry.quarantined().get(group.name)
+        if reason is not None:
+            out["quarantined"] = reason  # made under an older rule: delete or rename it
+        return out
+
     @app.post("/v1/feature-groups", status_code=201, tags=["feature groups"])
     async def create_feature_group(definition: FeatureGroupDefinition) -> dict[str, Any]:
-        """Create a feature group (SageMaker CreateFeatureGroup, snake_case)."""
+        """Create a feature group (SageMaker CreateFeatureGroup, snake_case). All or nothing:
+        a refused or failed creation leaves no trace."""
         group = await asyncio.to_thread(registry.create, definition)
         metrics.FEATURE_GROUPS.set(len(registry.list()))
-        return group.describe()
+        return described(group)
 
     @app.get("/v1/feature-groups", tags=["feature groups"])
     async def list_feature_groups(name_contains: str | None = None) -> dict[str, Any]:
-        """All feature groups, by name; optionally those whose name contains a string."""
-        return {"feature_groups": [g.describe() for g in registry.list(name_contains)]}
+        """All feature groups, by name; optionally those whose name contains a string. A group
+        made under an older name rule carries `quarantined`: the reason."""
+        return {"feature_groups": [described(g) for g in registry.list(name_contains)]}
 
     @app.get("/v1/feature-groups/{name}", tags=["feature groups"])
     async def describe_feature_group(name: str) -> dict[str, Any]:
         """A feature group's definition, version and timestamps."""
-        return registry.describe(name).describe()
+        return described(registry.describe(name))
 
     @app.patch("/v1/feature-groups/{name}", tags=["feature groups"])
     async def update_feature_group(name: str, update: FeatureGroupUpdate) -> dict[str, Any]:
         """Add features (a new schema version) or change the description. Features are never
-        removed or retyped."""
+        removed or retyped. All or nothing, like a creation."""
         group = await asyncio.to_thread(registry.update, name, update)
-        return group.describe()
+        return described(group)
 
     @app.delete("/v1/feature-groups/{name}", status_code=204, tags=["feature groups"])
     async def delete_feature_group(name: str) -> Response:
-        """Delete a feature group and every online record of it."""
+        """Delete a feature group and every online record of it (also a quarantined group,
+        whatever its name)."""
         await asyncio.to_thread(registry.delete, name)
         metrics.FEATURE_GROUPS.set(len(registry.list()))
         return Response(status_code=204)

@@ -78,3 +78,9 @@ OFFLINE_ROWS = Gauge(
     "History rows written to Parquet since start.",
     registry=REGISTRY,
 )
+FEATURE_GROUPS_QUARANTINED = Gauge(
+    "tessera_feature_groups_quarantined",
+    "Feature groups that break today's name or bound rules (made under an older rule); they "
+    "keep serving, and deleting or renaming them fixes it (README, Limits).",
+    registry=REGISTRY,
+)
