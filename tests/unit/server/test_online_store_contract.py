@@ -1,0 +1,259 @@
+"""The `OnlineStore` contract (server/store.py), run against every implementation.
+
+Each implementation is a context manager factory in IMPLEMENTATIONS taking a tmp_path and
+yielding a store; adding one (e.g. the multi-process writer client) is one line there. The
+implementation-specific tests (group commit, reopen, cancellation) stay in test_online_store.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+
+from tessera.core.aggregation.spec import AggregationDefinition
+from tessera.core.errors import PreconditionFailedError, StorageError
+from tessera.core.keys import aggregate_key, record_key
+from tessera.core.records import validate_record
+from tessera.core.schema import (
+    CompiledSchema,
+    FeatureDefinition,
+    FeatureGroup,
+    FeatureGroupDefinition,
+)
+from tessera.core.values import to_record
+from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server.aggregates import read_features
+from tessera.server.online_store import RocksDBOnlineStore
+from tessera.server.rocksdb import open_rocksdb
+from tessera.server.store import DeleteOp, OnlineStore, OpResult, PutOp, now_us
+from tessera.server.writes import put_op
+
+
+@contextlib.contextmanager
+def rocksdb_store(tmp_path: Path) -> Iterator[OnlineStore]:
+    rocks = open_rocksdb(tmp_path / "online", block_cache_mb=8, write_buffer_mb=4)
+    store = RocksDBOnlineStore(rocks)
+    try:
+        yield store
+    finally:
+        store.close()
+        rocks.close()
+
+
+IMPLEMENTATIONS: dict[str, Callable[[Path], AbstractContextManager[OnlineStore]]] = {
+    "rocksdb": rocksdb_store,
+}
+
+G = 1
+NOW = 10**15  # "now" for reads, in microseconds (far past every event time below)
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    with IMPLEMENTATIONS[request.param](tmp_path) as s:
+        yield s
+
+
+def write(store: OnlineStore, *ops: PutOp | DeleteOp) -> list[OpResult]:
+    fut: Future[list[OpResult]] = store.submit(list(ops))
+    return fut.result(timeout=30)
+
+
+def put(rid: str, et: int, payload: bytes = b"p", expires: int | None = None,
+        group: int = G) -> PutOp:
+    return PutOp(group, record_key(group, rid), et, expires, payload)
+
+
+def delete(rid: str, et: int, hard: bool) -> DeleteOp:
+    return DeleteOp(G, record_key(G, rid), et, hard)
+
+
+def read(store: OnlineStore, rid: str, at: int = NOW, group: int = G) -> bytes | None:
+    hit = store.get(record_key(group, rid), at)
+    return None if hit is None else bytes(hit[0])
+
+
+# --- ordering ------------------------------------------------------------------------------------
+
+
+def test_put_with_older_event_time_keeps_online_record(store: OnlineStore) -> None:
+    assert write(store, put("a", 5, b"v5")) == [True]
+    assert write(store, put("a", 3, b"v3")) == [False]
+    assert read(store, "a") == b"v5"
+
+
+def test_equal_event_time_the_later_write_wins(store: OnlineStore) -> None:
+    assert write(store, put("a", 5, b"first")) == [True]
+    assert write(store, put("a", 5, b"second")) == [True]
+    assert read(store, "a") == b"second"
+
+
+def test_ordering_rules_apply_within_one_submission(store: OnlineStore) -> None:
+    results = write(store, put("a", 5, b"v5"), put("a", 3, b"v3"), put("a", 5, b"v5b"),
+                    put("b", 1, b"b1"))
+    assert results == [True, False, True, True]
+    assert read(store, "a") == b"v5b" and read(store, "b") == b"b1"
+
+
+def test_a_newer_put_overwrites(store: OnlineStore) -> None:
+    write(store, put("a", 5, b"v5"))
+    assert write(store, put("a", 6, b"v6")) == [True]
+    assert read(store, "a") == b"v6"
+
+
+# --- deletes -------------------------------------------------------------------------------------
+
+
+def test_soft_delete_leaves_a_tombstone_that_hides_older_puts(store: OnlineStore) -> None:
+    write(store, put("a", 5))
+    assert write(store, delete("a", 7, hard=False)) == [True]
+    assert read(store, "a") is None
+    assert write(store, put("a", 6, b"late")) == [False], "older than the tombstone"
+    assert read(store, "a") is None
+    assert write(store, put("a", 8, b"back")) == [True]
+    assert read(store, "a") == b"back"
+
+
+def test_soft_delete_older_than_the_record_is_not_applied(store: OnlineStore) -> None:
+    write(store, put("a", 5, b"kept"))
+    assert write(store, delete("a", 4, hard=False)) == [False]
+    assert read(store, "a") == b"kept"
+
+
+def test_hard_delete_older_than_the_record_is_refused(store: OnlineStore) -> None:
+    write(store, put("a", 5, b"kept"))
+    (result,) = write(store, delete("a", 4, hard=True))
+    assert isinstance(result, PreconditionFailedError)
+    assert read(store, "a") == b"kept"
+
+
+def test_hard_delete_removes_the_record_without_a_tombstone(store: OnlineStore) -> None:
+    write(store, put("a", 5))
+    assert write(store, delete("a", 5, hard=True)) == [True]
+    assert read(store, "a") is None
+    assert write(store, put("a", 1, b"older")) == [True], "nothing left to be older than"
+    assert read(store, "a") == b"older"
+
+
+# --- TTL -----------------------------------------------------------------------------------------
+
+
+def test_an_expired_record_reads_as_absent(store: OnlineStore) -> None:
+    write(store, put("a", 100, b"x", expires=200))
+    hit = store.get(record_key(G, "a"), 150)
+    assert hit is not None and bytes(hit[0]) == b"x" and hit[1] == 200
+    assert read(store, "a", at=199) == b"x"
+    assert read(store, "a", at=200) is None
+    assert store.multi_get([record_key(G, "a")], 200) == [None]
+
+
+def test_an_expired_record_does_not_block_older_puts(store: OnlineStore) -> None:
+    write(store, put("a", 100, b"x", expires=200))  # expired at write time (now is far later)
+    assert write(store, put("a", 50, b"older")) == [True]
+    assert read(store, "a") == b"older"
+
+
+def test_purge_expired_reclaims_only_expired_records(store: OnlineStore) -> None:
+    write(store, put("gone", 1, expires=10), put("kept", 1, b"k", expires=10**18),
+          put("plain", 1, b"p"))
+    assert store.purge_expired(at_us=100, limit=1000) == 1
+    assert read(store, "gone", at=5) is None, "purged: gone even at a time it was live"
+    assert read(store, "kept", at=100) == b"k" and read(store, "plain") == b"p"
+    assert store.purge_expired(at_us=100, limit=1000) == 0
+
+
+def test_purge_expired_keeps_a_record_rewritten_with_a_later_expiry(store: OnlineStore) -> None:
+    write(store, put("a", 1, expires=10))
+    write(store, put("a", 2, b"new", expires=10**18))
+    store.purge_expired(at_us=100, limit=1000)
+    assert read(store, "a", at=100) == b"new"
+
+
+# --- multi_get, drop_group -----------------------------------------------------------------------
+
+
+def test_multi_get_answers_each_key_in_order(store: OnlineStore) -> None:
+    write(store, put("a", 1, b"A"), put("b", 1, b"B", expires=50), put("c", 1, b"C"),
+          delete("c", 2, hard=False))
+    keys = [record_key(G, k) for k in ["b", "missing", "a", "c", "a"]]
+    hits = store.multi_get(keys, 40)
+    assert [None if h is None else (bytes(h[0]), h[1]) for h in hits] == [
+        (b"B", 50), None, (b"A", None), None, (b"A", None)
+    ]
+    assert store.multi_get([], NOW) == []
+
+
+def test_drop_group_removes_its_records_only_and_refuses_later_writes(
+    store: OnlineStore,
+) -> None:
+    write(store, put("a", 1), put("b", 1), put("a", 1, b"other", group=2))
+    assert store.drop_group(G).result(timeout=30) == [True]
+    assert read(store, "a") is None and read(store, "b") is None
+    assert read(store, "a", group=2) == b"other"
+    (late,) = write(store, put("c", 1))
+    assert isinstance(late, StorageError)
+
+
+def test_a_group_without_an_online_store_writes_nothing_online(store: OnlineStore) -> None:
+    op = PutOp(G, record_key(G, "a"), 1, None, b"p", online=False)
+    assert write(store, op) == [True]
+    assert read(store, "a") is None
+
+
+# --- aggregates ----------------------------------------------------------------------------------
+
+
+def _counting_schema() -> CompiledSchema:
+    definition = FeatureGroupDefinition(
+        feature_group_name="clicks", record_identifier_feature_name="user_id",
+        event_time_feature_name="ts",
+        feature_definitions=[FeatureDefinition.of("user_id", "String"),
+                             FeatureDefinition.of("ts", "Fractional")],
+        aggregations=[AggregationDefinition(name="n_1h", function="count", window="1h")],
+    )
+    return CompiledSchema.of(FeatureGroup(definition=definition, feature_group_id=G,
+                                          creation_time=0.0, last_modified_time=0.0))
+
+
+def _count(schema: CompiledSchema, state: bytes | None) -> int | None:
+    plan = schema.aggregations
+    assert plan is not None
+    (encoded,) = read_features(plan, [[state]], [[True]], now_us())
+    (fv,) = pb.Record.FromString(encoded).features
+    assert fv.feature_name == "n_1h"
+    return fv.int_value if fv.HasField("int_value") else None
+
+
+def test_every_accepted_put_is_an_aggregate_event(store: OnlineStore) -> None:
+    schema = _counting_schema()
+    now_s = time.time()
+
+    def event(rid: str, age_s: float) -> PutOp:
+        record = to_record({"user_id": rid, "ts": now_s - age_s})
+        return put_op(schema, validate_record(schema, record), now_us(), "")
+
+    # The second put of u1 is older than the stored record: not applied online, still counted.
+    assert write(store, event("u1", 1.0), event("u1", 2.0), event("u2", 1.0)) == [
+        True, False, True
+    ]
+    write(store, event("u1", 0.5))
+    key = [aggregate_key(G, 0, rid) for rid in ("u1", "u2", "nobody")]
+    u1, u2, nobody = store.get_aggregates(key)
+    assert nobody is None
+    assert _count(schema, u1) == 3 and _count(schema, u2) == 1
+    assert store.get_aggregates([]) == []
+
+
+def test_drop_group_removes_its_aggregates(store: OnlineStore) -> None:
+    schema = _counting_schema()
+    record = to_record({"user_id": "u1", "ts": time.time()})
+    write(store, put_op(schema, validate_record(schema, record), now_us(), ""))
+    assert store.get_aggregates([aggregate_key(G, 0, "u1")]) != [None]
+    store.drop_group(G).result(timeout=30)
+    assert store.get_aggregates([aggregate_key(G, 0, "u1")]) == [None]
