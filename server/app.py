@@ -1,19 +1,35 @@
-"""Running Tessera: the online store, the gRPC server and the HTTP control plane in one process,
-on one asyncio loop, with graceful shutdown on SIGTERM / SIGINT."""
+"""Running Tessera: the composition root.
+
+`serve` builds the server's roles (server/roles.py) and starts them in this order, each only
+once the one before it is up:
+
+1. online store: RocksDB and the writer thread that owns every mutation; then the registry
+   and the offline writer (no threads of their own), and the aggregation kernels are loaded;
+2. history flusher (outbox -> Parquet), 3. TTL purger, 4. offline catalog (DuckDB);
+5. HTTP server, 6. gRPC server (ports bound here: a port in use fails the start-up);
+7. embedded Kafka consumer (only when configured), 8. readiness (/readyz, gRPC health, the
+   ready file).
+
+It then runs until SIGTERM / SIGINT or until a role dies, and stops the started roles in
+reverse order: readiness first (load balancers look away), the consumer drains and commits,
+gRPC drains the calls in flight, HTTP stops, then the writer drains, the flusher writes every
+committed row to Parquet, and RocksDB closes. A start-up that fails half way stops what it had
+started the same way and raises, so `tessera serve` exits non-zero within seconds with every
+thread stopped and every port released; a role that died, or a stop that failed, raises
+RoleFailedError after the others stopped. Only this process's roles exist today; the roles
+are shaped to be placed in separate processes later (DESIGN.md, Processes).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
 import shutil
 import signal
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvicorn
@@ -22,7 +38,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core.catalog import Catalog
-from tessera.core.schema import FeatureGroup
+from tessera.core.schema import FeatureGroup, show_name
 from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
@@ -31,19 +47,21 @@ from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
 from tessera.server.outbox import OutboxFlusher
 from tessera.server.registry import FeatureGroupRegistry
-from tessera.server.rocksdb import open_rocksdb
+from tessera.server.roles import (
+    ClosingRole,
+    GrpcRole,
+    HistoryRole,
+    HttpRole,
+    IngestRole,
+    OnlineStoreRole,
+    ReadinessRole,
+    RoleFailedError,
+    Roles,
+    TtlPurgeRole,
+)
 from tessera.server.settings import Settings
 
 log = logging.getLogger("tessera.server")
-
-
-class _EmbeddedHTTPServer(uvicorn.Server):
-    """uvicorn without signal handling of its own: `serve` owns SIGTERM / SIGINT and stops gRPC
-    first (draining in-flight calls, /readyz already failing) and HTTP after it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class _StoreHooks:
@@ -76,14 +94,63 @@ async def serve(
     ready_file: Path | None = None,
     on_ready: Callable[[BoundPorts], Awaitable[None]] | None = None,
 ) -> None:
-    """Run until SIGTERM / SIGINT (or until `on_ready` returns, if given one that returns)."""
+    """Run until SIGTERM / SIGINT; `on_ready` runs once serving (the server keeps serving after
+    it returns). Raises the start-up error, or RoleFailedError when a role died or a stop
+    failed, always after stopping every role that had started."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    roles = Roles()
+    waits: list[asyncio.Future[Any]] = []
+    died: tuple[str, str] | None = None
+    try:
+        ports = await _start(settings, roles, ready_file, stop)
+        if ports is not None:
+            if on_ready is not None:
+                waits.append(asyncio.ensure_future(_drive(on_ready, ports)))
+            death = asyncio.ensure_future(roles.wait_for_death())
+            stopping = asyncio.ensure_future(stop.wait())
+            waits += [death, stopping]
+            await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if death.done():
+                role, reason = death.result()
+                died = (role.name, reason)
+                log.error("the %s died (%s): stopping the server", role.name, reason)
+    finally:
+        for w in waits:
+            w.cancel()
+        log.info("shutting down: finishing in-flight calls")
+        failures = await roles.stop_all()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    if died is not None:
+        raise RoleFailedError(f"the {died[0]} died: {died[1]}")
+    if failures:
+        raise RoleFailedError("stopped with errors: " + "; ".join(failures))
+    log.info("stopped cleanly")
+
+
+async def _drive(on_ready: Callable[[BoundPorts], Awaitable[None]], ports: BoundPorts) -> None:
+    try:
+        await on_ready(ports)
+    except Exception:
+        log.exception("the on-ready task failed; the server keeps serving")
+
+
+async def _start(
+    settings: Settings, roles: Roles, ready_file: Path | None, stop: asyncio.Event
+) -> BoundPorts | None:
+    """Build and start every role in order (None: SIGTERM arrived during start-up)."""
     s = settings.server
-    rocks = open_rocksdb(
+    online = await roles.start(OnlineStoreRole(
         settings.data_dir / "online",
         block_cache_mb=settings.online_store.block_cache_mb,
         write_buffer_mb=settings.online_store.write_buffer_mb,
-    )
-    store = RocksDBOnlineStore(rocks, settings.online_store.max_commit_records)
+        max_commit_records=settings.online_store.max_commit_records,
+    ))
+    rocks, store = online.rocks, online.store
     registry = FeatureGroupRegistry(rocks)
     offline = ParquetOfflineWriter(settings.offline_root)
     flusher = OutboxFlusher(
@@ -93,23 +160,56 @@ async def serve(
     )
     registry.hooks = _StoreHooks(store, offline, flusher)
     groups = registry.list()
-    for group in groups:
-        offline.publish_group(group)
+    for group in groups:  # one group's folder must not keep the others (or the server) down
+        try:
+            offline.publish_group(group)
+        except Exception as exc:
+            registry.quarantine(group.name, f"its offline folder cannot be published: {exc}")
+    for name, reason in registry.quarantined().items():
+        log.warning("feature group %s is quarantined: %s; it keeps serving; delete it, or stop "
+                    "the server and run `tessera groups rename` (README, Limits)",
+                    show_name(name), reason)
+    metrics.FEATURE_GROUPS_QUARANTINED.set_function(lambda: len(registry.quarantined()))
     # Before serving: no request pays a compilation, whichever group gets aggregations later
     # (loaded from Numba's cache in ~0.3 s; compiled once after an install, ~20 s).
     await asyncio.to_thread(ensure_kernels)
-    flusher.start()
+    if stop.is_set():
+        return None
+    await roles.start(HistoryRole(flusher, store))
     metrics.FEATURE_GROUPS.set(len(registry.list()))
     purger = TtlPurger(
         store, settings.online_store.ttl_purge_interval_s, settings.online_store.ttl_purge_batch
     )
-    purger.start()
+    await roles.start(TtlPurgeRole(purger))
     metrics.GROUP_COMMITS.set_function(lambda: store.commits)
     metrics.GROUP_COMMIT_OPS.set_function(lambda: store.committed_ops)
     metrics.TTL_PURGED.set_function(lambda: purger.purged)
     metrics.OUTBOX_PENDING.set_function(flusher.pending)
     metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
-    ready = False
+
+    spill = settings.data_dir / "tmp" / "duckdb"
+    shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
+    spill.mkdir(parents=True)
+    catalog = Catalog(settings.offline_root, memory_limit="1GB", restrict_files=True,
+                      temp_directory=spill)
+    await roles.start(ClosingRole("offline catalog", catalog.close))
+    if stop.is_set():
+        return None
+
+    health = HealthServicer()
+    http: HttpRole | None = None
+    rpc: GrpcRole | None = None
+
+    def ports() -> dict[str, int]:
+        return {"grpc_port": rpc.port if rpc else 0, "http_port": http.port if http else 0}
+
+    readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
+    app = create_app(registry, is_ready=lambda: readiness.ready, offline=offline, catalog=catalog)
+    http = await roles.start(HttpRole(
+        uvicorn.Config(app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
+                       access_log=False),
+        s.host, s.http_port,
+    ))
 
     grpc_server = grpc.aio.server(
         options=[
@@ -119,89 +219,29 @@ async def serve(
         ]
     )
     grpc_server.add_generic_rpc_handlers(handlers(FeatureStoreService(registry, store)))
-    health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
     reflection.enable_server_reflection(
         [FEATURE_STORE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME],
         grpc_server,
     )
-    grpc_port = grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
-    if grpc_port == 0:
-        raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
+    rpc = await roles.start(GrpcRole(grpc_server, f"{s.host}:{s.grpc_port}", s.shutdown_grace_s))
 
-    spill = settings.data_dir / "tmp" / "duckdb"
-    shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
-    spill.mkdir(parents=True)
-    catalog = Catalog(settings.offline_root, memory_limit="1GB", restrict_files=True,
-                      temp_directory=spill)
-    app = create_app(registry, is_ready=lambda: ready, offline=offline, catalog=catalog)
-    http = _EmbeddedHTTPServer(
-        uvicorn.Config(
-            app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
-            access_log=False,
-        )
-    )
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    await grpc_server.start()
-    http_task = asyncio.create_task(http.serve())
-    while not http.started:
-        if http_task.done():
-            await http_task  # re-raises the bind error
-            raise OSError(f"cannot bind HTTP to {s.host}:{s.http_port}")
-        await asyncio.sleep(0.01)
-    http_port = http.servers[0].sockets[0].getsockname()[1]
-    ports = BoundPorts(grpc_port, http_port)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(FEATURE_STORE, health_pb2.HealthCheckResponse.SERVING)
-    ready = True
-    log.info("Tessera serving: gRPC %s:%d, HTTP http://%s:%d, data in %s",
-             s.host, grpc_port, s.host, http_port, settings.data_dir)
-    if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"grpc_port": grpc_port, "http_port": http_port,
-                                   "pid": os.getpid()}))
-        tmp.replace(ready_file)
-
-    ingest_stop = threading.Event()
-    ingest_task = None
     if settings.ingest is not None:
+        # Imported only when configured: running a consumer needs the `ingest` extra.
         from tessera.ingest import run_consumers
         from tessera.ingest.metrics import IngestMetrics
         from tessera.server.ingest_sink import EmbeddedSink
 
-        ingest_task = asyncio.ensure_future(asyncio.to_thread(
-            run_consumers, settings.ingest, EmbeddedSink(registry, store), ingest_stop,
-            IngestMetrics(metrics.REGISTRY),
+        config = settings.ingest
+        sink = EmbeddedSink(registry, store)
+        ingest_metrics = IngestMetrics(metrics.REGISTRY)
+        await roles.start(IngestRole(
+            lambda ev: run_consumers(config, sink, ev, ingest_metrics), config
         ))
-        log.info("consuming %d Kafka topic(s) into the store",
-                 len(settings.ingest.topics))
-    driver = asyncio.ensure_future(on_ready(ports)) if on_ready else None
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down: finishing in-flight calls")
-        ready = False
-        if driver is not None and not driver.done():
-            driver.cancel()
-        if ingest_task is not None:  # drain and commit before the store closes
-            ingest_stop.set()
-            try:
-                await ingest_task
-            except Exception:
-                log.exception("the embedded Kafka consumer failed")
-        await health.enter_graceful_shutdown()
-        await grpc_server.stop(s.shutdown_grace_s)
-        http.should_exit = True
-        await http_task
-        purger.stop()
-        store.close()  # drains queued writes
-        flusher.stop()  # and everything committed reaches Parquet
-        catalog.close()
-        rocks.close()
-        log.info("stopped cleanly")
+    if stop.is_set():
+        return None
+    await roles.start(readiness)
+    log.info("Tessera serving: gRPC %s:%d, HTTP http://%s:%d, data in %s",
+             s.host, rpc.port, s.host, http.port, settings.data_dir)
+    return BoundPorts(rpc.port, http.port)

@@ -9,26 +9,33 @@ import logging
 import sys
 from pathlib import Path
 
-from tessera.server import cli_offline
-from tessera.server.settings import Settings
+import pydantic
+
+from tessera.server import cli_groups, cli_offline
+from tessera.server.settings import OfflineStoreSettings, ServerSettings, Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     base = Settings()  # environment (TESSERA_*) and defaults
     server = {k: v for k, v in (("host", args.host), ("grpc_port", args.grpc_port),
                                 ("http_port", args.http_port)) if v is not None}
-    update: dict[str, object] = {"server": base.server.model_copy(update=server)}
+    # Validated like the environment's values (model_copy alone would not check them).
+    update: dict[str, object] = {
+        "server": ServerSettings.model_validate({**base.server.model_dump(), **server})
+    }
     if args.data_dir is not None:
         update["data_dir"] = args.data_dir
     if getattr(args, "offline_flush_interval_s", None) is not None:
-        update["offline_store"] = base.offline_store.model_copy(
-            update={"flush_interval_s": args.offline_flush_interval_s}
+        update["offline_store"] = OfflineStoreSettings.model_validate(
+            {**base.offline_store.model_dump(),
+             "flush_interval_s": args.offline_flush_interval_s}
         )
     return base.model_copy(update=update)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from tessera.server.app import BoundPorts, serve
+    from tessera.server.roles import RoleFailedError
 
     settings = _settings(args)
     host = settings.server.host
@@ -45,7 +52,11 @@ def _serve(args: argparse.Namespace) -> int:
             )
             print("tessera: demo done; the server keeps serving until Ctrl-C", flush=True)
 
-    asyncio.run(serve(settings, ready_file=args.ready_file, on_ready=on_ready))
+    try:
+        asyncio.run(serve(settings, ready_file=args.ready_file, on_ready=on_ready))
+    except (OSError, RoleFailedError) as exc:  # start-up (a port in use, ...) or a role died
+        print(f"tessera: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -116,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--features", help="comma-separated feature names")
     get.set_defaults(func=_get)
     cli_offline.register(sub, client_args)
+    cli_groups.register(sub)  # `tessera groups list|rename` on a stopped server's data
 
     from tessera.ingest.cli import register as register_ingest
 
@@ -135,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except TesseraError as exc:
         print(f"tessera: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as exc:  # an option out of range
+        print(f"tessera: invalid option: {exc}", file=sys.stderr)
         return 2
 
 

@@ -197,8 +197,13 @@ class RocksDBOnlineStore:
         """Remove every record of a group (ordered after everything queued before it)."""
         return self.submit([_DropGroupOp(group_id)])
 
+    @property
+    def writer_thread(self) -> threading.Thread:
+        """The thread that owns every mutation (alive until `close`)."""
+        return self._writer
+
     def close(self) -> None:
-        """Finish queued writes, stop the writer. The caller closes the DB."""
+        """Finish queued writes, stop the writer (again: a no-op). The caller closes the DB."""
         self._queue.put(None)
         self._writer.join()
 

@@ -1,0 +1,367 @@
+"""The roles a Tessera server is made of, and the one lifecycle that starts and stops them.
+
+A role is a part of the server with a start, a stop and, while it runs, a way to die: the
+online store and its writer thread, the history flusher, the TTL purger, the HTTP server, the
+gRPC server, readiness, the embedded Kafka consumer. `Roles` starts them one after the other
+and stops the started ones in reverse order, whether start-up failed half way, SIGTERM arrived
+or a role died; a role that fails to stop does not keep the others from stopping.
+
+Each role owns its threads, sockets and files and talks to the others through the objects it
+is given (a store, a registry), never through globals: that is the seam along which the roles
+can later be placed in different processes (a writer process, serving processes, a history
+process, consumer processes) under a supervisor. The composition root is server/app.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+from tessera.ingest.config import IngestConfig
+from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
+from tessera.server.outbox import OutboxFlusher
+from tessera.server.rocksdb import RocksDB, open_rocksdb
+
+log = logging.getLogger("tessera.server")
+
+_POLL_S = 0.5  # how often a watch looks at a thread it cannot await
+
+
+class RoleFailedError(Exception):
+    """A role died while the server was running, or failed to stop cleanly."""
+
+
+class Role(Protocol):
+    """A part of the server with a lifecycle (see the module docstring)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Start; on failure, leave nothing running (the role is then not stopped)."""
+
+    async def stop(self) -> None:
+        """Stop what start started; called once, in reverse start order."""
+
+    async def died(self) -> str:
+        """Return (with the reason) only if the role stops working while it should run."""
+
+
+async def _forever() -> str:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _thread_died(thread: threading.Thread, what: str) -> str:
+    while thread.is_alive():
+        await asyncio.sleep(_POLL_S)
+    return f"{what} thread exited"
+
+
+R = TypeVar("R", bound=Role)
+
+
+class Roles:
+    """Starts roles in order, stops the started ones in reverse order."""
+
+    def __init__(self) -> None:
+        self._started: list[Role] = []
+
+    async def start(self, role: R) -> R:
+        log.debug("starting %s", role.name)
+        await role.start()
+        self._started.append(role)
+        return role
+
+    async def wait_for_death(self) -> tuple[Role, str]:
+        """The first started role that dies, and why (waits forever if none does)."""
+        tasks = {asyncio.ensure_future(r.died()): r for r in self._started}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            task = done.pop()
+            try:
+                reason = task.result()
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            return tasks[task], reason
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def stop_all(self) -> list[str]:
+        """Stop every started role, last first; returns the failures (logged)."""
+        failures: list[str] = []
+        while self._started:
+            role = self._started.pop()
+            try:
+                await role.stop()
+            except (Exception, asyncio.CancelledError) as exc:  # the others stop all the same
+                log.exception("stopping the %s failed", role.name)
+                failures.append(f"{role.name}: {exc!r}")
+        return failures
+
+
+class OnlineStoreRole:
+    """RocksDB and the group-commit writer thread that owns every mutation."""
+
+    name = "online store"
+
+    def __init__(
+        self, path: Path, block_cache_mb: int, write_buffer_mb: int, max_commit_records: int
+    ) -> None:
+        self._path = path
+        self._cache_mb, self._buffer_mb = block_cache_mb, write_buffer_mb
+        self._max_commit_records = max_commit_records
+        self._rocks: RocksDB | None = None
+        self._store: RocksDBOnlineStore | None = None
+
+    @property
+    def rocks(self) -> RocksDB:
+        if self._rocks is None:
+            raise RuntimeError("the online store is not started")
+        return self._rocks
+
+    @property
+    def store(self) -> RocksDBOnlineStore:
+        if self._store is None:
+            raise RuntimeError("the online store is not started")
+        return self._store
+
+    async def start(self) -> None:
+        rocks = await asyncio.to_thread(
+            open_rocksdb, self._path, self._cache_mb, self._buffer_mb
+        )
+        try:
+            self._store = RocksDBOnlineStore(rocks, self._max_commit_records)
+        except BaseException:
+            rocks.close()
+            raise
+        self._rocks = rocks
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.close)  # drains queued writes (if any are left)
+        finally:
+            await asyncio.to_thread(self.rocks.close)
+
+    async def died(self) -> str:
+        return await _thread_died(self.store.writer_thread, "the online store's writer")
+
+
+class HistoryRole:
+    """The outbox flusher: committed history rows to Parquet."""
+
+    name = "history flusher"
+
+    def __init__(self, flusher: OutboxFlusher, store: RocksDBOnlineStore) -> None:
+        self._flusher, self._store = flusher, store
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._flusher.start)
+
+    async def stop(self) -> None:
+        # The writer drains first, so every acknowledged write is in the outbox to flush.
+        await asyncio.to_thread(self._store.close)
+        await asyncio.to_thread(self._flusher.stop)
+
+    async def died(self) -> str:
+        return await _forever()  # its thread survives flush failures (it retries)
+
+
+class TtlPurgeRole:
+    """The background purge of expired records."""
+
+    name = "TTL purger"
+
+    def __init__(self, purger: TtlPurger) -> None:
+        self._purger = purger
+
+    async def start(self) -> None:
+        self._purger.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._purger.stop)
+
+    async def died(self) -> str:
+        return await _forever()
+
+
+class ClosingRole:
+    """A component with nothing to start and a `close` to call at stop (e.g. the catalog)."""
+
+    def __init__(self, name: str, close: Callable[[], None]) -> None:
+        self.name = name
+        self._close = close
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    async def died(self) -> str:
+        return await _forever()
+
+
+class _EmbeddedHTTPServer(uvicorn.Server):
+    """uvicorn without signal handling of its own: the lifecycle owns SIGTERM / SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port); OSError (e.g. the port is in use) otherwise."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind HTTP to {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+class HttpRole:
+    """The HTTP control plane (FastAPI on uvicorn)."""
+
+    name = "HTTP server"
+
+    def __init__(self, config: uvicorn.Config, host: str, port: int) -> None:
+        self._server = _EmbeddedHTTPServer(config)
+        self._host, self._port = host, port
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        # Bound here, not by uvicorn: its bind failure is a sys.exit that would skip our stops.
+        sock = bind_tcp(self._host, self._port)
+        self.port = sock.getsockname()[1]
+        task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if task.done():
+                sock.close()
+                exc = task.exception() if not task.cancelled() else None
+                raise OSError(f"the HTTP server did not start: {exc!r}")
+            await asyncio.sleep(0.01)
+        self._task = task
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+    async def died(self) -> str:
+        if self._task is None:
+            return await _forever()
+        await asyncio.shield(self._task)
+        return "the HTTP server exited"
+
+
+class GrpcRole:
+    """The gRPC runtime API; stopping drains in-flight calls for up to `grace_s`."""
+
+    name = "gRPC server"
+
+    def __init__(self, server: grpc.aio.Server, address: str, grace_s: float) -> None:
+        self._server, self._address, self._grace_s = server, address, grace_s
+        self.port = 0
+
+    async def start(self) -> None:
+        cause = ""
+        try:
+            port = self._server.add_insecure_port(self._address)
+        except RuntimeError as exc:  # grpcio raises, older versions return 0
+            port, cause = 0, f": {exc}"
+        if port == 0:
+            await self._server.stop(None)
+            raise OSError(f"cannot bind gRPC to {self._address}{cause}")
+        self.port = port
+        try:
+            await self._server.start()
+        except BaseException:
+            await self._server.stop(None)
+            raise
+
+    async def stop(self) -> None:
+        await self._server.stop(self._grace_s)
+
+    async def died(self) -> str:
+        # Shielded: cancelling grpc's wait_for_termination would cancel its shutdown future.
+        await asyncio.shield(self._server.wait_for_termination())
+        return "the gRPC server terminated"
+
+
+class ReadinessRole:
+    """Ready once every role before it started: /readyz and gRPC health say SERVING, and the
+    ready file (if any) names the ports. Stopping it first makes load balancers look away
+    while the calls in flight drain."""
+
+    name = "readiness"
+
+    def __init__(
+        self, health: HealthServicer, services: list[str], ready_file: Path | None,
+        ports: Callable[[], dict[str, int]],
+    ) -> None:
+        self._health, self._services = health, services
+        self._ready_file, self._ports = ready_file, ports
+        self.ready = False
+
+    async def start(self) -> None:
+        for service in self._services:
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.ready = True
+        if self._ready_file is not None:
+            tmp = self._ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self._ports(), "pid": os.getpid()}))
+            tmp.replace(self._ready_file)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self._health.enter_graceful_shutdown()
+
+    async def died(self) -> str:
+        return await _forever()
+
+
+class IngestRole:
+    """The embedded Kafka consumer, writing straight into the store (a thread of its own)."""
+
+    name = "Kafka consumer"
+
+    def __init__(self, run: Callable[[threading.Event], None], config: IngestConfig) -> None:
+        self._run = run
+        self._config = config
+        self._stop = threading.Event()
+        self._task: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._run, self._stop))
+        log.info("consuming %d Kafka topic(s) into the store", len(self._config.topics))
+
+    async def stop(self) -> None:
+        self._stop.set()  # drain and commit before the store closes
+        if self._task is not None:
+            await self._task
+
+    async def died(self) -> str:
+        if self._task is None:
+            return await _forever()
+        await asyncio.shield(self._task)  # raises the consumer's failure
+        return "the Kafka consumer returned"
