@@ -114,6 +114,33 @@ class ParquetOfflineWriter:
                 f"{exc.strerror or exc}"
             ) from exc
 
+    def rename_group(self, old: FeatureGroup, new: FeatureGroup) -> None:
+        """Move a renamed group's folder (history and all) to its new name and publish the new
+        `_group.json`; all or nothing. Raises StorageError."""
+        with self.lock:
+            src, dst = self.folder(old, retired=False), self.folder(new, retired=False)
+            moved = False
+            try:
+                if dst.exists():
+                    raise StorageError(f"the offline store already has a folder {dst}")
+                if src.is_dir():
+                    os.rename(src, dst)
+                    moved = True
+                self.publish_group(new)
+            except OSError as exc:
+                self._move_back(dst, src, moved)
+                raise StorageError(
+                    f"the offline store cannot move {src} to {dst}: {exc.strerror or exc}"
+                ) from exc
+            except BaseException:
+                self._move_back(dst, src, moved)
+                raise
+
+    @staticmethod
+    def _move_back(dst: Path, src: Path, moved: bool) -> None:
+        if moved:
+            os.rename(dst, src)
+
     def retire_group(self, group: FeatureGroup) -> None:
         """Move a deleted group's history aside: a new group of the same name starts empty,
         and the old files stay readable under .retired/<name>.<id>/."""

@@ -22,7 +22,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import rocksdict
@@ -298,6 +298,52 @@ class FeatureGroupRegistry:
             self._quarantined.pop(name, None)
         if self.hooks is not None:
             self.hooks.group_deleted(group)
+
+    def rename(
+        self,
+        name: str,
+        new_name: str,
+        move: Callable[[FeatureGroup, FeatureGroup], None] | None = None,
+    ) -> FeatureGroup:
+        """Give a group a new name, keeping its id, records and history: the fix for a group
+        whose name breaks the rule. `move(old, new)` moves its offline folder; if it fails, the
+        registry write is undone. The new definition must pass today's checks. Run it on a
+        stopped server (`tessera groups rename`): a running one keeps the old name in memory."""
+        with self._lock:
+            group = self.describe(name)
+            if new_name in self._groups:
+                raise ConflictError(f"feature group '{new_name}' already exists")
+            other = next((n for n in self._groups
+                          if n != name and fold_name(n) == fold_name(new_name)), None)
+            if other is not None:
+                raise ConflictError(
+                    f"feature group '{new_name}' differs from the existing group "
+                    f"{show_name(other)} only in case; {CASE_RULE}"
+                )
+            definition = group.definition.model_copy(update={"feature_group_name": new_name})
+            definition.check()
+            new = group.model_copy(
+                update={"definition": definition, "last_modified_time": time.time()}
+            )
+            schema = CompiledSchema.of(new)
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb.delete(group_key(name), self._handle)
+            wb.put(group_key(new_name), new.model_dump_json().encode(), self._handle)
+            self._write(wb, f"rename feature group {show_name(name)}")
+            if move is not None:
+                try:
+                    move(group, new)
+                except BaseException:
+                    undo = rocksdict.WriteBatch(raw_mode=True)
+                    undo.delete(group_key(new_name), self._handle)
+                    undo.put(group_key(name), group.model_dump_json().encode(), self._handle)
+                    self._write(undo, f"undo the rename of feature group {show_name(name)}")
+                    raise
+            self._schemas.pop(name, None)
+            del self._groups[name]
+            self._quarantined.pop(name, None)
+            self._install(new, schema)
+        return new
 
     # --- internals -----------------------------------------------------------------------------
 

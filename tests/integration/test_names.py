@@ -6,6 +6,9 @@ groups are quarantined, keep serving, and deleting them (HTTP or SDK) fixes it."
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -224,5 +227,61 @@ def test_a_data_dir_with_groups_of_the_older_rule_opens_and_the_fix_works(
         assert _metric(w.http, "tessera_feature_groups_quarantined") == 0
         assert w.get("good", "u2")["clicks"] == 1
         assert _post(w.http, _body("GOOD")).status_code == 409
+    finally:
+        w.close()
+
+
+def _tessera(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tessera.server", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_tessera_groups_rename_fixes_a_quarantined_group_keeping_its_records(
+    fresh_server: ServerProcess,
+) -> None:
+    data = str(fresh_server.data_dir)
+    fresh_server.start()
+    w = Wire(fresh_server.grpc_target, fresh_server.http_url)
+    try:
+        for name in ("long", "newline"):
+            assert _post(w.http, _body(name)).status_code == 201
+            assert w.put(name, {"id": "u1", "ts": 1.0, "clicks": 5})
+    finally:
+        w.close()
+    assert fresh_server.stop() == 0
+    long_name = LONG_NAME + "_c"
+    _rename_in_registry(fresh_server.data_dir, "long", long_name)
+    _rename_in_registry(fresh_server.data_dir, "newline", "newline\n")
+    for folder in ("long", "newline"):  # as if the older server had made these groups
+        shutil.rmtree(fresh_server.data_dir / "offline" / folder)
+    fresh_server.start()  # publishes their folders: .unnamed/<id> for the long name
+    assert fresh_server.stop() == 0
+    long_id = 1  # the first group of this data dir
+
+    listed = _tessera("groups", "list", "--data-dir", data)
+    assert listed.returncode == 0, listed.stderr
+    assert f"#{long_id}\t'{long_name[:64]}...' (5,002 characters)\tQUARANTINED: " in listed.stdout
+    running = fresh_server.start()
+    refused = _tessera("groups", "rename", f"#{long_id}", "long_fixed", "--data-dir", data)
+    assert refused.returncode == 2 and "stop it first" in refused.stderr
+    assert running.stop() == 0
+    bad = _tessera("groups", "rename", "newline\n", "Bad Name", "--data-dir", data)
+    assert bad.returncode == 2 and "feature_group_name 'Bad Name' is not valid" in bad.stderr
+    for old, new in ((f"#{long_id}", "long_fixed"), ("newline\n", "newline")):
+        done = _tessera("groups", "rename", old, new, "--data-dir", data)
+        assert done.returncode == 0, done.stderr
+    offline = fresh_server.data_dir / "offline"
+    assert not (offline / ".unnamed" / str(long_id)).exists()
+    assert json.loads((offline / "long_fixed" / "_group.json").read_text())[
+        "definition"]["feature_group_name"] == "long_fixed"
+
+    fresh_server.start()
+    w = Wire(fresh_server.grpc_target, fresh_server.http_url)
+    try:
+        listed_now = w.http.get("/v1/feature-groups").json()["feature_groups"]
+        assert sorted(g["feature_group_name"] for g in listed_now) == ["long_fixed", "newline"]
+        assert all("quarantined" not in g for g in listed_now)
+        assert _metric(w.http, "tessera_feature_groups_quarantined") == 0
+        assert w.get("long_fixed", "u1")["clicks"] == 5 and w.get("newline", "u1")["clicks"] == 5
     finally:
         w.close()

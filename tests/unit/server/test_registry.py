@@ -295,3 +295,32 @@ def test_groups_made_under_an_older_rule_load_quarantined(
     assert reopened.quarantined() == {} and [g.name for g in reopened.list()] == ["Users"]
     with pytest.raises(ConflictError, match="only in case"):
         reopened.create(_definition("USERS"))
+
+
+def test_rename_moves_the_folder_or_changes_nothing(
+    rocks: RocksDB, offline: ParquetOfflineWriter
+) -> None:
+    _store_as_an_older_rule_did(rocks, 1, _definition("users\n"))
+    _store_as_an_older_rule_did(rocks, 2, _definition("Other"))
+    registry = _registry(rocks, offline)
+    for group in registry.list():
+        offline.publish_group(group)
+    (offline.root / "users\n" / "history.parquet").write_bytes(b"rows")
+    with pytest.raises(ConflictError, match="differs from the existing group 'Other'"):
+        registry.rename("users\n", "OTHER", move=offline.rename_group)
+    with pytest.raises(InvalidRequestError, match="'users x' is not valid"):
+        registry.rename("users\n", "users x", move=offline.rename_group)
+    (offline.root / "users").mkdir()  # in the way: the move fails, the registry write is undone
+    before = _stored(rocks)
+    with pytest.raises(StorageError, match="already has a folder"):
+        registry.rename("users\n", "users", move=offline.rename_group)
+    assert _stored(rocks) == before and "users\n" in registry.quarantined()
+    (offline.root / "users").rmdir()
+
+    renamed = registry.rename("users\n", "users", move=offline.rename_group)
+    assert renamed.feature_group_id == 1 and registry.schema("users").group_id == 1
+    assert registry.quarantined() == {}
+    assert (offline.root / "users" / "history.parquet").read_bytes() == b"rows"
+    assert '"feature_group_name": "users"' in (offline.root / "users" / layout.GROUP_FILE).read_text()
+    assert not (offline.root / "users\n").exists()
+    assert [g.name for g in FeatureGroupRegistry(rocks).list()] == ["Other", "users"]
