@@ -417,12 +417,16 @@ class FeatureGroup(_Model):
         if self.definition.aggregations:
             from tessera.core.aggregation.spec import format_duration
 
-            plan = self.definition.aggregation_plan(trusted=True)
-            out["aggregation_resolved"] = {
-                "tile_size": format_duration(plan.tile_us),
-                "lateness": format_duration(plan.lateness_us),
-                "output_types": {a.name: a.output_type for a in plan.aggregations.values()},
-            }
+            try:
+                plan = self.definition.aggregation_plan(trusted=True)
+            except InvalidRequestError:
+                plan = None  # a quarantined group's: still listed, described and deletable
+            if plan is not None:
+                out["aggregation_resolved"] = {
+                    "tile_size": format_duration(plan.tile_us),
+                    "lateness": format_duration(plan.lateness_us),
+                    "output_types": {a.name: a.output_type for a in plan.aggregations.values()},
+                }
         out.update(
             feature_group_status="Created",
             version=self.version,

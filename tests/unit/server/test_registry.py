@@ -324,3 +324,21 @@ def test_rename_moves_the_folder_or_changes_nothing(
     assert '"feature_group_name": "users"' in (offline.root / "users" / layout.GROUP_FILE).read_text()
     assert not (offline.root / "users\n").exists()
     assert [g.name for g in FeatureGroupRegistry(rocks).list()] == ["Other", "users"]
+
+
+def test_a_stored_group_that_no_longer_compiles_is_listed_and_deletable(
+    rocks: RocksDB, offline: ParquetOfflineWriter
+) -> None:
+    """Its schema cannot be served (FAILED_PRECONDITION), but listing and deleting work."""
+    from tessera.core.aggregation.spec import AggregationDefinition
+    from tessera.core.errors import PreconditionFailedError
+
+    _store_as_an_older_rule_did(rocks, 1, _definition("odd").model_copy(update={
+        "aggregations": [AggregationDefinition(name="n", function="median", window="1h")]}))
+    registry = _registry(rocks, offline)
+    assert "function 'median' is not known" in registry.quarantined()["odd"]
+    with pytest.raises(PreconditionFailedError, match="feature group 'odd' is quarantined"):
+        registry.schema("odd")
+    assert "aggregation_resolved" not in registry.describe("odd").describe()
+    registry.delete("odd")
+    assert registry.list() == [] and registry.quarantined() == {}
