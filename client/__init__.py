@@ -16,6 +16,7 @@ from tessera.client.offline import Dataset, OfflineStore
 from tessera.client.sync import FeatureStoreClient
 from tessera.core.errors import (
     ConflictError,
+    DeadlineExceededError,
     FeatureGroupNotFoundError,
     InvalidRequestError,
     NotFoundError,
@@ -30,6 +31,7 @@ __all__ = [
     "BatchGetResult",
     "ConflictError",
     "Dataset",
+    "DeadlineExceededError",
     "FeatureGroupNotFoundError",
     "FeatureStoreClient",
     "InvalidRequestError",

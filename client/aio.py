@@ -33,9 +33,11 @@ from tessera.client._requests import DeletionMode, EventTime, RecordId
 from tessera.client._retry import (
     READ_RETRY_CODES,
     WRITE_RETRY_CODES,
+    Deadline,
     RetryPolicy,
     call_with_retry_async,
 )
+from tessera.client._retry import rpc_name as _rpc_name
 from tessera.client.sync import DEFAULT_GRPC_TARGET, DEFAULT_HTTP_URL
 from tessera.core.errors import TesseraError
 from tessera.proto.v1 import feature_store_pb2_grpc
@@ -231,8 +233,10 @@ class AsyncFeatureStoreClient:
         feature_group_name: str | None,
     ) -> T:
         with rpc_errors(feature_group_name):
+            deadline = Deadline(self._timeout_s)
             return await call_with_retry_async(
-                lambda: method(request, timeout=self._timeout_s), self._policy, codes
+                lambda: method(request, timeout=deadline.attempt_timeout_s()),
+                self._policy, codes, deadline=deadline, what=_rpc_name(method),
             )
 
     def _admin_transport(self) -> AsyncAdminTransport:

@@ -28,7 +28,14 @@ from tessera.client._batch import (
 from tessera.client._channel import open_channel
 from tessera.client._grpc_errors import rpc_errors
 from tessera.client._requests import DeletionMode, EventTime, RecordId
-from tessera.client._retry import READ_RETRY_CODES, WRITE_RETRY_CODES, RetryPolicy, call_with_retry
+from tessera.client._retry import (
+    READ_RETRY_CODES,
+    WRITE_RETRY_CODES,
+    Deadline,
+    RetryPolicy,
+    call_with_retry,
+)
+from tessera.client._retry import rpc_name as _rpc_name
 from tessera.client.importer import ImportResult
 from tessera.core.errors import TesseraError
 from tessera.proto.v1 import feature_store_pb2 as pb
@@ -44,9 +51,11 @@ class FeatureStoreClient:
     """A blocking client of a Tessera server.
 
     Records go over gRPC (one channel for the client's lifetime), feature groups over HTTP. Each
-    call has a deadline of `timeout_s`; calls failing with UNAVAILABLE (reads: also
-    DEADLINE_EXCEEDED) are retried up to `retries` times with exponential backoff and jitter.
-    Failures raise TesseraError subclasses (InvalidRequestError, NotFoundError, ...).
+    call, its retries included, has a deadline of `timeout_s`; calls failing with UNAVAILABLE
+    (reads: also DEADLINE_EXCEEDED or CANCELLED) are retried up to `retries` times with
+    exponential backoff and jitter while the deadline allows; a call whose deadline passed raises
+    DeadlineExceededError. Failures raise TesseraError subclasses (InvalidRequestError,
+    NotFoundError, ...).
 
     Example::
 
@@ -275,8 +284,10 @@ class FeatureStoreClient:
         feature_group_name: str | None,
     ) -> T:
         with rpc_errors(feature_group_name):
+            deadline = Deadline(self._timeout_s)
             return call_with_retry(
-                lambda: method(request, timeout=self._timeout_s), self._policy, codes
+                lambda: method(request, timeout=deadline.attempt_timeout_s()),
+                self._policy, codes, deadline=deadline, what=_rpc_name(method),
             )
 
     def _admin_transport(self) -> AdminTransport:

@@ -58,6 +58,14 @@ class StorageError(TesseraError):
     http_status = 503
 
 
+class DeadlineExceededError(TesseraError):
+    """A call did not complete within its deadline, retries included (raised by the client):
+    DEADLINE_EXCEEDED / HTTP 504."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
+
 class SerializationError(TesseraError):
     """A message cannot be decoded (ingest: dead-letter it and keep consuming)."""
 
