@@ -14,8 +14,10 @@ are imported when an OfflineStore is made, so `import tessera.client` never need
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -87,9 +89,14 @@ class OfflineStore:
         self.catalog.refresh()
         return self.catalog.group(name)
 
-    def sql(self, query: str) -> pa.Table:
-        """Run one read-only SELECT over the catalog's views (one per group); an Arrow table."""
-        return self.catalog.sql(query)
+    def sql(self, query: str, *, timeout_s: float | None = None) -> pa.Table:
+        """Run one read-only SELECT over the catalog's views (one per group); an Arrow table.
+
+        The query runs in the SQL sandbox (`tessera.core.sql_sandbox`): it reads the offline
+        store and nothing else on the host. `timeout_s` stops it after that long
+        (QueryTimeoutError); the query text is at most 256 KiB (QueryTooLargeError).
+        """
+        return self.catalog.sql(query, timeout_s=timeout_s)
 
     def dataset(
         self,
@@ -246,12 +253,20 @@ class Dataset:
                 f"compression '{compression}' is not valid; allowed: {', '.join(_COMPRESSIONS)}"
             )
         show = self._show_progress()
-        with self._joined(show) as (cur, _):
-            target = quote_literal(str(path))
-            options = f"FORMAT parquet, COMPRESSION {compression}"
-            with duckdb_errors("dataset"), _statement_progress(cur, show, "writing"):
-                done = cur.sql(f"COPY ({self._read_sql()}) TO {target} ({options})")
-                return int(done.fetchall()[0][0]) if done is not None else 0
+        # The sandbox writes under its temporary folder only: the file is made there, then
+        # moved to `path` (a rename on the same file system).
+        tmp = Path(self._catalog.temp_directory) / f"dataset-{uuid.uuid4().hex}.parquet"
+        try:
+            with self._joined(show) as (cur, _):
+                target = quote_literal(str(tmp))
+                options = f"FORMAT parquet, COMPRESSION {compression}"
+                with duckdb_errors("dataset"), _statement_progress(cur, show, "writing"):
+                    done = cur.sql(f"COPY ({self._read_sql()}) TO {target} ({options})")
+                    rows = int(done.fetchall()[0][0]) if done is not None else 0
+            _move_out(tmp, str(path))
+            return rows
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def schema(self) -> pa.Schema:
         """The Arrow schema of the result, without computing it."""
@@ -285,12 +300,11 @@ class Dataset:
         try:
             with duckdb_errors("dataset"):
                 total = self._source.prepare(cur)
-                # The read-back sorts; keeping insertion order here would only buffer rows.
-                cur.execute("SET SESSION preserve_insertion_order = false")
+                # (The sandbox's settings are locked: insertion order stays preserved here,
+                # although the read-back sorts anyway.)
                 with _statement_progress(cur, show, "joining"):
                     cur.execute(f"CREATE TEMP TABLE {_RESULT} AS {self.query.unordered_sql()}")
                 self._source.release(cur)
-                cur.execute("SET SESSION preserve_insertion_order = true")
                 if self.query.has_aggregations:
                     aggregate_table = _aggregation_kernels()
                     cur.register(_AGGREGATES, aggregate_table(cur, self.query, _RESULT))
@@ -316,6 +330,7 @@ class _SpineSource:
         self.columns = columns
         self._arrow = arrow
         self._setup = setup  # the SELECT a temporary table is made of
+        self._keep: object = None  # removes the spine's links in the sandbox when collected
 
     @classmethod
     def of(cls, spine: SpineInput, catalog: Catalog) -> _SpineSource:
@@ -344,16 +359,17 @@ class _SpineSource:
             finally:
                 cur.close()
             source = cls._copied(f"SELECT * FROM ({spine})")
+        elif isinstance(spine, str | Path) and "://" in str(spine):
+            import pyarrow.dataset as pads
+
+            # The sandbox reaches no URI: pyarrow reads the spine, in file order.
+            table = pads.dataset(str(spine), format="parquet").to_table()
+            return cls.of(table, catalog)
         elif isinstance(spine, str | Path):
-            path = str(spine)
-            globbed = any(ch in path for ch in "*?[")
-            if not globbed and "://" not in path and not Path(path).exists():
-                raise InvalidRequestError(
-                    f"spine '{path}' is not a Parquet file that exists, nor a query (a query "
-                    "starts with SELECT, WITH, FROM, VALUES or '(')"
-                )
+            path, globbed, keep = _sandboxed_spine(str(spine), catalog.temp_directory)
             if globbed:
                 source = cls._copied(f"SELECT * FROM read_parquet({quote_literal(path)})")
+                source._keep = keep
             else:
                 source = cls(
                     f"(SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW_COLUMN} "
@@ -362,6 +378,7 @@ class _SpineSource:
                     None,
                     None,
                 )
+                source._keep = keep
         else:
             raise InvalidRequestError(
                 f"spine of type {type(spine).__name__} is not supported; allowed: a pandas "
@@ -409,6 +426,52 @@ class _SpineSource:
         return int(rows)  # from the Parquet footer: no data is read
 
 
+def _sandboxed_spine(path: str, temp_directory: str) -> tuple[str, bool, object]:
+    """A spine file (or glob) as a path the sandbox may read: the files are hard-linked (copied
+    across file systems) into a folder of its temporary directory, in the glob's sorted order.
+    The path DuckDB reads, whether it is a glob, and an object whose collection removes them."""
+    import glob
+    import shutil
+    import weakref
+
+    matches = sorted(glob.glob(path, recursive=True)) if any(ch in path for ch in "*?[") else [path]
+    matches = [m for m in matches if Path(m).is_file()]
+    if not matches:
+        raise InvalidRequestError(
+            f"spine '{path}' is not a Parquet file that exists, nor a query (a query "
+            "starts with SELECT, WITH, FROM, VALUES or '(')"
+        )
+    folder = Path(temp_directory) / f"spine-{uuid.uuid4().hex}"
+    folder.mkdir()
+    holder = _SpineFiles()
+    weakref.finalize(holder, shutil.rmtree, str(folder), True)
+    for i, src in enumerate(matches):
+        dst = folder / f"{i:06d}.parquet"
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    if len(matches) == 1 and not any(ch in path for ch in "*?["):
+        return str(folder / "000000.parquet"), False, holder
+    return str(folder / "*.parquet"), True, holder
+
+
+class _SpineFiles:
+    """Owns a spine's links in the sandbox; they are removed when it is collected."""
+
+
+def _move_out(tmp: Path, target: str) -> None:
+    """Move a file the sandbox wrote to where the caller asked for it (a path or a URI)."""
+    if "://" in target:
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(str(tmp), target)
+        return
+    import shutil
+
+    shutil.move(str(tmp), target)
+
+
 def _aggregation_kernels() -> _AggregateTable:
     """`tessera.core.aggregation.dataset.aggregate_table`, which loads Numba."""
     try:
@@ -430,20 +493,18 @@ def _statement_progress(cur: duckdb.DuckDBPyConnection, show: bool, desc: str) -
         return
     from tqdm import tqdm
 
-    for setting in (
-        "enable_progress_bar = true",
-        "enable_progress_bar_print = false",
-        "progress_bar_time = 0",
-    ):
-        cur.execute(f"SET SESSION {setting}")
     done = threading.Event()
 
     def poll() -> None:
+        # The sandbox's locked settings keep DuckDB's progress tracking off (query_progress()
+        # is -1 then): the bar shows the time elapsed until a percentage is known.
         with tqdm(total=100, desc=desc, unit="%", bar_format=_PERCENT_BAR) as bar:
             while not done.wait(0.2):
                 pct = cur.query_progress()
                 if pct > bar.n:
                     bar.update(pct - bar.n)
+                else:
+                    bar.refresh()
             bar.update(100 - bar.n)
 
     thread = threading.Thread(target=poll, name="tessera-dataset-progress", daemon=True)

@@ -8,39 +8,52 @@ offline store (see `offline_layout`) becomes a view named after the group:
 
 The empty branch gives the view the group's declared columns and types even where no file holds
 a column yet (a feature added since the last write), and a group with no files at all. The `sql()`
-path runs one SELECT and nothing else; `format_result` renders a result for the CLI and HTTP.
+path runs one SELECT and nothing else, in the SQL sandbox (`tessera.core.sql_sandbox`): files
+outside the offline root and its temporary folder cannot be read. `tessera.core.sql_results`
+renders a result for the CLI and HTTP.
+
+One group never takes down the others: a group whose view cannot be built (an unreadable
+`_group.json`, two columns DuckDB sees as one name, a folder name differing from another group's
+only in case, which DuckDB's case-insensitive names would resolve to the other's view) is left
+out, logged once and listed by `broken()`; every other group keeps its view.
 """
 
 from __future__ import annotations
 
-import io
+import glob
 import logging
+import math
 import os
-import re
 import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
-from pydantic import ValidationError
 
 from tessera.core import offline_layout as layout
 from tessera.core.errors import FeatureGroupNotFoundError, InvalidRequestError, StorageError
 from tessera.core.schema import NAME_PATTERN, CollectionType, FeatureGroup, FeatureType, ScalarType
+from tessera.core.sql_results import RESULT_FORMATS as RESULT_FORMATS
+from tessera.core.sql_results import ResultFormat as ResultFormat
+from tessera.core.sql_results import format_result as format_result
+from tessera.core.sql_results import render_text_table as render_text_table
+from tessera.core.sql_sandbox import (
+    DEFAULT_MAX_QUERY_BYTES,
+    QueryGuard,
+    check_query_size,
+    sandbox_connection,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_LIMIT = "4GB"
-ResultFormat = Literal["table", "csv", "parquet"]
-RESULT_FORMATS: tuple[ResultFormat, ...] = ("table", "csv", "parquet")
+DEFAULT_BATCH_ROWS = 65_536
 
 _SCALAR_SQL = {
     ScalarType.INTEGRAL: "BIGINT",
@@ -141,12 +154,12 @@ class _ViewState:
 
 
 class Catalog:
-    """One DuckDB database whose views are the offline store's feature groups.
+    """One sandboxed DuckDB database whose views are the offline store's feature groups.
 
-    `root` is a local path or a URI DuckDB can read (s3://... with the httpfs extension).
-    DuckDB spills to `temp_directory` (a private temporary folder by default, removed on close)
-    beyond `memory_limit`, so joins larger than RAM complete. With `restrict_files`, queries can
-    read nothing but the offline store (for a catalog served over HTTP).
+    `root` is a local path or a URI DuckDB can read. DuckDB spills to `temp_directory` (a
+    private temporary folder by default, removed on close) beyond `memory_limit`, so joins
+    larger than RAM complete. Queries read nothing but files under `root` and `temp_directory`
+    (see `tessera.core.sql_sandbox`), whoever runs them.
     """
 
     def __init__(
@@ -156,7 +169,6 @@ class Catalog:
         memory_limit: str = DEFAULT_MEMORY_LIMIT,
         temp_directory: str | Path | None = None,
         threads: int | None = None,
-        restrict_files: bool = False,
     ) -> None:
         text = str(root)
         if text.startswith("file://"):
@@ -166,32 +178,22 @@ class Catalog:
             temp_directory = tempfile.mkdtemp(prefix="tessera-duckdb-")
             # DuckDB deletes its spill files but not the folder we made for them.
             self._cleanup = weakref.finalize(self, shutil.rmtree, temp_directory, True)
-        self.temp_directory = str(temp_directory)
-        self._con = duckdb.connect(":memory:")
-        self._lock = threading.Lock()
-        self._views: dict[str, _ViewState] = {}
-        self._groups: dict[str, FeatureGroup] = {}
+        self.temp_directory = os.path.abspath(str(temp_directory))
         settings = {
             "memory_limit": memory_limit,
             "temp_directory": self.temp_directory,
             "threads": threads or os.cpu_count() or 1,
             # Naive timestamps are UTC and TIMESTAMPTZ values come out in UTC.
             "TimeZone": "UTC",
-            # Our SQL must never resolve a name to a Python variable of some caller's frame.
-            "python_enable_replacements": False,
             # Footers are read at bind and at scan; files never change once renamed into place.
             "parquet_metadata_cache": True,
         }
         with duckdb_errors("offline store settings"):
-            for name, value in settings.items():
-                self._con.execute(f"SET GLOBAL {name} = {_literal(value)}")
-            if restrict_files:
-                dirs = ", ".join(
-                    quote_literal(d.rstrip("/") + "/") for d in (self.root, self.temp_directory)
-                )
-                self._con.execute(f"SET allowed_directories = [{dirs}]")
-                self._con.execute("SET enable_external_access = false")
-                self._con.execute("SET lock_configuration = true")
+            self._con = sandbox_connection([self.root, self.temp_directory], settings=settings)
+        self._lock = threading.Lock()
+        self._views: dict[str, _ViewState] = {}
+        self._groups: dict[str, FeatureGroup] = {}
+        self._broken: dict[str, tuple[str | None, str]] = {}  # name -> (_group.json, reason)
         self.refresh()
 
     # --- groups ------------------------------------------------------------------------------
@@ -201,44 +203,129 @@ class Catalog:
 
         Views over a glob see new files by themselves; a view is rebuilt only when its group's
         `_group.json` changes or its first file appears (the empty view has no glob to follow).
+        Never raises for one group: a group whose view cannot be built is listed by `broken()`.
         """
-        pattern = f"{self.root}/*/{layout.GROUP_FILE}"
-        with self._lock, duckdb_errors("offline store catalog"):
-            rows = self._con.sql(
-                f"SELECT filename, content FROM read_text({quote_literal(pattern)})"
-            ).fetchall()
-            found: dict[str, str] = {}
-            for filename, content in rows:
-                name = str(filename).replace("\\", "/").rsplit("/", 2)[-2]
-                if NAME_PATTERN.match(name):  # skips hidden folders (compaction, retired groups)
-                    found[name] = str(content)
+        found = self._read_group_files()
+        with self._lock:
             for name in set(self._views) - set(found):
-                self._con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
-                del self._views[name]
-                del self._groups[name]
+                self._drop(name)
+            for name in set(self._broken) - set(found):
+                del self._broken[name]
+            parsed: dict[str, FeatureGroup | str] = {}
             for name, content in found.items():
-                state = _ViewState(content, self._has_files(name))
-                if self._views.get(name) == state:
+                parsed[name] = self._parse(name, content)
+            # DuckDB resolves names case-insensitively: of groups named alike but for case, the
+            # oldest keeps the view; the others would read its data, so they are broken.
+            owners: dict[str, str] = {}
+            for name in sorted(parsed, key=lambda n: (_created(parsed[n]), n)):
+                item, content = parsed[name], found[name]
+                if isinstance(item, str) or not isinstance(content, str):
+                    self._mark_broken(name, content, str(item))
                     continue
-                try:
-                    group = FeatureGroup.model_validate_json(content)
-                except ValidationError as exc:
-                    # One unreadable group must not hide the others; it is logged, and
-                    # asking for it by name says it does not exist.
-                    log.warning(
-                        "skipping offline group %s: bad %s: %s", name, layout.GROUP_FILE, exc
+                key = name.lower()
+                if key in owners:
+                    self._mark_broken(
+                        name, content,
+                        f"its name differs from group '{owners[key]}' only in case; SQL names "
+                        "are case-insensitive, so it has no view of its own",
                     )
                     continue
-                self._con.execute(
-                    f"CREATE OR REPLACE VIEW {quote_ident(name)} AS "
-                    + self.group_source_sql(name, group, has_files=state.has_files)
-                )
-                self._views[name] = state
-                self._groups[name] = group
+                if self._build(name, item, content):
+                    owners[key] = name
+
+    def _read_group_files(self) -> dict[str, str | Exception]:
+        """Each group folder's `_group.json` text (or why it cannot be read), by folder name."""
+        out: dict[str, str | Exception] = {}
+        if "://" in self.root:
+            pattern = f"{self.root}/*/{layout.GROUP_FILE}"
+            cur = self.cursor()
+            try:
+                with duckdb_errors("offline store catalog"):
+                    files = cur.sql(f"SELECT file FROM glob({quote_literal(pattern)})").fetchall()
+                for (filename,) in files:
+                    name = str(filename).rsplit("/", 2)[-2]
+                    if _hidden(name):
+                        continue
+                    try:
+                        rows = cur.sql(
+                            f"SELECT content FROM read_text({quote_literal(str(filename))})"
+                        ).fetchall()
+                        out[name] = str(rows[0][0]) if rows else ""
+                    except duckdb.Error as exc:
+                        out[name] = exc
+            finally:
+                cur.close()
+            return out
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            raise StorageError(f"offline store catalog: cannot list {self.root}: {exc}") from exc
+        for entry in entries:
+            path = Path(entry.path, layout.GROUP_FILE)
+            if _hidden(entry.name) or not entry.is_dir() or not path.exists():
+                continue
+            try:
+                out[entry.name] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                out[entry.name] = exc
+        return out
+
+    def _parse(self, name: str, content: str | Exception) -> FeatureGroup | str:
+        """The group, or the reason it cannot have a view."""
+        if isinstance(content, Exception):
+            return f"cannot read {layout.GROUP_FILE}: {content}"
+        if not NAME_PATTERN.fullmatch(name):
+            return f"the folder name is not a feature group name ({NAME_PATTERN.pattern})"
+        if name in self._views and self._views[name].group_json == content:
+            return self._groups[name]
+        try:
+            return FeatureGroup.model_validate_json(content)
+        except ValueError as exc:  # pydantic's ValidationError, or bad JSON
+            return f"bad {layout.GROUP_FILE}: {exc}"
+
+    def _build(self, name: str, group: FeatureGroup, content: str) -> bool:
+        """Create or keep the group's view; False (and the group broken) when it cannot be."""
+        try:
+            state = _ViewState(content, self._has_files(name))
+            if self._views.get(name) == state:
+                return True
+            self._con.execute(
+                f"CREATE OR REPLACE VIEW {quote_ident(name)} AS "
+                + self.group_source_sql(name, group, has_files=state.has_files)
+            )
+        except (duckdb.Error, OSError, ValueError, KeyError) as exc:
+            self._mark_broken(name, content, f"its view cannot be built: {exc}")
+            return False
+        self._views[name] = state
+        self._groups[name] = group
+        self._broken.pop(name, None)
+        return True
+
+    def _mark_broken(self, name: str, content: str | Exception, reason: str) -> None:
+        if name in self._views:
+            self._drop(name)
+        text = content if isinstance(content, str) else None
+        if self._broken.get(name) != (text, reason):
+            log.error("offline group '%s' has no SQL view, the others are not affected: %s",
+                      name, reason)
+        self._broken[name] = (text, reason)
+
+    def _drop(self, name: str) -> None:
+        # A view of the same name but for case belongs to another group now: keep it.
+        if not any(n != name and n.lower() == name.lower() for n in self._views):
+            self._con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
+        del self._views[name]
+        del self._groups[name]
 
     def _has_files(self, name: str) -> bool:
-        glob = quote_literal(layout.parquet_glob(self.root, name))
-        rows = self._con.sql(f"SELECT 1 FROM glob({glob}) LIMIT 1").fetchall()
+        if "://" not in self.root:
+            folder = os.path.join(glob.escape(self.root), name)
+            local = os.path.join(folder, f"{layout.EVENT_DATE}=*", "*.parquet")
+            return next(glob.iglob(local), None) is not None
+        pattern = layout.parquet_glob(self.root, name)
+        rows = self._con.sql(f"SELECT 1 FROM glob({quote_literal(pattern)}) LIMIT 1").fetchall()
         return bool(rows)
 
     def group_source_sql(self, name: str, group: FeatureGroup, *, has_files: bool) -> str:
@@ -249,21 +336,30 @@ class Catalog:
         empty = f"SELECT {carrier} LIMIT 0"
         if not has_files:
             return empty
-        glob = quote_literal(layout.parquet_glob(self.root, name))
+        glob_sql = quote_literal(layout.parquet_glob(self.root, name))
         return (
-            f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true) "
-            f"UNION ALL BY NAME ({empty})"
+            f"SELECT * FROM read_parquet({glob_sql}, hive_partitioning = true, "
+            f"union_by_name = true) UNION ALL BY NAME ({empty})"
         )
 
     def group_names(self) -> list[str]:
-        """The feature groups of the store, sorted (as of the last refresh)."""
+        """The feature groups of the store that have a view, sorted (as of the last refresh)."""
         return sorted(self._groups)
 
+    def broken(self) -> dict[str, str]:
+        """The groups left without a view at the last refresh: name -> reason."""
+        return {name: reason for name, (_, reason) in sorted(self._broken.items())}
+
     def group(self, name: str) -> FeatureGroup:
-        """A group's definition from its `_group.json`; FeatureGroupNotFoundError if none."""
+        """A group's definition from its `_group.json`; FeatureGroupNotFoundError if none,
+        StorageError if its view cannot be built."""
         try:
             return self._groups[name]
         except KeyError:
+            if name in self._broken:
+                raise StorageError(
+                    f"offline group '{name}' cannot be read: {self._broken[name][1]}"
+                ) from None
             raise group_not_found(name, self.group_names()) from None
 
     def has_files(self, name: str) -> bool:
@@ -278,17 +374,59 @@ class Catalog:
         thread or per query, since a DuckDB connection runs one query at a time."""
         return self._con.cursor()
 
-    def sql(self, query: str) -> pa.Table:
-        """Run one read-only query over the groups' views; the result as an Arrow table."""
+    @contextmanager
+    def sql_reader(
+        self,
+        query: str,
+        *,
+        timeout_s: float | None = None,
+        max_query_bytes: int | None = DEFAULT_MAX_QUERY_BYTES,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        on_start: Callable[[QueryGuard], None] | None = None,
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Run one read-only query over the groups' views; its rows as a stream of batches,
+        read within the block. `timeout_s` bounds the query's run, reading included
+        (QueryTimeoutError); `on_start` receives the guard another thread may `cancel()`."""
+        check_query_size(query, max_query_bytes)
         cur = self.cursor()
         try:
-            check_select_only(cur, query)
-            self.refresh()
-            with duckdb_errors("sql"):
-                table: pa.Table = cur.sql(query).to_arrow_table()
-            return table
+            guard = QueryGuard(cur, timeout_s)
+            if on_start is not None:
+                on_start(guard)
+            with guard:
+                check_select_only(cur, query)
+                self.refresh()
+                with duckdb_errors("sql"), self._explain_broken():
+                    reader = cur.sql(query).to_arrow_reader(batch_rows)
+                yield reader
         finally:
             cur.close()
+
+    def sql(
+        self,
+        query: str,
+        *,
+        timeout_s: float | None = None,
+        max_query_bytes: int | None = DEFAULT_MAX_QUERY_BYTES,
+    ) -> pa.Table:
+        """Run one read-only query over the groups' views; the result as an Arrow table."""
+        with self.sql_reader(query, timeout_s=timeout_s, max_query_bytes=max_query_bytes) as r:
+            table: pa.Table = r.read_all()
+        return table
+
+    @contextmanager
+    def _explain_broken(self) -> Iterator[None]:
+        """A query naming a broken group says why that group has no view."""
+        try:
+            yield
+        except InvalidRequestError as exc:
+            text = exc.message.lower()
+            why = [f"group '{n}' has no view: {r}" for n, r in self.broken().items()
+                   if f'"{n.lower()}"' in text or f" {n.lower()} " in text]
+            if why:
+                exc.message = f"{exc.message}; {'; '.join(why)}"
+                exc.args = (exc.message,)
+            raise
 
     def close(self) -> None:
         """Close the database and remove the temporary folder this catalog made."""
@@ -304,102 +442,10 @@ class Catalog:
         self.close()
 
 
-def _literal(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return quote_literal(str(value))
+def _hidden(name: str) -> bool:
+    """Folders that are no group: compaction's work folders and retired groups."""
+    return name.startswith((".", "_"))
 
 
-# --- rendering results (the CLI and the HTTP endpoint) -----------------------------------------
-
-_NUMERIC = re.compile(r"^-?[\d.]+(?:e[+-]?\d+)?$|^-?(?:inf|nan)$")
-
-
-def format_result(
-    table: pa.Table,
-    fmt: ResultFormat,
-    out_path: str | Path | None = None,
-    *,
-    max_rows: int | None = None,
-) -> str | bytes | None:
-    """Render a query result: a text `table` (for a terminal), `csv`, or `parquet`.
-
-    With `out_path` the result is written there and None is returned; without it, "table" and
-    "csv" return text and "parquet" returns the file's bytes. `max_rows` caps a text table only.
-    """
-    if fmt == "table":
-        text = render_text_table(table, max_rows=max_rows)
-        if out_path is None:
-            return text
-        Path(out_path).write_text(text)
-        return None
-    if fmt == "csv":
-        return _csv(table, out_path)
-    if fmt == "parquet":
-        if out_path is None:
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            return buf.getvalue()
-        pq.write_table(table, str(out_path))
-        return None
-    raise InvalidRequestError(f"format '{fmt}' is not valid; allowed: {', '.join(RESULT_FORMATS)}")
-
-
-def _csv(table: pa.Table, out_path: str | Path | None) -> str | None:
-    # DuckDB writes every type (lists and vectors included, which Arrow's CSV writer refuses).
-    target = Path(out_path) if out_path is not None else None
-    tmp_dir = None
-    if target is None:
-        tmp_dir = tempfile.mkdtemp(prefix="tessera-csv-")
-        target = Path(tmp_dir) / "result.csv"
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("result", table)
-        con.execute(
-            f"COPY (SELECT * FROM result) TO {quote_literal(str(target))} (FORMAT csv, HEADER)"
-        )
-        return None if out_path is not None else target.read_text()
-    finally:
-        con.close()
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def render_text_table(table: pa.Table, *, max_rows: int | None = None) -> str:
-    """An aligned text table, numbers right-aligned, nulls as NULL, and a row count footer."""
-    shown = table if max_rows is None else table.slice(0, max_rows)
-    names = table.column_names
-    cells = [[_cell(v) for v in col.to_pylist()] for col in shown.columns]
-    widths = [max([len(n), *(len(c) for c in col)]) for n, col in zip(names, cells, strict=True)]
-    right = [
-        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
-        for f in table.schema
-    ]
-
-    def line(values: list[str]) -> str:
-        parts = [
-            v.rjust(w) if r and _NUMERIC.match(v) else v.ljust(w)
-            for v, w, r in zip(values, widths, right, strict=True)
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    out = [rule, line(names), rule]
-    out += [line([col[i] for col in cells]) for i in range(shown.num_rows)]
-    out.append(rule)
-    count = f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}"
-    if shown.num_rows < table.num_rows:
-        count += f", {shown.num_rows} shown"
-    out.append(count + ")")
-    return "\n".join(out) + "\n"
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat())
-    return str(value)
+def _created(item: FeatureGroup | str) -> float:
+    return item.creation_time if isinstance(item, FeatureGroup) else math.inf

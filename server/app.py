@@ -190,7 +190,7 @@ async def _start(
     spill = settings.data_dir / "tmp" / "duckdb"
     shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
     spill.mkdir(parents=True)
-    catalog = Catalog(settings.offline_root, memory_limit="1GB", restrict_files=True,
+    catalog = Catalog(settings.offline_root, memory_limit="1GB",
                       temp_directory=spill)
     await roles.start(ClosingRole("offline catalog", catalog.close))
     if stop.is_set():

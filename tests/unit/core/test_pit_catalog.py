@@ -128,7 +128,7 @@ def test_sql_errors_are_invalid_requests(catalog: Catalog) -> None:
 def test_restricted_catalog_reads_only_the_offline_store(root: Path, tmp_path: Path) -> None:
     secret = tmp_path.parent / "secret.csv"
     secret.write_text("a\n1\n")
-    with Catalog(root, restrict_files=True) as cat:
+    with Catalog(root) as cat:
         assert cat.sql("SELECT count(*) AS n FROM users").to_pylist() == [{"n": 2}]
         with pytest.raises(InvalidRequestError, match="Permission"):
             cat.sql(f"SELECT * FROM read_csv('{secret}')")
