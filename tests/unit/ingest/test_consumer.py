@@ -25,11 +25,11 @@ from tests.unit.ingest.fakes import (
 
 
 class Harness:
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, sink: type[FakeSink] = FakeSink, **config: Any) -> None:
         self.events: list[str] = []
         self.kafka = FakeConsumer(self.events)
         self.producer = FakeProducer(self.events)
-        self.sink = FakeSink(self.events)
+        self.sink = sink(self.events)
         self.metrics = IngestMetrics()
         cfg = config_from_dict({
             "bootstrap_servers": "unused:9092", "batch_max_records": 3, "batch_max_ms": 10_000,
@@ -124,16 +124,13 @@ def test_a_revoke_commits_what_is_done_and_drops_in_flight_work() -> None:
 
 def test_a_batch_the_store_refuses_is_validated_again_and_the_refused_records_dead_lettered(
 ) -> None:
-    h = Harness()
-
     class Refusing(FakeSink):
         def write(self, schema: Any, records: Any, ttl_s: Any) -> None:
             if any(r.source.endswith("/1") for r in records):
                 raise InvalidRequestError("records[0]: refused by the store")
             super().write(schema, records, ttl_s)
 
-    h.sink = Refusing(h.events)
-    h.consumer._sink = h.sink
+    h = Harness(Refusing)
     h.feed(good("a", 1), good("b", 2, offset=1), good("c", 3, offset=2))
     h.step_until(lambda: bool(h.kafka.commits))
     assert [r.source for r in h.sink.written] == ["kafka:t/0/0", "kafka:t/0/2"]
@@ -174,7 +171,6 @@ def test_lag_gauges_of_revoked_partitions_are_removed(kind: str) -> None:
 
 def test_the_next_batch_gathers_while_one_is_being_written_and_commits_keep_their_order(
 ) -> None:
-    h = Harness()
     release = threading.Event()
 
     class Slow(FakeSink):
@@ -182,8 +178,7 @@ def test_the_next_batch_gathers_while_one_is_being_written_and_commits_keep_thei
             release.wait(5)
             super().write(schema, records, ttl_s)
 
-    h.sink = Slow(h.events)
-    h.consumer._sink = h.sink
+    h = Harness(Slow)
     h.feed(*(good(f"u{i}", i, offset=i) for i in range(6)))
     h.step_until(lambda: len(h.consumer._batcher) == 3)  # the first batch is in flight
     assert h.kafka.commits == [] and h.kafka.queue == []
