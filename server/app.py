@@ -60,6 +60,7 @@ from tessera.server.roles import (
     TtlPurgeRole,
 )
 from tessera.server.settings import Settings
+from tessera.server.sql_worker import SqlWorkers
 
 log = logging.getLogger("tessera.server")
 
@@ -204,12 +205,16 @@ async def _start(
         return {"grpc_port": rpc.port if rpc else 0, "http_port": http.port if http else 0}
 
     readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
-    app = create_app(registry, is_ready=lambda: readiness.ready, offline=offline, catalog=catalog)
+    sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
+    app = create_app(registry, is_ready=lambda: readiness.ready, offline=offline, catalog=catalog,
+                     sql_workers=sql_workers, sql_settings=settings.sql)
     http = await roles.start(HttpRole(
         uvicorn.Config(app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
                        access_log=False),
         s.host, s.http_port,
     ))
+    # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.
+    await roles.start(ClosingRole("SQL workers", sql_workers.close))
 
     grpc_server = grpc.aio.server(
         options=[

@@ -12,25 +12,28 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 
-from tessera.core.catalog import Catalog, format_result
+from tessera.core.catalog import Catalog
 from tessera.core.errors import StorageError, TesseraError
 from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
 from tessera.server.compaction import compact_group
+from tessera.server.http_sql import OfflineHealth, register_sql_routes
 from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.settings import SqlSettings
+from tessera.server.sql_worker import SqlWorkers
 
 log = logging.getLogger(__name__)
 
-_CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable"}
+_CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable",
+          413: "TooLarge", 504: "Timeout"}
 
 
 def _error(status: int, message: str, details: Any = None) -> JSONResponse:
@@ -42,20 +45,16 @@ def _error(status: int, message: str, details: Any = None) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=status)
 
 
-class SqlQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    query: str
-    format: Literal["json", "csv", "parquet"] = "json"
-    max_rows: int = Field(10_000, ge=1, le=1_000_000)
-
-
 def create_app(
     registry: FeatureGroupRegistry,
     is_ready: Callable[[], bool],
     offline: ParquetOfflineWriter | None = None,
     catalog: Catalog | None = None,
+    sql_workers: SqlWorkers | None = None,
+    sql_settings: SqlSettings | None = None,
 ) -> FastAPI:
+    """The app. `catalog` (the server's own) reports groups without a SQL view in /readyz;
+    `sql_workers` run `POST /v1/sql` (see `http_sql`)."""
     app = FastAPI(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
@@ -144,25 +143,8 @@ def create_app(
         result = await asyncio.to_thread(compact_group, offline, group, min_files)
         return dataclasses.asdict(result)
 
-    @app.post("/v1/sql", tags=["offline store"])
-    async def run_sql(body: SqlQuery) -> Response:
-        """Run one read-only SELECT over the offline store's views (one per feature group).
-        `format`: json (at most `max_rows` rows), csv, or parquet (the whole result)."""
-        if catalog is None:
-            raise StorageError("this server has no offline store")
-
-        table = await asyncio.to_thread(catalog.sql, body.query)
-        if body.format == "json":
-            shown = table.slice(0, body.max_rows)
-            return JSONResponse({
-                "columns": shown.column_names,
-                "rows": [list(r.values()) for r in shown.to_pylist()],
-                "row_count": table.num_rows,
-                "truncated": table.num_rows > body.max_rows,
-            }, media_type="application/json")
-        out = format_result(table, body.format)
-        media = "text/csv" if body.format == "csv" else "application/vnd.apache.parquet"
-        return Response(out, media_type=media)
+    register_sql_routes(app, sql_workers, sql_settings or SqlSettings())
+    offline_health = OfflineHealth(catalog, registry)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -171,10 +153,13 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> JSONResponse:
-        """Readiness: the store is open and the gRPC server is accepting calls."""
+        """Readiness: the store is open and the gRPC server is accepting calls. The detail lists
+        offline groups without a SQL view and quarantined groups: they do not make the server
+        unready, the other groups are served."""
+        detail = await offline_health.detail()
         if is_ready():
-            return JSONResponse({"status": "ready"})
-        return _error(503, "not ready: starting up or shutting down")
+            return JSONResponse({"status": "ready", **detail})
+        return _error(503, "not ready: starting up or shutting down", detail)
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus_metrics() -> Response:

@@ -84,3 +84,15 @@ FEATURE_GROUPS_QUARANTINED = Gauge(
     "keep serving, and deleting or renaming them fixes it (README, Limits).",
     registry=REGISTRY,
 )
+OFFLINE_VIEWS_BROKEN = Gauge(
+    "tessera_offline_views_broken",
+    "Offline feature groups without a SQL view (see /readyz for which and why); the other "
+    "groups' views are not affected.",
+    registry=REGISTRY,
+)
+SQL_QUERIES = Counter(
+    "tessera_sql_queries_total",
+    "POST /v1/sql queries by outcome (ok, invalid, too_large, timeout, cancelled, error).",
+    ["outcome"],
+    registry=REGISTRY,
+)

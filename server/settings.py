@@ -42,6 +42,22 @@ class OfflineStoreSettings(_Section):
     flush_max_rows: int = Field(200_000, ge=1)
 
 
+class SqlSettings(_Section):
+    """`POST /v1/sql`: queries run in worker processes, in the SQL sandbox."""
+
+    # A query running longer is interrupted and answers 504.
+    timeout_s: float = Field(60.0, gt=0, le=86_400)
+    # Longer query texts answer 413 before DuckDB parses them (parsing holds the interpreter).
+    max_query_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Larger encoded results (json, csv or parquet) answer 422.
+    max_result_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Queries run at once (one worker process each); more wait for a free one.
+    workers: int = Field(1, ge=1, le=64)
+    # Per worker: DuckDB spills to <data_dir>/tmp beyond this; 0 threads: the CPU count.
+    memory_limit: str = "1GB"
+    threads: int = Field(0, ge=0, le=1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TESSERA_", env_nested_delimiter="__", frozen=True, extra="forbid"
@@ -51,6 +67,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
     offline_store: OfflineStoreSettings = OfflineStoreSettings()
+    sql: SqlSettings = SqlSettings()
     # Kafka topics `tessera serve` consumes itself (embedded, writing straight to the store);
     # as JSON in TESSERA_INGEST, e.g. {"bootstrap_servers": "...", "topics": [...]}.
     ingest: IngestConfig | None = None
