@@ -28,6 +28,7 @@ from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, wire
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.storage_health import storage_failure
 from tessera.server.store import OnlineStore, Op, OpResult, now_us
 from tessera.server.writes import count_writes, delete_op, put_op
 
@@ -162,6 +163,15 @@ class FeatureStoreService:
 # --- the edge: error mapping, metrics ----------------------------------------------------------
 
 
+class _DeadlinePassedError(Exception):
+    """The call's deadline passed while its handler ran."""
+
+
+def _past_deadline(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _rpc(
     method: str, request_type: str, impl: Callable[[bytes], bytes | Awaitable[bytes]]
 ) -> grpc.RpcMethodHandler:
@@ -176,8 +186,15 @@ def _rpc(
             result = impl(request)
             if is_async:
                 result = await result  # type: ignore[misc]
+            if _past_deadline(context):  # say so, rather than let the call end as CANCELLED
+                raise _DeadlinePassedError
             ok.inc()
             return result  # type: ignore[return-value]
+        except _DeadlinePassedError:
+            counter.labels(method, "DEADLINE_EXCEEDED").inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} ran past the call's deadline"
+            )
         except TesseraError as exc:
             counter.labels(method, exc.grpc_code).inc()
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
@@ -188,11 +205,16 @@ def _rpc(
                 f"malformed request: the body is not a valid {request_type} message",
             )
         except asyncio.CancelledError:
-            counter.labels(method, "CANCELLED").inc()
+            code = "DEADLINE_EXCEEDED" if _past_deadline(context) else "CANCELLED"
+            counter.labels(method, code).inc()
             raise
-        except Exception:
+        except Exception as exc:
             request_id = uuid.uuid4().hex[:16]
             log.exception("%s failed (request id %s)", method, request_id)
+            if storage_failure(exc):  # disk full, I/O error: retryable
+                counter.labels(method, "UNAVAILABLE").inc()
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"storage unavailable; request id {request_id}")
             counter.labels(method, "INTERNAL").inc()
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
