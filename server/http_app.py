@@ -12,9 +12,9 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +29,7 @@ from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.settings import SqlSettings
 from tessera.server.sql_worker import SqlWorkers
+from tessera.server.storage_health import storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ def create_app(
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         request_id = uuid.uuid4().hex[:16]
         log.error("HTTP request failed (request id %s)", request_id, exc_info=exc)
+        if storage_failure(exc):  # disk full, I/O error: retryable, like a StorageError
+            return _error(503, f"storage unavailable (disk full or I/O error); retry later; "
+                               f"request id {request_id}")
         return _error(500, f"internal error; request id {request_id}")
 
     @app.middleware("http")
@@ -134,7 +138,9 @@ def create_app(
         return Response(status_code=204)
 
     @app.post("/v1/feature-groups/{name}/compact", tags=["offline store"])
-    async def compact_feature_group(name: str, min_files: int = 2) -> dict[str, Any]:
+    async def compact_feature_group(
+        name: str, min_files: Annotated[int, Query(ge=2, le=10_000)] = 2
+    ) -> dict[str, Any]:
         """Merge each offline partition's small files into one, clustered by record id and
         event time. Query results do not change."""
         group = registry.describe(name)

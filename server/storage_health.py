@@ -8,6 +8,7 @@ until space is back, without a restart.
 
 from __future__ import annotations
 
+import errno
 import time
 
 from prometheus_client import Counter, Gauge
@@ -60,3 +61,25 @@ class Backoff:
     def reset(self) -> None:
         self._delay_s = self._initial_s
         self.next_at = 0.0
+
+
+_STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
+)
+#: How RocksDB, DuckDB and Arrow word a storage failure (they raise without an errno).
+_STORAGE_MESSAGES = ("No space left on device", "IO error", "Disk quota exceeded")
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether an unexpected error is the storage failing (disk full, I/O error), anywhere in
+    its chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            return True
+        if any(m in str(seen) for m in _STORAGE_MESSAGES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
