@@ -281,9 +281,16 @@ class Catalog:
         if name in self._views and self._views[name].group_json == content:
             return self._groups[name]
         try:
-            return FeatureGroup.model_validate_json(content)
+            group = FeatureGroup.model_validate_json(content)
         except ValueError as exc:  # pydantic's ValidationError, or bad JSON
             return f"bad {layout.GROUP_FILE}: {exc}"
+        seen: dict[str, str] = {}
+        for column in declared_columns(group):
+            other = seen.setdefault(column.lower(), column)
+            if other != column:  # SQL would see one (ambiguous) column
+                return (f"columns '{other}' and '{column}' are one name to SQL "
+                        "(names are case-insensitive)")
+        return group
 
     def _build(self, name: str, group: FeatureGroup, content: str) -> bool:
         """Create or keep the group's view; False (and the group broken) when it cannot be."""
@@ -396,7 +403,7 @@ class Catalog:
             with guard:
                 check_select_only(cur, query)
                 self.refresh()
-                with duckdb_errors("sql"), self._explain_broken():
+                with self._explain_broken(), duckdb_errors("sql"):
                     reader = cur.sql(query).to_arrow_reader(batch_rows)
                 yield reader
         finally:

@@ -12,34 +12,59 @@ DEFAULT_OFFLINE_ROOT = Path("tessera-data") / "offline"
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from tessera.core.catalog import format_result
+    from tessera.core.sql_results import format_result, json_result, render_text_table
 
     if args.http:
         import httpx
 
-        resp = httpx.post(f"{args.http}/v1/sql", json={"query": args.query, "format": args.format},
-                          timeout=None)
+        # A text table is made here from the Parquet answer, as for a local query.
+        wire = "parquet" if args.format == "table" else args.format
+        request: dict[str, object] = {"query": args.query, "format": wire}
+        if args.timeout is not None:
+            request["timeout_s"] = args.timeout
+        resp = httpx.post(f"{args.http.rstrip('/')}/v1/sql", json=request, timeout=None)
         if resp.status_code != 200:
-            print(f"tessera: {resp.json().get('error', {}).get('message', resp.text)}",
-                  file=sys.stderr)
+            try:
+                message = resp.json().get("error", {}).get("message", resp.text)
+            except ValueError:
+                message = resp.text
+            print(f"tessera: {message}", file=sys.stderr)
             return 2
-        if args.output:
+        if args.format == "table":
+            import io
+
+            import pyarrow.parquet as pq
+
+            text = render_text_table(pq.read_table(io.BytesIO(resp.content)),
+                                     max_rows=args.max_rows)
+            _emit(text, args.output)
+        elif args.output:
             Path(args.output).write_bytes(resp.content)
         elif args.format == "parquet":
             sys.stdout.buffer.write(resp.content)
         else:
-            print(resp.text, end="")
+            print(resp.text, end="" if resp.text.endswith("\n") else "\n")
         return 0
     from tessera.client.offline import OfflineStore
 
     with OfflineStore(args.offline_root) as off:
-        table = off.sql(args.query)
+        table = off.sql(args.query, timeout_s=args.timeout)
+        if args.format == "json":
+            _emit(json_result(table, table.num_rows, False).decode(), args.output)
+            return 0
         out = format_result(table, args.format, args.output, max_rows=args.max_rows)
     if isinstance(out, bytes):
         sys.stdout.buffer.write(out)
     elif out is not None:
         print(out, end="" if out.endswith("\n") else "\n")
     return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
 
 
 def _features(specs: list[str]) -> dict[str, list[str] | None]:
@@ -95,9 +120,12 @@ def register(sub: argparse._SubParsersAction, client_args: argparse.ArgumentPars
     sql.add_argument("--offline-root", default=DEFAULT_OFFLINE_ROOT,
                      help="offline store path or URI (default ./tessera-data/offline)")
     sql.add_argument("--http", help="ask a running server instead (its base URL)")
-    sql.add_argument("--format", choices=("table", "csv", "parquet"), default="table")
+    sql.add_argument("--format", choices=("table", "csv", "parquet", "json"), default="table")
     sql.add_argument("--output", help="write the result here instead of stdout")
     sql.add_argument("--max-rows", type=int, default=100, help="rows shown as a table")
+    sql.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="stop the query after this long (with --http: at most the server's "
+                          "sql.timeout_s)")
     sql.set_defaults(func=_sql)
 
     imp = sub.add_parser("import", parents=[client_args],

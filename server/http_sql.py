@@ -36,6 +36,9 @@ class SqlQuery(BaseModel):
     query: str = Field(description="one SELECT over the views (one per feature group)")
     format: Literal["json", "csv", "parquet"] = "json"
     max_rows: int = Field(10_000, ge=1, le=1_000_000, description="json: rows returned at most")
+    timeout_s: float | None = Field(
+        None, gt=0, description="stop the query after this long (at most sql.timeout_s)"
+    )
 
 
 async def _bounded_body(request: Request, limit: int, query_limit: int) -> bytes:
@@ -88,8 +91,9 @@ def register_sql_routes(app: FastAPI, workers: SqlWorkers | None, settings: SqlS
                     [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
                 ) from exc
             check_query_size(body.query, settings.max_query_bytes)
+            timeout = min(body.timeout_s or settings.timeout_s, settings.timeout_s)
             media, payload = await workers.run(
-                body.query, body.format, body.max_rows, request.is_disconnected
+                body.query, body.format, body.max_rows, request.is_disconnected, timeout
             )
         except TesseraError as exc:
             metrics.SQL_QUERIES.labels(_OUTCOMES.get(exc.http_status, "error")).inc()
