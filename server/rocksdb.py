@@ -57,7 +57,7 @@ class RocksDB:
     def __init__(self, path: Path, opts: rocksdict.Options) -> None:
         self.path = path
         self._opts = opts
-        self._open = self._open_now()
+        self._open: _Open | None = self._open_now()
         #: Held by anyone iterating the DB outside the writer thread, and by `reopen`.
         self.quiesce = threading.RLock()
         self.reopens = 0
@@ -68,33 +68,39 @@ class RocksDB:
         except Exception as exc:  # rocksdict raises plain Exception for I/O and lock errors
             raise StorageError(f"cannot open the online store at {self.path}: {exc}") from exc
 
+    def _current(self) -> _Open:
+        current = self._open
+        if current is None:
+            raise StorageError("the online store is closed or being reopened; retry later")
+        return current
+
     @property
     def db(self) -> rocksdict.Rdict:
-        return self._open.db
+        return self._current().db
 
     @property
     def records(self) -> rocksdict.Rdict:
-        return self._open.views[RECORDS]
+        return self._current().views[RECORDS]
 
     @property
     def expiry(self) -> rocksdict.Rdict:
-        return self._open.views[EXPIRY]
+        return self._current().views[EXPIRY]
 
     @property
     def registry(self) -> rocksdict.Rdict:
-        return self._open.views[REGISTRY]
+        return self._current().views[REGISTRY]
 
     @property
     def outbox(self) -> rocksdict.Rdict:
-        return self._open.views[OUTBOX]
+        return self._current().views[OUTBOX]
 
     @property
     def aggregates(self) -> rocksdict.Rdict:
-        return self._open.views[AGGREGATES]
+        return self._current().views[AGGREGATES]
 
     def handle(self, name: str) -> rocksdict.ColumnFamily:
         """A column family handle of the current generation: use it, never keep it."""
-        return self._open.handles[name]
+        return self._current().handles[name]
 
     def has_free_space(self, probe_bytes: int = 1 << 20) -> bool:
         """Whether `probe_bytes` can be written and synced in the DB's directory now."""
@@ -117,12 +123,13 @@ class RocksDB:
         Raises StorageError when the DB cannot be opened again; calling it again retries.
         """
         with self.quiesce:
-            old = self._open
-            try:
-                old.close()
-            except Exception as exc:  # the WAL sync fails after a background error: expected
-                log.info("closing the online store before reopening it: %s", exc)
-            del old
+            old, self._open = self._open, None
+            if old is not None:
+                try:
+                    old.close()
+                except Exception as exc:  # closing fails after a background error: expected
+                    log.info("closing the online store before reopening it: %s", exc)
+                del old
             gc.collect()  # the lock is released once the last reference to the DB is gone
             self._open = self._open_now()
             self.reopens += 1
@@ -130,7 +137,9 @@ class RocksDB:
     def close(self) -> None:
         """Sync the WAL and close. RocksDB releases its lock once every Python reference to the
         DB, its column families and their handles is gone."""
-        self._open.close()
+        current, self._open = self._open, None
+        if current is not None:
+            current.close()
 
 
 def _options(block_cache_mb: int, write_buffer_mb: int) -> rocksdict.Options:
