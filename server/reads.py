@@ -4,15 +4,17 @@ servicer to splice into its response (server/wire.py) without decoding them.
 
 A read: the group must exist and have an online store; the feature filter names only features
 or aggregations of the group; each record id is normalized to its canonical text; the records
-are fetched from the `OnlineStore` (one `get` for one id, one `multi_get` for several); then one
-shared per-record step (`_shape`) restricts the stored bytes to the filter's features (the only
-case that decodes) and appends the group's aggregation features, computed as of the read.
+are fetched from the `OnlineStore` (one `get` for one id, one `multi_get` for several); the
+aggregation features of the records found are computed as of the read, and one per-record step
+(`_shape`) restricts the stored bytes to the filter's features (the only case that decodes) and
+appends them. Without a filter or aggregations, the stored bytes are the answer as they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tessera.core.errors import InvalidRequestError, TesseraError
 from tessera.core.keys import normalize_record_id, record_key
@@ -24,9 +26,8 @@ from tessera.server.store import Hit, OnlineStore, now_us
 from tessera.server.writes import no_online_store
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureFilter:
-    """What a read returns of each record."""
+class FeatureFilter(NamedTuple):
+    """What a read returns of each record (a NamedTuple: built per filtered read, cheaply)."""
 
     #: The stored features to keep (empty: all of them, sent as stored).
     names: frozenset[str]
@@ -48,8 +49,10 @@ def feature_filter(schema: CompiledSchema, names: Sequence[str]) -> FeatureFilte
     plan = schema.aggregations
     if not names:
         return _PLAIN if plan is None else FeatureFilter(frozenset(), frozenset(plan.aggregations))
+    # A loop, not set algebra: requests name a few features, and this is per read.
+    features = schema.features
     for f in names:
-        if f not in schema.features and (plan is None or f not in plan.aggregations):
+        if f not in features and (plan is None or f not in plan.aggregations):
             raise schema.unknown_feature(f)
     if plan is None:
         return FeatureFilter(frozenset(names), None)
@@ -91,7 +94,10 @@ class OnlineReader:
         hit = self._store.get(record_key(schema.group_id, rid), at_us)
         if hit is None or filt is _PLAIN:
             return hit
-        return self._shape(schema, [(rid, hit)], filt)[0][1]
+        extra = b""
+        if filt.aggregates is not None:
+            (extra,) = self._aggregates(schema, [(rid, hit)], filt.aggregates)
+        return _shape(hit[0], filt.names, extra), hit[1]
 
     def batch_get_record(
         self, group_name: str, record_ids: Sequence[str], feature_names: Sequence[str],
@@ -118,24 +124,16 @@ class OnlineReader:
         gid = schema.group_id
         hits = self._store.multi_get([record_key(gid, rid) for rid in good], at_us)
         found = [(rid, hit) for rid, hit in zip(good, hits, strict=True) if hit is not None]
-        out.found = found if filt.plain or not found else self._shape(schema, found, filt)
-        return out
-
-    def _shape(
-        self, schema: CompiledSchema, found: list[tuple[str, Hit]], filt: FeatureFilter
-    ) -> list[tuple[str, Hit]]:
-        """The one per-record step of both reads: the filter's features of each stored record,
-        followed by its aggregation features."""
-        extras: list[bytes] = []
+        if filt.plain or not found:
+            out.found = found
+            return out
+        extras: list[bytes] | None = None
         if filt.aggregates is not None:
             extras = self._aggregates(schema, found, filt.aggregates)
-        out: list[tuple[str, Hit]] = []
-        for i, (rid, (payload, expires_at_us)) in enumerate(found):
-            if filt.names:
-                payload = _project(payload, filt.names)
-            if extras and extras[i]:
-                payload = memoryview(bytes(payload) + extras[i])
-            out.append((rid, (payload, expires_at_us)))
+        out.found = [
+            (rid, (_shape(payload, filt.names, extras[i] if extras else b""), expires_at_us))
+            for i, (rid, (payload, expires_at_us)) in enumerate(found)
+        ]
         return out
 
     def _aggregates(
@@ -159,8 +157,13 @@ class OnlineReader:
         return read_features(plan, stored, present, now_us(), wanted)
 
 
-def _project(payload: memoryview, names: frozenset[str]) -> memoryview:
-    """The stored record restricted to `names` (decoded: only when a filter is asked for)."""
-    record = pb.Record.FromString(bytes(payload))
-    kept = pb.Record(features=[fv for fv in record.features if fv.feature_name in names])
-    return memoryview(kept.SerializeToString())
+def _shape(payload: memoryview, names: frozenset[str], extra: bytes) -> memoryview:
+    """The one per-record step of both reads: the stored record restricted to `names` (all of
+    it when empty; decoded only then), followed by its encoded aggregation features `extra`."""
+    if names:
+        record = pb.Record.FromString(bytes(payload))
+        kept = pb.Record(features=[fv for fv in record.features if fv.feature_name in names])
+        payload = memoryview(kept.SerializeToString())
+    if extra:
+        payload = memoryview(bytes(payload) + extra)
+    return payload
