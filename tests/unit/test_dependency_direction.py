@@ -35,7 +35,7 @@ ALLOWED = {
 
 # The command-line modules compose everything (`tessera demo` and `tessera dataset` call the SDK,
 # `tessera ingest` runs the standalone consumer): they alone may also import the client.
-COMMAND_LINE = {"server/cli.py", "server/cli_offline.py", "server/demo.py", "server/__main__.py"}
+COMMAND_LINE = {"server/cli.py", "server/cli_offline.py", "server/demo.py"}
 COMMAND_LINE_ALLOWED = ALLOWED["server"] | {"client"}
 
 
@@ -96,7 +96,7 @@ def test_the_embedded_ingest_path_does_not_load_the_client() -> None:
     root = Path(__file__).resolve().parents[2]
     modules = sorted(
         f"tessera.server.{p.stem}" for p in (root / "server").glob("*.py")
-        if f"server/{p.name}" not in COMMAND_LINE
+        if f"server/{p.name}" not in COMMAND_LINE and p.name != "__main__.py"  # runs the CLI
     )
     statements = "\n".join(
         [f"import {m}" for m in modules]
