@@ -61,6 +61,17 @@ async def _bounded_body(request: Request, limit: int, query_limit: int) -> bytes
     return b"".join(chunks)
 
 
+async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+    """Set `gone` when the client disconnects. (`request.is_disconnected()` polls with a
+    cancelled receive, which never sees the disconnect through Starlette's BaseHTTPMiddleware:
+    a receive left waiting does.)"""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
 def register_sql_routes(app: FastAPI, workers: SqlWorkers | None, settings: SqlSettings) -> None:
     """Add `POST /v1/sql` to `app`; without workers (no offline store) it answers 503."""
     body_limit = settings.max_query_bytes * _BODY_FACTOR + _BODY_SLACK
@@ -92,9 +103,18 @@ def register_sql_routes(app: FastAPI, workers: SqlWorkers | None, settings: SqlS
                 ) from exc
             check_query_size(body.query, settings.max_query_bytes)
             timeout = min(body.timeout_s or settings.timeout_s, settings.timeout_s)
-            media, payload = await workers.run(
-                body.query, body.format, body.max_rows, request.is_disconnected, timeout
-            )
+            gone = asyncio.Event()
+            watcher = asyncio.create_task(_watch_disconnect(request, gone))
+
+            async def is_disconnected() -> bool:
+                return gone.is_set()
+
+            try:
+                media, payload = await workers.run(
+                    body.query, body.format, body.max_rows, is_disconnected, timeout
+                )
+            finally:
+                watcher.cancel()
         except TesseraError as exc:
             metrics.SQL_QUERIES.labels(_OUTCOMES.get(exc.http_status, "error")).inc()
             raise
