@@ -357,8 +357,12 @@ class IngestRole:
 
     async def stop(self) -> None:
         self._stop.set()  # drain and commit before the store closes
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        if self._task.done():  # it died: its failure was reported as the reason to stop
+            self._task.exception()
+            return
+        await self._task
 
     async def died(self) -> str:
         if self._task is None:

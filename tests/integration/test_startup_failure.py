@@ -3,6 +3,8 @@ supervisor can restart it (each test starts a real `tessera serve` that must ref
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -72,7 +74,7 @@ def test_grpc_port_in_use_exits_non_zero_and_releases_the_http_port(tmp_path: Pa
     assert code != 0, out
     assert took < EXIT_WITHIN_S
     assert f"cannot bind gRPC to 127.0.0.1:{grpc_port}" in out
-    assert "stopping the" not in out  # every started role stopped cleanly
+    assert "failed" not in out  # every started role stopped cleanly
     assert _bindable(http_port)  # the HTTP server had bound it, and released it
 
     # The store it had opened was closed too: the same data dir starts and stops fine.
@@ -104,3 +106,22 @@ def test_offline_store_refused_by_the_catalog_exits_non_zero(tmp_path: Path) -> 
     code, out, took = _serve(tmp_path / "data")
     assert code != 0, out
     assert took < EXIT_WITHIN_S
+
+
+def test_a_role_that_dies_stops_the_server_with_a_non_zero_exit(tmp_path: Path) -> None:
+    # The embedded Kafka consumer fails once running (its descriptor set does not exist).
+    ingest = {"bootstrap_servers": "127.0.0.1:1", "topics": [{
+        "topic": "t", "feature_group": "g", "format": "protobuf",
+        "protobuf_message": "nope.Missing", "descriptor_set": str(tmp_path / "missing.pb")}]}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(tmp_path / "data"),
+         "--grpc-port", "0", "--http-port", "0"],
+        capture_output=True, text=True, timeout=EXIT_WITHIN_S + 10,
+        env={**os.environ, "TESSERA_INGEST": json.dumps(ingest)},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert time.monotonic() - start < EXIT_WITHIN_S
+    assert "RoleFailedError: the Kafka consumer died" in out
+    assert " failed" not in out  # the other roles stopped cleanly
