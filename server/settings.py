@@ -53,7 +53,8 @@ class SqlSettings(_Section):
     max_result_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Queries run at once (one worker process each); more wait for a free one.
     workers: int = Field(1, ge=1, le=64)
-    # Per worker: DuckDB spills to <data_dir>/tmp beyond this; 0 threads: the CPU count.
+    # Per worker: DuckDB spills to <data_dir>/tmp beyond this; 0 threads: the CPU count less
+    # one (a core left to serving).
     memory_limit: str = "1GB"
     threads: int = Field(0, ge=0, le=1024)
 

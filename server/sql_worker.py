@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -364,11 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s sql-worker %(message)s")
     conn = Connection(args.fd)
+    # Queries are batch work: the serving process (GetRecord, probes) gets the CPU first, and
+    # by default one core is left to it.
+    with contextlib.suppress(OSError):
+        os.nice(5)
+    threads = args.threads or max(1, (os.cpu_count() or 1) - 1)
     from tessera.core.catalog import Catalog
 
     Path(args.temp_directory).mkdir(parents=True, exist_ok=True)
     catalog = Catalog(args.root, memory_limit=args.memory_limit,
-                      temp_directory=args.temp_directory, threads=args.threads or None)
+                      temp_directory=args.temp_directory, threads=threads)
     try:
         _serve(conn, catalog, args.max_query_bytes)
     finally:
