@@ -13,6 +13,7 @@ import pytest
 
 from tessera.client import (
     AsyncFeatureStoreClient,
+    DeadlineExceededError,
     FeatureStoreClient,
     InvalidRequestError,
     RetryPolicy,
@@ -97,14 +98,19 @@ def test_sync_client_does_not_retry_invalid_argument(fake: tuple[FakeFeatureStor
     assert servicer.calls["DeleteRecord"] == 1
 
 
-def test_deadline_exceeded_is_retried_for_reads(fake: tuple[FakeFeatureStore, str]) -> None:
+def test_a_read_slower_than_its_deadline_fails_within_it(fake: tuple[FakeFeatureStore, str]) -> None:
+    # timeout_s bounds the call and its retries: the first attempt has all of it, and once it
+    # is spent there is no time left for a retry (tests/unit/client/test_deadline.py retries
+    # a read the server cancelled with time to spare).
     servicer, target = fake
+    start = time.monotonic()
     with (
         FeatureStoreClient(grpc=target, http=None, timeout_s=0.1, retry_policy=FAST) as fs,
-        pytest.raises(TesseraError, match="DEADLINE_EXCEEDED"),
+        pytest.raises(DeadlineExceededError, match="DEADLINE_EXCEEDED"),
     ):
         fs.get_record("users", "slow")
-    assert servicer.calls["GetRecord"] == 4
+    assert time.monotonic() - start < 0.5
+    assert servicer.calls["GetRecord"] == 1
 
 
 def test_deadline_exceeded_is_not_retried_for_writes(fake: tuple[FakeFeatureStore, str]) -> None:
