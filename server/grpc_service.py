@@ -29,7 +29,7 @@ from tessera.server import metrics, wire
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.storage_health import storage_failure
-from tessera.server.store import OnlineStore, Op, OpResult, now_us
+from tessera.server.store import Committed, OnlineStore, Op, now_us
 from tessera.server.writes import count_writes, delete_op, put_op
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class FeatureStoreService:
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
         op = put_op(schema, validate_record(schema, req.record, ttl_s), api_us, req.source)
-        (result,) = await self._commit([op])
+        (result,) = (await self._commit([op])).results
         count_writes(schema, [result])
         out: bytes = pb.PutRecordResponse(applied=bool(result)).SerializeToString()
         return out
@@ -81,7 +81,7 @@ class FeatureStoreService:
             )
             for i, record in enumerate(req.records)
         ]
-        results = await self._commit(ops) if ops else []
+        results = (await self._commit(ops)).results if ops else []
         stale = count_writes(schema, results)
         out: bytes = pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
         return out
@@ -98,16 +98,16 @@ class FeatureStoreService:
         event_time_us = eventtime.parse(req.event_time, "event_time")
         hard = req.deletion_mode == pb.DELETION_MODE_HARD_DELETE
         op = delete_op(schema, record_id, event_time_us, hard, api_us)
-        (result,) = await self._commit([op])
+        (result,) = (await self._commit([op])).results
         out: bytes = pb.DeleteRecordResponse(applied=bool(result)).SerializeToString()
         return out
 
-    async def _commit(self, ops: list[Op]) -> list[OpResult]:
-        results = await asyncio.wrap_future(self._store.submit(ops))
-        for r in results:
+    async def _commit(self, ops: list[Op]) -> Committed:
+        committed = await asyncio.wrap_future(self._store.submit(ops))
+        for r in committed.results:
             if isinstance(r, TesseraError):
                 raise r
-        return results
+        return committed
 
     # --- reads ---------------------------------------------------------------------------------
 

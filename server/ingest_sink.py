@@ -55,7 +55,7 @@ class EmbeddedSink:
         # ttl_s was applied by validation (ValidatedRecord.expires_at_us), as in PutRecords.
         api_us = now_us()
         ops: list[Op] = [put_op(schema, r.validated, api_us, r.source) for r in records]
-        results = self._store.submit(ops).result(self._timeout_s)
+        results = self._store.submit(ops).result(self._timeout_s).results
         for result in results:
             if isinstance(result, TesseraError):
                 raise result

@@ -15,6 +15,11 @@ refuses every later write until it is resumed. The store is then *degraded*: rea
 before, writes fail fast with a StorageError (UNAVAILABLE), and the writer thread, which owns
 every mutation, retries its recovery with backoff: once a probe write in the DB's directory
 succeeds (space is back), it reopens the DB in-process (server/rocksdb.py) and writes resume.
+
+Commit sequence: each commit is acknowledged with RocksDB's sequence number read right after its
+WriteBatch (`Committed.seq`). Reads come from this same primary, so a commit is visible as soon as
+it is acknowledged: `wait_visible` never waits, and a sequence number ahead of the DB's latest one
+was never issued by it (PreconditionFailedError).
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ from tessera.server.storage_health import (
 
 # The operations and results are the seam's (server/store.py); re-exported for this module's
 # users, the two the store makes itself kept under their private names.
+from tessera.server.store import Committed, OnlineStore
 from tessera.server.store import DeleteOp as DeleteOp
 from tessera.server.store import DropGroupOp as _DropGroupOp
-from tessera.server.store import OnlineStore
 from tessera.server.store import Op as Op
 from tessera.server.store import OpResult as OpResult
 from tessera.server.store import PurgeOp as _PurgeOp
@@ -98,8 +103,8 @@ def _live(raw: bytes | None, at_us: int) -> tuple[memoryview, int | None] | None
 
 
 def _settle(
-    fut: Future[list[OpResult]],
-    result: list[OpResult] | None = None,
+    fut: Future[Committed],
+    result: Committed | None = None,
     exception: BaseException | None = None,
 ) -> None:
     """Resolve a writer future, unless its caller gave up on it (a client deadline or a
@@ -138,9 +143,12 @@ class RocksDBOnlineStore:
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._max_commit_records = max_commit_records
-        self._queue: queue.SimpleQueue[tuple[list[Op], Future[list[OpResult]]] | None] = (
+        self._queue: queue.SimpleQueue[tuple[list[Op], Future[Committed]] | None] = (
             queue.SimpleQueue()
         )
+        #: RocksDB's sequence number after the last acknowledged commit (only the writer thread
+        #: advances it; a commit is acknowledged after it is set, so readers never lag it).
+        self._committed_seq = int(self._rocks.db.latest_sequence_number())
         self._dropped: set[int] = set()
         self.commits = 0
         self.committed_ops = 0
@@ -183,19 +191,42 @@ class RocksDBOnlineStore:
 
     # --- writes --------------------------------------------------------------------------------
 
-    def submit(self, ops: list[Op]) -> Future[list[OpResult]]:
+    def submit(self, ops: list[Op]) -> Future[Committed]:
         """Queue ops for the writer; the future resolves once they are durable."""
-        fut: Future[list[OpResult]] = Future()
+        fut: Future[Committed] = Future()
         self._queue.put((ops, fut))
         return fut
 
     def write(self, ops: list[Op]) -> list[OpResult]:
         """Submit and wait: for callers outside the event loop (CLI, tests)."""
-        return self.submit(ops).result()
+        return self.submit(ops).result().results
 
-    def drop_group(self, group_id: int) -> Future[list[OpResult]]:
+    def drop_group(self, group_id: int) -> Future[Committed]:
         """Remove every record of a group (ordered after everything queued before it)."""
         return self.submit([_DropGroupOp(group_id)])
+
+    # --- commit sequence -----------------------------------------------------------------------
+
+    def visible_seq(self) -> int:
+        """RocksDB's latest sequence number: reads come from the primary, which reflects it."""
+        try:
+            return int(self._rocks.db.latest_sequence_number())
+        except Exception:  # a reopen in progress: the last acknowledged commit is still visible
+            return self._committed_seq
+
+    def wait_visible(self, seq: int, timeout_s: float) -> bool:
+        """True at once for any `seq` this store acknowledged (reads come from the primary);
+        PreconditionFailedError for one ahead of its latest commit: never issued by it."""
+        if seq <= self._committed_seq:
+            return True
+        latest = self.visible_seq()  # writes outside the writer (the registry) advance it too
+        if seq <= latest:
+            return True
+        raise PreconditionFailedError(
+            f"consistent_after names commit {seq}, ahead of this store's latest commit "
+            f"{latest}: it was not issued by this Tessera (another server or data directory), "
+            "or this store lost the data it was issued for"
+        )
 
     @property
     def writer_thread(self) -> threading.Thread:
@@ -236,7 +267,7 @@ class RocksDBOnlineStore:
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[list[Op], Future[list[OpResult]]]]) -> None:
+    def _commit(self, batch: list[tuple[list[Op], Future[Committed]]]) -> None:
         if self.degraded and not self._try_recover():
             err = StorageError(
                 "the online store cannot write now (a storage failure: disk full or I/O error); "
@@ -257,8 +288,9 @@ class RocksDBOnlineStore:
             for _, fut in batch:
                 _settle(fut, exception=err)
             return
+        seq = self._committed_seq
         for (_, fut), res in zip(batch, results, strict=True):
-            _settle(fut, result=res)
+            _settle(fut, result=Committed(res, seq))
 
     def _degrade(self, cause: BaseException | None) -> None:
         STORAGE_ERRORS.labels("online").inc()
@@ -292,7 +324,7 @@ class RocksDBOnlineStore:
         return True
 
     def _apply(
-        self, batch: list[tuple[list[Op], Future[list[OpResult]]]]
+        self, batch: list[tuple[list[Op], Future[Committed]]]
     ) -> list[list[OpResult]]:
         at_us = now_us()
         keys = [op.key for ops, _ in batch for op in ops if not isinstance(op, _DropGroupOp)]
@@ -345,6 +377,8 @@ class RocksDBOnlineStore:
             self._rocks.db.write(wb, self._sync)
         except Exception as exc:
             raise _WriteFailed() from exc
+        # Read right after the write, by the only writer of records: covers this commit.
+        self._committed_seq = int(self._rocks.db.latest_sequence_number())
         self.last_seq = seq
         self.commits += 1
         self.committed_ops += n

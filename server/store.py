@@ -13,7 +13,12 @@ The semantics every implementation keeps (SageMaker Feature Store's):
   older than the stored record is refused (PreconditionFailedError in its result);
 - a record past its expiry reads as absent; `purge_expired` reclaims it;
 - every accepted put of a group with aggregations is an event folded into its aggregates,
-  durably with the commit that acknowledges it.
+  durably with the commit that acknowledges it;
+- every commit is acknowledged with its sequence number (`Committed.seq`, RocksDB's own sequence
+  number of the primary right after the commit's WriteBatch): later commits have larger ones, and
+  a read from a store whose `visible_seq()` is at least `seq` sees the commit's writes. This is
+  what read-your-writes tokens carry (core/tokens.py); a RocksDB secondary instance compares its
+  own `latest_sequence_number()` with it directly.
 """
 
 from __future__ import annotations
@@ -80,6 +85,17 @@ Op = PutOp | DeleteOp | PurgeOp | DropGroupOp
 #: Per op: True when it changed the online record, False when it was older than the stored one,
 #: or the error that refused it.
 OpResult = bool | TesseraError
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a commit acknowledges: one result per op, and the store's commit sequence number
+    after it (reads that reflect `seq` see these writes)."""
+
+    results: list[OpResult]
+    seq: int
+
+
 #: A live record: its stored wire bytes (a `tessera.v1.Record`, sent back without decoding) and
 #: its expiry (None: it does not expire).
 Hit = tuple[memoryview, int | None]
@@ -104,13 +120,27 @@ class OnlineStore(Protocol):
         """Stored aggregate tile states (None: no events for that key), in order."""
         ...
 
-    def submit(self, ops: list[Op]) -> Future[list[OpResult]]:
-        """Queue ops; the future resolves with one result per op once they are durable (or
-        with StorageError when none of them could be written)."""
+    def submit(self, ops: list[Op]) -> Future[Committed]:
+        """Queue ops; the future resolves with one result per op and the commit's sequence
+        number once they are durable (or with StorageError when none of them could be
+        written)."""
         ...
 
-    def drop_group(self, group_id: int) -> Future[list[OpResult]]:
+    def drop_group(self, group_id: int) -> Future[Committed]:
         """Remove every record of a group, ordered after everything submitted before it."""
+        ...
+
+    def visible_seq(self) -> int:
+        """The highest commit sequence this store's reads reflect now."""
+        ...
+
+    def wait_visible(self, seq: int, timeout_s: float) -> bool:
+        """Block the calling thread until reads reflect `seq`; False if `timeout_s` passed first.
+        Callers on an event loop run it in a worker thread when it would block.
+
+        Raises PreconditionFailedError, without waiting, when the store knows `seq` can never
+        become visible (ahead of every commit its writer made: a token of another data
+        directory); a store that cannot know that waits and returns False."""
         ...
 
     def purge_expired(self, at_us: int, limit: int) -> int:

@@ -138,6 +138,6 @@ def test_a_cancelled_write_is_committed_and_the_writer_keeps_going(
     abandoned = store.submit([put("gave-up", 1, b"late")])
     abandoned.cancel()
     busy.result()
-    assert store.submit([put("after", 1, b"ok")]).result(timeout=10) == [True]
+    assert store.submit([put("after", 1, b"ok")]).result(timeout=10).results == [True]
     assert payload(store, "after") == b"ok"
     assert payload(store, "gave-up") == b"late"  # committed all the same

@@ -31,7 +31,7 @@ from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server.aggregates import read_features
 from tessera.server.online_store import RocksDBOnlineStore
 from tessera.server.rocksdb import open_rocksdb
-from tessera.server.store import DeleteOp, OnlineStore, OpResult, PutOp, now_us
+from tessera.server.store import Committed, DeleteOp, OnlineStore, OpResult, PutOp, now_us
 from tessera.server.writes import put_op
 
 
@@ -60,9 +60,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStor
         yield s
 
 
-def write(store: OnlineStore, *ops: PutOp | DeleteOp) -> list[OpResult]:
-    fut: Future[list[OpResult]] = store.submit(list(ops))
+def commit(store: OnlineStore, *ops: PutOp | DeleteOp) -> Committed:
+    fut: Future[Committed] = store.submit(list(ops))
     return fut.result(timeout=30)
+
+
+def write(store: OnlineStore, *ops: PutOp | DeleteOp) -> list[OpResult]:
+    return commit(store, *ops).results
 
 
 def put(rid: str, et: int, payload: bytes = b"p", expires: int | None = None,
@@ -193,7 +197,7 @@ def test_drop_group_removes_its_records_only_and_refuses_later_writes(
     store: OnlineStore,
 ) -> None:
     write(store, put("a", 1), put("b", 1), put("a", 1, b"other", group=2))
-    assert store.drop_group(G).result(timeout=30) == [True]
+    assert store.drop_group(G).result(timeout=30).results == [True]
     assert read(store, "a") is None and read(store, "b") is None
     assert read(store, "a", group=2) == b"other"
     (late,) = write(store, put("c", 1))
@@ -257,3 +261,51 @@ def test_drop_group_removes_its_aggregates(store: OnlineStore) -> None:
     assert store.get_aggregates([aggregate_key(G, 0, "u1")]) != [None]
     store.drop_group(G).result(timeout=30)
     assert store.get_aggregates([aggregate_key(G, 0, "u1")]) == [None]
+
+
+# --- commit sequence (read-your-writes tokens) ---------------------------------------------------
+
+
+def test_a_commits_seq_is_visible_once_acknowledged(store: OnlineStore) -> None:
+    committed = commit(store, put("a", 1, b"A"))
+    assert committed.results == [True]
+    assert store.visible_seq() >= committed.seq > 0
+    assert store.wait_visible(committed.seq, timeout_s=5.0)
+    assert read(store, "a") == b"A"
+
+
+def test_later_commits_have_larger_seqs(store: OnlineStore) -> None:
+    seqs = [commit(store, put(f"r{i}", 1)).seq for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    later = store.drop_group(G).result(timeout=30).seq
+    assert later > seqs[-1]
+    assert store.visible_seq() >= later
+
+
+def test_ops_committed_together_share_a_seq_covering_all_of_them(store: OnlineStore) -> None:
+    futures = [store.submit([put(f"c{i}", 1, b"%d" % i)]) for i in range(20)]
+    done = [f.result(timeout=30) for f in futures]
+    assert all(c.results == [True] for c in done)
+    top = max(c.seq for c in done)
+    assert store.wait_visible(top, timeout_s=5.0)
+    assert [read(store, f"c{i}") for i in range(20)] == [b"%d" % i for i in range(20)]
+
+
+def test_a_stale_write_is_still_acknowledged_with_a_seq(store: OnlineStore) -> None:
+    first = commit(store, put("a", 5))
+    stale = commit(store, put("a", 3))
+    assert stale.results == [False] and stale.seq >= first.seq
+    assert store.wait_visible(stale.seq, timeout_s=5.0)
+
+
+def test_the_rocksdb_store_refuses_a_seq_it_never_issued_without_waiting(
+    tmp_path: Path,
+) -> None:
+    # The single-process store reads its own primary: a seq ahead of it can never be visible.
+    with rocksdb_store(tmp_path) as store:
+        seq = commit(store, put("a", 1)).seq
+        start = time.monotonic()
+        with pytest.raises(PreconditionFailedError, match="not issued by this Tessera"):
+            store.wait_visible(seq + 1000, timeout_s=5.0)
+        assert time.monotonic() - start < 1.0
+        assert store.wait_visible(0, timeout_s=0.0)
