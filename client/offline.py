@@ -247,6 +247,7 @@ class Dataset:
         """Write the dataset to one Parquet file (DuckDB's parallel writer, streaming, in spine
         order); the number of rows written. `path` may be any URI DuckDB can write."""
         from tessera.core.catalog import duckdb_errors, quote_literal
+        from tessera.core.sql_results import parquet_writable_type
 
         if compression.lower() not in _COMPRESSIONS:
             raise InvalidRequestError(
@@ -260,8 +261,18 @@ class Dataset:
             with self._joined(show) as (cur, _):
                 target = quote_literal(str(tmp))
                 options = f"FORMAT parquet, COMPRESSION {compression}"
+                with duckdb_errors("dataset"):
+                    # Vectors (fixed-size arrays) are written as lists: DuckDB's writer spoils
+                    # a null array for other readers (see `parquet_writable_type`).
+                    rel = cur.sql(self._read_sql())
+                    casts = {
+                        name: cast
+                        for name, t in zip(rel.columns, rel.types, strict=True)
+                        if (cast := parquet_writable_type(t)) is not None
+                    }
                 with duckdb_errors("dataset"), _statement_progress(cur, show, "writing"):
-                    done = cur.sql(f"COPY ({self._read_sql()}) TO {target} ({options})")
+                    select = self._read_sql(casts)
+                    done = cur.sql(f"COPY ({select}) TO {target} ({options})")
                     rows = int(done.fetchall()[0][0]) if done is not None else 0
             _move_out(tmp, str(path))
             return rows
@@ -285,9 +296,11 @@ class Dataset:
     def _show_progress(self) -> bool:
         return self.progress if self.progress is not None else sys.stderr.isatty()
 
-    def _read_sql(self) -> str:
-        """The joined rows (and aggregation features) read back in spine order."""
-        return self.query.read_sql(_RESULT, _AGGREGATES if self.query.has_aggregations else None)
+    def _read_sql(self, casts: Mapping[str, str] | None = None) -> str:
+        """The joined rows (and aggregation features) read back in spine order, the columns
+        of `casts` cast to their type."""
+        aggregates = _AGGREGATES if self.query.has_aggregations else None
+        return self.query.read_sql(_RESULT, aggregates, casts)
 
     @contextmanager
     def _joined(self, show: bool) -> Iterator[tuple[duckdb.DuckDBPyConnection, int | None]]:

@@ -207,17 +207,32 @@ class PointInTimeQuery:
         """
         return self._render(ordered=False)
 
-    def read_sql(self, table: str, aggregates: str | None) -> str:
+    def read_sql(
+        self, table: str, aggregates: str | None, casts: Mapping[str, str] | None = None
+    ) -> str:
         """`unordered_sql`'s rows, stored in `table`, in spine order without ROW_COLUMN and the
         hidden columns; with `aggregates` (a relation of ROW_COLUMN and one column per
-        aggregation feature, named as in the result), its columns in their places."""
+        aggregation feature, named as in the result), its columns in their places. `casts`
+        maps result columns to the SQL type they are cast to."""
+        casts = casts or {}
         if aggregates is None or not self.has_aggregations:
-            return f"SELECT * EXCLUDE ({ROW_COLUMN}) FROM {table} ORDER BY {ROW_COLUMN}"
-        cols = [f"r.{quote_ident(n)}" for n, _ in self.spine_columns]
+            replace = ", ".join(
+                f"CAST({quote_ident(c)} AS {t}) AS {quote_ident(c)}" for c, t in casts.items()
+            )
+            return (
+                f"SELECT * EXCLUDE ({ROW_COLUMN})"
+                + (f" REPLACE ({replace})" if replace else "")
+                + f" FROM {table} ORDER BY {ROW_COLUMN}"
+            )
+
+        def col(side: str, name: str) -> str:
+            ref = f"{side}.{quote_ident(name)}"
+            return f"CAST({ref} AS {casts[name]}) AS {quote_ident(name)}" if name in casts else ref
+
+        cols = [col("r", n) for n, _ in self.spine_columns]
         for g in self.groups:
             for f in g.features:
-                side = "a" if f in g.aggregations else "r"
-                cols.append(f"{side}.{quote_ident(self.out_name(g, f))}")
+                cols.append(col("a" if f in g.aggregations else "r", self.out_name(g, f)))
         return (
             "SELECT " + ",\n  ".join(cols) + f"\nFROM {table} AS r"
             f"\nLEFT JOIN {aggregates} AS a ON r.{ROW_COLUMN} = a.{ROW_COLUMN}"

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from duckdb.sqltypes import DuckDBPyType
 
 from tessera.core.errors import InvalidRequestError
 
@@ -227,6 +228,44 @@ def parquet_ready(table: pa.Table) -> pa.Table:
         ]
         table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(texts, pa.string()))
     return table
+
+
+def parquet_writable_type(t: DuckDBPyType) -> str | None:
+    """The type to cast a column of type `t` to before DuckDB's Parquet writer writes it, or
+    None when `t` needs no cast: every fixed-size ARRAY in it made a LIST.
+
+    DuckDB's writer (2.0, duckdb/duckdb#24731) writes a null ARRAY with one level entry per
+    slot instead of one per row: DuckDB reads the file back, pyarrow refuses it ("Length spanned
+    by list offsets ... larger than values array"). The file's schema does not change: Parquet
+    has no fixed-size list, DuckDB writes an ARRAY as a LIST anyway.
+    """
+    return _without_arrays(t) if _has_array(t) else None
+
+
+def _nested(t: DuckDBPyType) -> list[tuple[str, DuckDBPyType]]:
+    if t.id not in ("array", "list", "struct", "map"):
+        return []
+    return [(str(name), child) for name, child in t.children
+            if isinstance(child, DuckDBPyType)]
+
+
+def _has_array(t: DuckDBPyType) -> bool:
+    return t.id == "array" or any(_has_array(child) for _, child in _nested(t))
+
+
+def _without_arrays(t: DuckDBPyType) -> str:
+    children = _nested(t)
+    if t.id in ("array", "list"):
+        return _without_arrays(children[0][1]) + "[]"
+    if t.id == "struct":
+        fields = ", ".join(
+            '"' + name.replace('"', '""') + '" ' + _without_arrays(child)
+            for name, child in children
+        )
+        return f"STRUCT({fields})"
+    if t.id == "map":
+        return f"MAP({_without_arrays(children[0][1])}, {_without_arrays(children[1][1])})"
+    return str(t)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
