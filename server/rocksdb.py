@@ -170,3 +170,27 @@ def open_rocksdb(path: Path, block_cache_mb: int = 512, write_buffer_mb: int = 6
     except OSError as exc:
         raise StorageError(f"cannot open the online store at {path}: {exc}") from exc
     return RocksDB(path, _options(block_cache_mb, write_buffer_mb))
+
+
+def open_secondary(path: Path, secondary_path: Path, block_cache_mb: int = 512) -> rocksdict.Rdict:
+    """Open the DB at `path` as a RocksDB secondary instance (its own files in `secondary_path`):
+    read-only, it sees the primary's writes after `try_catch_up_with_primary()`.
+
+    Every column family gets the primary's options (without them a secondary takes the stored
+    ones: no bloom filter, no block cache), plus two a secondary needs: table files stay open
+    (`max_open_files=-1`: a file the primary compacts away stays readable until the next
+    catch-up) and are opened on the calling thread (`max_file_opening_threads=1`: the default
+    16 starts 15 threads per column family on every catch-up, ~5 ms of CPU for one with
+    nothing to do, against ~0.06 ms).
+    """
+    opts = _options(block_cache_mb, write_buffer_mb=4)
+    opts.set_max_open_files(-1)
+    opts.set_max_file_opening_threads(1)
+    try:
+        secondary_path.mkdir(parents=True, exist_ok=True)
+        return rocksdict.Rdict(
+            str(path), opts, column_families={name: opts for name in COLUMN_FAMILIES},
+            access_type=rocksdict.AccessType.secondary(str(secondary_path)),
+        )
+    except Exception as exc:  # rocksdict raises plain Exception for I/O errors
+        raise StorageError(f"cannot open the online store at {path} as a secondary: {exc}") from exc

@@ -1,0 +1,72 @@
+"""`ProcessOnlineStore`: the `OnlineStore` of a serving process in the multi-process layout:
+writes go to the writer process (`WriterClient`, server/writer_client.py), reads come from a
+RocksDB secondary of its primary (`SecondaryReader`, server/secondary.py).
+
+Read-your-writes within a process: a read first makes sure the secondary reflects every commit
+acknowledged to this process (`WriterClient.acked_seq`): when it does (the common case, one
+integer comparison) nothing waits; right after a write, the read catches up once. Across
+processes, a client passes the seq of its write's acknowledgement to `wait_visible`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from pathlib import Path
+
+from tessera.core.errors import StorageError
+from tessera.server.secondary import CATCH_UP_INTERVAL_S, SecondaryReader
+from tessera.server.store import Committed, Hit, Op
+from tessera.server.writer_client import WriterClient
+from tessera.server.writer_ipc import socket_path
+
+
+class ProcessOnlineStore:
+    """An OnlineStore over the writer process of `data_dir` (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, secondary_dir: Path,
+                 catch_up_interval_s: float = CATCH_UP_INTERVAL_S, block_cache_mb: int = 512,
+                 max_in_flight: int = 1024, own_writes_timeout_s: float = 5.0) -> None:
+        self.writer = WriterClient(socket_path(data_dir), max_in_flight=max_in_flight)
+        self.reader = SecondaryReader(data_dir / "online", secondary_dir, catch_up_interval_s,
+                                      block_cache_mb)
+        self._own_writes_timeout_s = own_writes_timeout_s
+
+    def _own_writes(self) -> None:
+        acked = self.writer.acked_seq
+        if acked > self.reader.visible_seq() and not self.reader.wait_visible(
+                acked, self._own_writes_timeout_s):
+            raise StorageError(
+                f"reads do not reflect this process's writes yet (commit {acked}); retry later")
+
+    def get(self, key: bytes, at_us: int) -> Hit | None:
+        self._own_writes()
+        return self.reader.get(key, at_us)
+
+    def multi_get(self, keys: list[bytes], at_us: int) -> list[Hit | None]:
+        self._own_writes()
+        return self.reader.multi_get(keys, at_us)
+
+    def get_aggregates(self, keys: list[bytes]) -> list[bytes | None]:
+        self._own_writes()
+        return self.reader.get_aggregates(keys)
+
+    def submit(self, ops: list[Op]) -> Future[Committed]:
+        return self.writer.submit(ops)
+
+    def drop_group(self, group_id: int) -> Future[Committed]:
+        return self.writer.drop_group(group_id)
+
+    def purge_expired(self, at_us: int, limit: int) -> int:
+        return self.writer.purge_expired(at_us, limit)
+
+    def visible_seq(self) -> int:
+        """What a read issued now reflects: the secondary's catch-up, and at least every commit
+        acknowledged to this process (a read waits for those first)."""
+        return max(self.reader.visible_seq(), self.writer.acked_seq)
+
+    def wait_visible(self, seq: int, timeout_s: float) -> bool:
+        return self.reader.wait_visible(seq, timeout_s)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader.close()

@@ -1,0 +1,337 @@
+"""The wire protocol between serving processes and the writer process (server/writer_process.py).
+
+Frames: a 4-byte little-endian length, then one msgpack message (msgspec). A client sends
+requests, each with its own id, and may have many in flight on one connection; the writer
+answers each with a `Reply` carrying the same id, in commit order (not necessarily request
+order across commits).
+
+Ops travel as the store's own dataclasses (server/store.py): msgspec decodes `PutOp` and
+`DeleteOp` straight into them in C, so the writer does not build them again in Python (a frozen
+dataclass costs ~1.5-2 us to construct from Python on this machine, more than the wire itself).
+Puts and deletes ride in two lists, with `order` saying how they interleave when a request mixes
+them. A put's aggregation event is sent apart: its group's `AggregationPlan` once per connection
+(`WirePlan`, numbered by the client), then per put only the plan number and the inputs.
+
+Errors cross as (class name, message) and are raised again on the client side with the same
+class (`error_from_wire`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from tessera.core.aggregation.inputs import AggregationInput
+from tessera.core.aggregation.plan import (
+    AggregationPlan,
+    CompiledAggregation,
+    I64Array,
+    StreamPlan,
+)
+from tessera.core.errors import TesseraError
+from tessera.server.aggregates import AggregateEvent
+from tessera.server.store import DeleteOp, Op, OpResult, PutOp
+
+SOCKET_NAME = "writer.sock"
+_LENGTH = struct.Struct("<I")
+MAX_FRAME_BYTES = 1 << 30
+_PUT, _DELETE = 0, 1
+
+
+def socket_path(data_dir: Path) -> Path:
+    """Where the writer process of a data directory listens."""
+    return data_dir / SOCKET_NAME
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+class WireStream(msgspec.Struct, array_like=True):
+    stream_id: int
+    key: str | None
+    sources: list[str]
+    aggregations: list[CompiledAggregation]
+    tile_us: int
+    lateness_us: int
+    window_tiles: list[int]
+    agg_func: list[int]
+    agg_source: list[int]
+    agg_window: list[int]
+    agg_n: list[int]
+    list_offsets: list[int]
+    recent_caps: list[int]
+
+
+class WirePlan(msgspec.Struct, array_like=True):
+    """A group's aggregation plan, sent once per connection before the first put using it."""
+
+    plan_no: int
+    group_name: str
+    tile_us: int
+    lateness_us: int
+    streams: list[WireStream]
+    names: list[str]  # the aggregations in declaration order
+
+
+class WireAggregate(msgspec.Struct, array_like=True):
+    """The aggregation event of the put at `index` of the request's puts."""
+
+    index: int
+    plan_no: int
+    keys: list[str | None]
+    values: list[list[float]]
+
+
+class Submit(msgspec.Struct, array_like=True, tag=1):
+    id: int
+    puts: list[PutOp]
+    deletes: list[DeleteOp]
+    #: One byte per op (0 put, 1 delete) when the request mixes them; None: puts, then deletes.
+    order: bytes | None
+    aggregates: list[WireAggregate]
+    plans: list[WirePlan]
+
+
+class DropGroup(msgspec.Struct, array_like=True, tag=2):
+    id: int
+    group_id: int
+
+
+class PurgeExpired(msgspec.Struct, array_like=True, tag=3):
+    id: int
+    at_us: int
+    limit: int
+
+
+class Stats(msgspec.Struct, array_like=True, tag=4):
+    id: int
+
+
+Request = Submit | DropGroup | PurgeExpired | Stats
+
+
+class WireError(msgspec.Struct, array_like=True):
+    cls: str
+    message: str
+
+
+class Reply(msgspec.Struct, array_like=True):
+    id: int
+    #: The primary's sequence number after the commit (reads reflecting it see the writes).
+    seq: int = 0
+    results: list[bool | WireError] = []
+    #: The whole request failed (nothing of it was written).
+    error: WireError | None = None
+    #: PurgeExpired: the index entries done; Stats: the counters.
+    count: int = 0
+    stats: dict[str, int] = {}
+
+
+request_decoder = msgspec.msgpack.Decoder(Request)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+encoder = msgspec.msgpack.Encoder()
+
+
+# --- frames --------------------------------------------------------------------------------------
+
+
+def frame(body: bytes) -> bytes:
+    return _LENGTH.pack(len(body)) + body
+
+
+class FrameReader:
+    """Reads length-prefixed frames from a socket, buffering partial reads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def frames(self) -> Iterator[memoryview]:
+        """Each complete frame's body, until the peer closes (or the socket fails: OSError)."""
+        while True:
+            chunk = self._sock.recv(1 << 20)
+            if not chunk:
+                return
+            self._buf += chunk
+            start = 0
+            buf = self._buf
+            while len(buf) - start >= _LENGTH.size:
+                (n,) = _LENGTH.unpack_from(buf, start)
+                if n > MAX_FRAME_BYTES:
+                    raise OSError(f"writer IPC frame of {n} bytes exceeds {MAX_FRAME_BYTES}")
+                end = start + _LENGTH.size + n
+                if end > len(buf):
+                    break
+                # bytes(): the view must not pin the buffer we are about to resize
+                yield memoryview(bytes(buf[start + _LENGTH.size : end]))
+                start = end
+            if start:
+                del self._buf[:start]
+
+
+@contextlib.contextmanager
+def reachable(path: Path) -> Iterator[str]:
+    """A name for `path` short enough for a Unix socket address (108 bytes): the path itself,
+    or the path through /proc/self/fd of its directory when it is longer."""
+    text = str(path)
+    if len(text.encode()) < 100:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+# --- ops -----------------------------------------------------------------------------------------
+
+
+def plan_to_wire(plan_no: int, group_name: str, plan: AggregationPlan) -> WirePlan:
+    streams = [
+        WireStream(
+            s.stream_id, s.key, list(s.sources), list(s.aggregations), s.tile_us,
+            s.lateness_us, s.window_tiles.tolist(), s.agg_func.tolist(), s.agg_source.tolist(),
+            s.agg_window.tolist(), s.agg_n.tolist(), s.list_offsets.tolist(),
+            s.recent_caps.tolist(),
+        )
+        for s in plan.streams
+    ]
+    return WirePlan(plan_no, group_name, plan.tile_us, plan.lateness_us, streams,
+                    list(plan.aggregations))
+
+
+def _array(values: list[int]) -> I64Array:
+    arr = np.asarray(values, dtype=np.int64).reshape(-1)
+    arr.flags.writeable = False
+    return arr
+
+
+def plan_from_wire(wire: WirePlan) -> AggregationPlan:
+    streams = tuple(
+        StreamPlan(
+            stream_id=s.stream_id, key=s.key, sources=tuple(s.sources),
+            aggregations=tuple(s.aggregations), tile_us=s.tile_us, lateness_us=s.lateness_us,
+            window_tiles=_array(s.window_tiles), agg_func=_array(s.agg_func),
+            agg_source=_array(s.agg_source), agg_window=_array(s.agg_window),
+            agg_n=_array(s.agg_n), list_offsets=_array(s.list_offsets),
+            recent_caps=_array(s.recent_caps),
+        )
+        for s in wire.streams
+    )
+    by_name = {a.name: a for s in streams for a in s.aggregations}
+    return AggregationPlan(wire.tile_us, wire.lateness_us, streams,
+                           {name: by_name[name] for name in wire.names})
+
+
+class PlanNumbers:
+    """The client's numbering of the plans it has sent (plans are per schema version: few)."""
+
+    def __init__(self) -> None:
+        #: id(plan) -> (plan kept alive so its id is not reused, group name, number)
+        self._numbers: dict[int, tuple[AggregationPlan, str, int]] = {}
+
+    def number(self, event: AggregateEvent) -> tuple[int, AggregationPlan, str]:
+        known = self._numbers.get(id(event.plan))
+        if known is None or known[1] != event.group_name:
+            known = (event.plan, event.group_name, len(self._numbers) + 1)
+            self._numbers[id(event.plan)] = known
+        return known[2], known[0], known[1]
+
+
+def encode_submit(
+    request_id: int, ops: list[Op], numbers: PlanNumbers, sent_plans: set[int]
+) -> bytes:
+    """The framed Submit of `ops` (PutOp and DeleteOp only); plans not yet in `sent_plans`
+    (this connection's) are included and added to it."""
+    puts: list[PutOp] = []
+    deletes: list[DeleteOp] = []
+    aggregates: list[WireAggregate] = []
+    plans: list[WirePlan] = []
+    kinds = bytearray()
+    mixed = False
+    for op in ops:
+        if isinstance(op, PutOp):
+            if op.aggregate is not None:
+                plan_no, plan, group_name = numbers.number(op.aggregate)
+                if plan_no not in sent_plans:
+                    plans.append(plan_to_wire(plan_no, group_name, plan))
+                    sent_plans.add(plan_no)
+                inputs = op.aggregate.inputs
+                aggregates.append(WireAggregate(len(puts), plan_no, list(inputs.keys),
+                                                [list(v) for v in inputs.values]))
+                op = replace(op, aggregate=None)
+            puts.append(op)
+            kinds.append(_PUT)
+            mixed = mixed or bool(deletes)
+        elif isinstance(op, DeleteOp):
+            deletes.append(op)
+            kinds.append(_DELETE)
+        else:
+            raise TypeError(f"only PutOp and DeleteOp are submitted to the writer; got {op!r}")
+    msg = Submit(request_id, puts, deletes, bytes(kinds) if mixed else None, aggregates, plans)
+    return frame(encoder.encode(msg))
+
+
+def decode_ops(msg: Submit, plans: dict[int, tuple[str, AggregationPlan]]) -> list[Op]:
+    """The ops of a Submit, in their order; `plans` is the connection's plan table (updated)."""
+    for wire in msg.plans:
+        plans[wire.plan_no] = (wire.group_name, plan_from_wire(wire))
+    puts: list[PutOp] = msg.puts
+    if msg.aggregates:
+        puts = list(puts)
+        for agg in msg.aggregates:
+            group_name, plan = plans[agg.plan_no]
+            inputs = AggregationInput(tuple(agg.keys), tuple(tuple(v) for v in agg.values))
+            puts[agg.index] = replace(puts[agg.index], aggregate=AggregateEvent(
+                group_name, plan, inputs))
+    if not msg.deletes:
+        return list(puts)
+    if msg.order is None:
+        return [*puts, *msg.deletes]
+    it_put, it_del = iter(puts), iter(msg.deletes)
+    return [next(it_put) if kind == _PUT else next(it_del) for kind in msg.order]
+
+
+# --- results and errors --------------------------------------------------------------------------
+
+
+def error_to_wire(exc: BaseException) -> WireError:
+    if isinstance(exc, TesseraError):
+        return WireError(type(exc).__name__, exc.message)
+    return WireError("StorageError", f"the writer process failed: {exc!r}")
+
+
+def results_to_wire(results: list[OpResult]) -> list[bool | WireError]:
+    return [r if isinstance(r, bool) else error_to_wire(r) for r in results]
+
+
+def _error_classes() -> dict[str, type[TesseraError]]:
+    found: dict[str, type[TesseraError]] = {}
+    todo: list[type[TesseraError]] = [TesseraError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def error_from_wire(wire: WireError) -> TesseraError:
+    """The error of the same class and message (a subclass with its own constructor, such as
+    FeatureGroupNotFoundError, is built without it: only the message crosses)."""
+    cls = _error_classes().get(wire.cls, TesseraError)
+    err = cls.__new__(cls)
+    TesseraError.__init__(err, wire.message)
+    return err
+
+
+def results_from_wire(results: list[bool | WireError]) -> list[OpResult]:
+    return [r if isinstance(r, bool) else error_from_wire(r) for r in results]

@@ -1,0 +1,266 @@
+"""The writer process: the one owner of the online store's RocksDB primary.
+
+Where it sits (the "every core" layout, DESIGN.md "Processes"):
+
+    serving process 1..N  --(Unix socket <data_dir>/writer.sock)-->  writer process
+      gRPC + HTTP: parse, validate, encode            group commit: ordering rules, outbox,
+      reads: RocksDB *secondary* (server/secondary.py) aggregation tiles, one fsync per batch
+      writes: WriterClient (server/writer_client.py)   RocksDB *primary* (<data_dir>/online)
+
+Who owns what:
+- The writer process alone opens `<data_dir>/online` as the RocksDB primary and runs
+  `RocksDBOnlineStore` (server/online_store.py) on it: every mutation of records, expiry index,
+  outbox and aggregates goes through its single group-commit writer thread. Requests from every
+  connection feed that one thread, so writes of all serving processes share WriteBatches and
+  fsyncs.
+- Serving processes never write RocksDB. They send `Submit` / `DropGroup` / `PurgeExpired`
+  requests over the socket (protocol: server/writer_ipc.py) and read from their own secondary
+  instance, which catches up with the primary on a timer or on demand (`wait_visible`).
+- The socket carries writes and their acknowledgements only: per request, one result per op
+  (True / False / the TesseraError that refused it) and the primary's sequence number after the
+  commit, the token a reader passes to `wait_visible` for read-your-writes. Many requests may be
+  in flight on one connection; replies carry the request id.
+
+What survives which crash:
+- `kill -9` of the writer process: a write is acknowledged only after its WriteBatch is synced
+  to the WAL, with its outbox row and aggregate tiles in the same batch, so every acknowledged
+  write is on disk, in the outbox exactly once. Writes in flight at the kill are lost or
+  committed, unacknowledged either way; clients see their connection drop and fail those
+  requests with StorageError (UNAVAILABLE: the caller retries, and the ordering rules make a
+  retried put idempotent). A restarted writer reopens the primary and replays the WAL.
+- `kill -9` of a serving process: nothing durable is lost; its in-flight requests are still
+  committed by the writer (the replies go nowhere). Its secondary directory is scratch.
+- SIGTERM (or SIGINT): the writer stops accepting, finishes every request already received,
+  acknowledges them, then closes RocksDB (WAL synced) and removes its socket.
+
+Run: `python -m tessera.server.writer_process --data-dir DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tessera.core.aggregation.plan import AggregationPlan
+from tessera.server import writer_ipc as ipc
+from tessera.server.aggregates import ensure_kernels
+from tessera.server.online_store import RocksDBOnlineStore
+from tessera.server.rocksdb import RocksDB, open_rocksdb
+from tessera.server.store import Committed
+
+log = logging.getLogger(__name__)
+
+_EOF = object()  # a connection's reader is done: its sender finishes what is in flight and stops
+
+
+class _Connection:
+    """One client: a reader thread decoding requests into the store, a sender thread encoding
+    replies (never the store's writer thread: a slow client must not stall commits)."""
+
+    def __init__(self, server: WriterServer, sock: socket.socket) -> None:
+        self._server = server
+        self.sock = sock
+        self._replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        #: This connection's aggregation plans, by the client's numbers (writer_ipc.WirePlan).
+        self._plans: dict[int, tuple[str, AggregationPlan]] = {}
+        self.reader = threading.Thread(target=self._read, name="tessera-writer-conn-read",
+                                       daemon=True)
+        self.sender = threading.Thread(target=self._send, name="tessera-writer-conn-send",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.sender.start()
+        self.reader.start()
+
+    def _answer_later(self, request_id: int, fut: Future[Any]) -> None:
+        with self._lock:
+            self._in_flight += 1
+        fut.add_done_callback(lambda f: self._replies.put((request_id, f)))
+
+    def _read(self) -> None:
+        store = self._server.store
+        try:
+            for body in ipc.FrameReader(self.sock).frames():
+                msg = ipc.request_decoder.decode(body)
+                if isinstance(msg, ipc.Submit):
+                    try:
+                        ops = ipc.decode_ops(msg, self._plans)
+                    except Exception as exc:  # a plan this connection never sent: a client bug
+                        failed: Future[Any] = Future()
+                        failed.set_exception(exc)
+                        self._answer_later(msg.id, failed)
+                        continue
+                    self._server.requests += 1
+                    self._answer_later(msg.id, store.submit(ops))
+                elif isinstance(msg, ipc.DropGroup):
+                    self._server.requests += 1
+                    self._answer_later(msg.id, store.drop_group(msg.group_id))
+                elif isinstance(msg, ipc.PurgeExpired):
+                    self._answer_later(
+                        msg.id, self._server.purger.submit(store.purge_expired, msg.at_us,
+                                                           msg.limit))
+                else:
+                    done: Future[Any] = Future()
+                    done.set_result(self._server.stats())
+                    self._answer_later(msg.id, done)
+        except (OSError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.info("writer connection closed: %s", exc)
+        finally:
+            self._replies.put(_EOF)
+
+    def _reply(self, request_id: int, fut: Future[Any]) -> bytes:
+        exc = fut.exception()
+        if exc is not None:
+            return ipc.frame(ipc.encoder.encode(ipc.Reply(request_id,
+                                                          error=ipc.error_to_wire(exc))))
+        result = fut.result()
+        if isinstance(result, Committed):
+            reply = ipc.Reply(request_id, result.seq, ipc.results_to_wire(result.results))
+        elif isinstance(result, dict):
+            reply = ipc.Reply(request_id, stats=result)
+        else:  # purge_expired: its commits are before the primary's latest seq
+            reply = ipc.Reply(request_id, self._server.store.visible_seq(), count=int(result))
+        return ipc.frame(ipc.encoder.encode(reply))
+
+    def _send(self) -> None:
+        reader_done = False
+        alive = True
+        while True:
+            item = self._replies.get()
+            out: list[bytes] = []
+            while True:  # answer everything ready in one send
+                if item is _EOF:
+                    reader_done = True
+                else:
+                    out.append(self._reply(*item))
+                try:
+                    item = self._replies.get_nowait()
+                except queue.Empty:
+                    break
+            with self._lock:
+                self._in_flight -= len(out)
+                finished = reader_done and self._in_flight == 0
+            if alive and out:
+                try:
+                    self.sock.sendall(b"".join(out))
+                except OSError:
+                    alive = False  # the client is gone; its writes are committed regardless
+            if finished:
+                break
+        self.sock.close()
+
+
+class WriterServer:
+    """Serves a `RocksDBOnlineStore` to any number of clients on a Unix socket."""
+
+    def __init__(self, store: RocksDBOnlineStore, path: Path) -> None:
+        self.store = store
+        self.path = path
+        #: purge_expired blocks until its commit: run apart, so the connection keeps reading.
+        self.purger = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-purge")
+        self.requests = 0
+        self._conns: list[_Connection] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path.unlink(missing_ok=True)  # a socket left by a killed writer (the DB lock is ours)
+        old_umask = os.umask(0o077)  # only the owner may connect: the socket writes the store
+        try:
+            with ipc.reachable(path) as name:
+                self._listener.bind(name)
+        finally:
+            os.umask(old_umask)
+        self._listener.listen(128)
+        self._closing = False
+        self._acceptor = threading.Thread(target=self._accept, name="tessera-writer-accept",
+                                          daemon=True)
+
+    def start(self) -> None:
+        self._acceptor.start()
+
+    def stats(self) -> dict[str, int]:
+        return {"commits": self.store.commits, "committed_ops": self.store.committed_ops,
+                "requests": self.requests, "seq": self.store.visible_seq()}
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # closed by stop()
+            if self._closing:
+                sock.close()
+                return
+            conn = _Connection(self, sock)
+            self._conns = [c for c in self._conns if c.sender.is_alive()] + [conn]
+            conn.start()
+
+    def stop(self) -> None:
+        """Stop accepting and reading; answer every request already received (the store
+        drains its queue); close the connections. The caller then closes the store and DB."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._acceptor.join()
+        self.path.unlink(missing_ok=True)
+        conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RD)
+        for conn in conns:
+            conn.reader.join()
+        self.purger.shutdown(wait=True)
+        self.store.close()  # commits and acknowledges everything queued
+        for conn in conns:
+            conn.sender.join()
+
+
+def run(data_dir: Path, block_cache_mb: int, write_buffer_mb: int, max_commit_records: int,
+        stop: threading.Event) -> None:
+    """Open the primary, serve until `stop` is set, shut down in order."""
+    rocks: RocksDB = open_rocksdb(data_dir / "online", block_cache_mb, write_buffer_mb)
+    try:
+        store = RocksDBOnlineStore(rocks, max_commit_records)
+        server = WriterServer(store, ipc.socket_path(data_dir))
+        server.start()
+        # The kernels load in the background: the first commit with aggregates waits for them.
+        threading.Thread(target=ensure_kernels, name="tessera-kernels", daemon=True).start()
+        log.info("writer process ready on %s", server.path)
+        stop.wait()
+        log.info("writer process stopping: draining queued writes")
+        server.stop()
+    finally:
+        rocks.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--block-cache-mb", type=int, default=512)
+    parser.add_argument("--write-buffer-mb", type=int, default=64)
+    parser.add_argument("--max-commit-records", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(args.data_dir, args.block_cache_mb, args.write_buffer_mb, args.max_commit_records, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
