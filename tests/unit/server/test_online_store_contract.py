@@ -30,9 +30,11 @@ from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server.aggregates import read_features
 from tessera.server.online_store import RocksDBOnlineStore
+from tessera.server.process_store import ProcessOnlineStore
 from tessera.server.rocksdb import open_rocksdb
 from tessera.server.store import Committed, DeleteOp, OnlineStore, OpResult, PutOp, now_us
 from tessera.server.writes import put_op
+from tests.writerproc import WriterProcess
 
 
 @contextlib.contextmanager
@@ -46,8 +48,20 @@ def rocksdb_store(tmp_path: Path) -> Iterator[OnlineStore]:
         rocks.close()
 
 
+@contextlib.contextmanager
+def process_store(tmp_path: Path) -> Iterator[OnlineStore]:
+    """The two-process store: a real writer process, reads from a secondary."""
+    with WriterProcess(tmp_path / "data"):
+        store = ProcessOnlineStore(tmp_path / "data", tmp_path / "secondary", block_cache_mb=8)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
 IMPLEMENTATIONS: dict[str, Callable[[Path], AbstractContextManager[OnlineStore]]] = {
     "rocksdb": rocksdb_store,
+    "process": process_store,
 }
 
 G = 1
