@@ -106,11 +106,13 @@ def batch_get_requests(
     identifiers: Mapping[str, Iterable[RecordId]],
     features: FeatureFilter = None,
     with_expiry: bool = False,
+    consistent_after: str | None = None,
 ) -> list[pb.BatchGetRecordRequest]:
     """BatchGetRecordRequests within the server's limits, each group at most once per request.
 
     `features` filters every group alike (a list of names), or per group (a dict of group ->
-    names; a group not in it gets all of its features).
+    names; a group not in it gets all of its features). `consistent_after`: a write token every
+    request must reflect.
     """
     chunks: list[tuple[str, list[list[str]], list[str]]] = []
     for group, ids in identifiers.items():
@@ -146,6 +148,7 @@ def batch_get_requests(
                 pb.BatchGetRecordRequest(
                     identifiers=entries[i : i + MAX_GROUPS_PER_BATCH_GET],
                     expiration_time_response=with_expiry,
+                    consistent_after=consistent_after or "",
                 )
             )
     return requests

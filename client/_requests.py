@@ -5,6 +5,7 @@ Pure functions shared by the sync and the asyncio client, so that each of them o
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tessera.core.errors import InvalidRequestError
+from tessera.core.tokens import decode_token, latest
 from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 
@@ -61,15 +63,51 @@ def put_record_request(
 
 
 def get_record_request(
-    group: str, identifier: RecordId, features: Iterable[str] | str | None, with_expiry: bool
+    group: str,
+    identifier: RecordId,
+    features: Iterable[str] | str | None,
+    with_expiry: bool,
+    consistent_after: str | None = None,
 ) -> pb.GetRecordRequest:
-    """A GetRecordRequest."""
+    """A GetRecordRequest; `consistent_after`: a write token the read must reflect."""
     return pb.GetRecordRequest(
         feature_group_name=group,
         record_identifier=record_id(identifier),
         feature_names=feature_names(features),
         expiration_time_response=with_expiry,
+        consistent_after=consistent_after or "",
     )
+
+
+class WriteTokens:
+    """A client's read-your-writes state: the newest write token it was acknowledged with, kept
+    across threads (writes may complete in any order), and what its reads pass along."""
+
+    def __init__(self, read_your_writes: bool) -> None:
+        self._read_your_writes = read_your_writes
+        self._lock = threading.Lock()
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str | None:
+        """The newest token of this client's acknowledged writes (None: no write yet)."""
+        return self._token
+
+    def acknowledged(self, token: str) -> None:
+        """Keep `token` (a write response's write_token) if it is newer than the one held."""
+        if not token:  # a call that committed nothing (an empty PutRecords)
+            return
+        with self._lock:
+            self._token = latest(self._token, token)
+
+    def for_read(self, consistent_after: str | None) -> str | None:
+        """The token a read sends: the newer of `consistent_after` (one from elsewhere) and
+        this client's own, unless read-your-writes is off for it."""
+        own = self._token if self._read_your_writes else None
+        if not consistent_after:
+            return own
+        decode_token(consistent_after, "consistent_after")  # refused here, not after a call
+        return latest(own, consistent_after)
 
 
 def expires_at_s(message: pb.GetRecordResponse | pb.BatchGetRecordResultDetail) -> float | None:

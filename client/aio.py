@@ -49,7 +49,8 @@ class AsyncFeatureStoreClient:
     """An asyncio client of a Tessera server: FeatureStoreClient's methods as coroutines.
 
     The gRPC channel opens on the first call, inside the event loop that uses it, so the client
-    can be built anywhere; use it from one event loop. Close it with `await close()` or
+    can be built anywhere; use it from one event loop. Read-your-writes as FeatureStoreClient:
+    `write_token`, `read_your_writes=False`, `consistent_after=`. Close it with `await close()` or
     `async with`.
     """
 
@@ -62,12 +63,14 @@ class AsyncFeatureStoreClient:
         *,
         credentials: ChannelCredentials | None = None,
         retry_policy: RetryPolicy | None = None,
+        read_your_writes: bool = True,
     ) -> None:
         """Arguments as for FeatureStoreClient."""
         self._target = grpc
         self._credentials = credentials
         self._timeout_s = timeout_s
         self._policy = retry_policy or RetryPolicy(retries=retries)
+        self._tokens = _requests.WriteTokens(read_your_writes)
         self._channel: aio.Channel | None = None
         self._stub_: feature_store_pb2_grpc.FeatureStoreStub | None = None
         self._admin = AsyncAdminTransport(http, timeout_s, retries) if http is not None else None
@@ -126,6 +129,7 @@ class AsyncFeatureStoreClient:
         request = _requests.put_record_request(feature_group_name, record, ttl_s)
         stub = self._stub()
         response = await self._call(stub.PutRecord, request, WRITE_RETRY_CODES, feature_group_name)
+        self._tokens.acknowledged(response.write_token)
         return bool(response.applied)
 
     async def put_records(
@@ -146,6 +150,7 @@ class AsyncFeatureStoreClient:
             response = await self._call(
                 stub.PutRecords, request, WRITE_RETRY_CODES, feature_group_name
             )
+            self._tokens.acknowledged(response.write_token)
             written += response.written
         return written
 
@@ -155,10 +160,12 @@ class AsyncFeatureStoreClient:
         record_identifier: RecordId,
         features: Iterable[str] | str | None = None,
         with_expiry: bool = False,
+        consistent_after: str | None = None,
     ) -> dict[str, Any] | None:
         """The record as a dict, or None; see FeatureStoreClient.get_record."""
         request = _requests.get_record_request(
-            feature_group_name, record_identifier, features, with_expiry
+            feature_group_name, record_identifier, features, with_expiry,
+            self._tokens.for_read(consistent_after),
         )
         stub = self._stub()
         response = await self._call(stub.GetRecord, request, READ_RETRY_CODES, feature_group_name)
@@ -169,10 +176,13 @@ class AsyncFeatureStoreClient:
         identifiers: Mapping[str, Iterable[RecordId]],
         features: FeatureFilter = None,
         with_expiry: bool = False,
+        consistent_after: str | None = None,
     ) -> BatchGetResult:
         """Records of several groups; the calls it splits into run concurrently. See
         FeatureStoreClient.batch_get_record."""
-        requests = batch_get_requests(identifiers, features, with_expiry)
+        requests = batch_get_requests(
+            identifiers, features, with_expiry, self._tokens.for_read(consistent_after)
+        )
         stub = self._stub()
         responses = await asyncio.gather(
             *(self._call(stub.BatchGetRecord, r, READ_RETRY_CODES, None) for r in requests)
@@ -194,7 +204,14 @@ class AsyncFeatureStoreClient:
         response = await self._call(
             stub.DeleteRecord, request, WRITE_RETRY_CODES, feature_group_name
         )
+        self._tokens.acknowledged(response.write_token)
         return bool(response.applied)
+
+    @property
+    def write_token(self) -> str | None:
+        """The token of this client's newest acknowledged write; see
+        FeatureStoreClient.write_token."""
+        return self._tokens.token
 
     # --- lifetime -------------------------------------------------------------------------------
 

@@ -57,6 +57,11 @@ class FeatureStoreClient:
     DeadlineExceededError. Failures raise TesseraError subclasses (InvalidRequestError,
     NotFoundError, ...).
 
+    Read-your-writes: every acknowledged write gives a token; `write_token` holds the newest
+    one, and the client's reads pass it, so they never return state older than its own writes
+    (unless `read_your_writes=False`). A token from elsewhere (a writer service handing it to
+    a reader) goes in `consistent_after=` of get_record / batch_get_record.
+
     Example::
 
         with FeatureStoreClient(grpc="127.0.0.1:50051", http="http://127.0.0.1:8080") as fs:
@@ -73,11 +78,15 @@ class FeatureStoreClient:
         *,
         credentials: ChannelCredentials | None = None,
         retry_policy: RetryPolicy | None = None,
+        read_your_writes: bool = True,
     ) -> None:
         """`grpc`: 'host:port' of the data plane; `http`: base URL of the control plane (None:
-        no feature group methods); `credentials`: grpc.ChannelCredentials for TLS."""
+        no feature group methods); `credentials`: grpc.ChannelCredentials for TLS;
+        `read_your_writes`: reads pass `write_token` so they see this client's writes (False:
+        reads ask for nothing; `consistent_after` still works)."""
         self._timeout_s = timeout_s
         self._policy = retry_policy or RetryPolicy(retries=retries)
+        self._tokens = _requests.WriteTokens(read_your_writes)
         self._channel = open_channel(grpc, credentials)
         self._stub = feature_store_pb2_grpc.FeatureStoreStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self._admin = AdminTransport(http, timeout_s, retries) if http is not None else None
@@ -143,6 +152,7 @@ class FeatureStoreClient:
         stored record has a newer event time (the online record is kept; history gets it)."""
         request = _requests.put_record_request(feature_group_name, record, ttl_s)
         response = self._call(self._stub.PutRecord, request, WRITE_RETRY_CODES, feature_group_name)
+        self._tokens.acknowledged(response.write_token)
         return bool(response.applied)
 
     def put_records(
@@ -165,6 +175,7 @@ class FeatureStoreClient:
             response = self._call(
                 self._stub.PutRecords, request, WRITE_RETRY_CODES, feature_group_name
             )
+            self._tokens.acknowledged(response.write_token)
             written += response.written
         return written
 
@@ -186,6 +197,7 @@ class FeatureStoreClient:
                 response_deserializer=pb.PutRecordsResponse.FromString,
             )
         response = self._call(self._put_records_raw, request, WRITE_RETRY_CODES, feature_group_name)
+        self._tokens.acknowledged(response.write_token)
         return int(response.written)
 
     def get_record(
@@ -194,12 +206,15 @@ class FeatureStoreClient:
         record_identifier: RecordId,
         features: Iterable[str] | str | None = None,
         with_expiry: bool = False,
+        consistent_after: str | None = None,
     ) -> dict[str, Any] | None:
         """The record as a dict (vectors as float32 arrays), only `features` if given; None when
         it does not exist, was deleted or expired. `with_expiry` adds '_expires_at' (epoch
-        seconds, None without TTL)."""
+        seconds, None without TTL). `consistent_after`: a write token (from another client) the
+        read must reflect, besides this client's own `write_token`."""
         request = _requests.get_record_request(
-            feature_group_name, record_identifier, features, with_expiry
+            feature_group_name, record_identifier, features, with_expiry,
+            self._tokens.for_read(consistent_after),
         )
         response = self._call(self._stub.GetRecord, request, READ_RETRY_CODES, feature_group_name)
         return _requests.parse_get_record_response(response, with_expiry)
@@ -209,12 +224,15 @@ class FeatureStoreClient:
         identifiers: Mapping[str, Iterable[RecordId]],
         features: FeatureFilter = None,
         with_expiry: bool = False,
+        consistent_after: str | None = None,
     ) -> BatchGetResult:
         """Records of several groups: {group: [identifiers]}. Split into calls within the
         server's limits (100 groups x 100 identifiers); per-identifier failures (an unknown
         group, say) are in `.errors`, not raised. `features`: names for all groups, or a dict
-        of group -> names."""
-        requests = batch_get_requests(identifiers, features, with_expiry)
+        of group -> names. `consistent_after`: as for get_record."""
+        requests = batch_get_requests(
+            identifiers, features, with_expiry, self._tokens.for_read(consistent_after)
+        )
         responses = [
             self._call(self._stub.BatchGetRecord, request, READ_RETRY_CODES, None)
             for request in requests
@@ -237,7 +255,14 @@ class FeatureStoreClient:
         response = self._call(
             self._stub.DeleteRecord, request, WRITE_RETRY_CODES, feature_group_name
         )
+        self._tokens.acknowledged(response.write_token)
         return bool(response.applied)
+
+    @property
+    def write_token(self) -> str | None:
+        """The token of this client's newest acknowledged write (None: no write yet): pass it
+        to another client's read as `consistent_after` to make that read reflect it."""
+        return self._tokens.token
 
     # --- lifetime -------------------------------------------------------------------------------
 

@@ -6,6 +6,13 @@ INVALID_ARGUMENT (not grpc's INTERNAL), and read responses are spliced from stor
 server/reads.py's, write operations server/writes.py's, storage the `OnlineStore` seam's
 (server/store.py). `_rpc` is the one place where errors become status codes and where every call
 is counted and timed; the handlers hold no try/except.
+
+Read-your-writes: every write's response carries `write_token` (core/tokens.py: the commit's
+sequence number). A read with `consistent_after` first makes sure the store reflects that commit:
+at once when it already does (the single-process store always does); otherwise it waits in a
+worker thread (`OnlineStore.wait_visible`, never on the event loop), within the call's deadline
+and MAX_CONSISTENCY_WAIT_S, and answers UNAVAILABLE (retryable) when the commit is still not
+visible. Reads without a token run exactly as before: synchronously, nothing asked of the store.
 """
 
 from __future__ import annotations
@@ -15,14 +22,22 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import Counter
 
 from tessera.core import eventtime
-from tessera.core.errors import InvalidRequestError, TesseraError
+from tessera.core.errors import (
+    InvalidRequestError,
+    PreconditionFailedError,
+    StorageError,
+    TesseraError,
+)
 from tessera.core.keys import normalize_record_id
 from tessera.core.records import validate_record
+from tessera.core.tokens import decode_token, encode_token
 from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, wire
@@ -38,6 +53,26 @@ FEATURE_STORE = "tessera.v1.FeatureStore"
 DIAGNOSTICS = "tessera.v1.Diagnostics"
 MAX_BATCH_GROUPS = 100
 MAX_BATCH_IDS = 100
+#: The longest a read with `consistent_after` waits for the store to reflect the write.
+MAX_CONSISTENCY_WAIT_S = 5.0
+
+#: Reads that asked for read-your-writes (only those: a read without a token pays nothing).
+CONSISTENT_READS = Counter(
+    "tessera_consistent_reads_total",
+    "Reads with consistent_after, by method and outcome: the store already reflected the "
+    "token's write (visible), the read waited for it (waited), or gave up (late: UNAVAILABLE; "
+    "never: a token this store did not issue, FAILED_PRECONDITION).",
+    ["method", "outcome"],
+    registry=metrics.REGISTRY,
+)
+_GET_VISIBLE = CONSISTENT_READS.labels("GetRecord", "visible")
+_BATCH_VISIBLE = CONSISTENT_READS.labels("BatchGetRecord", "visible")
+
+#: The time left before the call's deadline (None: no deadline): grpc's `time_remaining`.
+TimeRemaining: TypeAlias = Callable[[], float | None]
+
+
+_Req = TypeVar("_Req", pb.GetRecordRequest, pb.BatchGetRecordRequest)
 
 
 class FeatureStoreService:
@@ -56,9 +91,12 @@ class FeatureStoreService:
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
         op = put_op(schema, validate_record(schema, req.record, ttl_s), api_us, req.source)
-        (result,) = (await self._commit([op])).results
+        committed = await self._commit([op])
+        (result,) = committed.results
         count_writes(schema, [result])
-        out: bytes = pb.PutRecordResponse(applied=bool(result)).SerializeToString()
+        out: bytes = pb.PutRecordResponse(
+            applied=bool(result), write_token=encode_token(committed.seq)
+        ).SerializeToString()
         return out
 
     async def put_records(self, data: bytes) -> bytes:
@@ -81,9 +119,13 @@ class FeatureStoreService:
             )
             for i, record in enumerate(req.records)
         ]
-        results = (await self._commit(ops)).results if ops else []
-        stale = count_writes(schema, results)
-        out: bytes = pb.PutRecordsResponse(written=len(results), stale=stale).SerializeToString()
+        if not ops:  # nothing committed: no token
+            return b""
+        committed = await self._commit(ops)
+        stale = count_writes(schema, committed.results)
+        out: bytes = pb.PutRecordsResponse(
+            written=len(committed.results), stale=stale, write_token=encode_token(committed.seq)
+        ).SerializeToString()
         return out
 
     async def delete_record(self, data: bytes) -> bytes:
@@ -98,8 +140,11 @@ class FeatureStoreService:
         event_time_us = eventtime.parse(req.event_time, "event_time")
         hard = req.deletion_mode == pb.DELETION_MODE_HARD_DELETE
         op = delete_op(schema, record_id, event_time_us, hard, api_us)
-        (result,) = (await self._commit([op])).results
-        out: bytes = pb.DeleteRecordResponse(applied=bool(result)).SerializeToString()
+        committed = await self._commit([op])
+        (result,) = committed.results
+        out: bytes = pb.DeleteRecordResponse(
+            applied=bool(result), write_token=encode_token(committed.seq)
+        ).SerializeToString()
         return out
 
     async def _commit(self, ops: list[Op]) -> Committed:
@@ -111,8 +156,18 @@ class FeatureStoreService:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def get_record(self, data: bytes) -> bytes:
+    def get_record(
+        self, data: bytes, time_remaining: TimeRemaining | None = None
+    ) -> bytes | Awaitable[bytes]:
         req = pb.GetRecordRequest.FromString(data)
+        if req.consistent_after:
+            if not self._visible(req.consistent_after):
+                return self._after("GetRecord", req.consistent_after, time_remaining,
+                                   self._get_record, req)
+            _GET_VISIBLE.inc()
+        return self._get_record(req)
+
+    def _get_record(self, req: pb.GetRecordRequest) -> bytes:
         hit = self._reader.get_record(
             req.feature_group_name, req.record_identifier, req.feature_names, now_us()
         )
@@ -123,8 +178,18 @@ class FeatureStoreService:
             payload, expires_at_us if req.expiration_time_response else None
         )
 
-    def batch_get_record(self, data: bytes) -> bytes:
+    def batch_get_record(
+        self, data: bytes, time_remaining: TimeRemaining | None = None
+    ) -> bytes | Awaitable[bytes]:
         req = pb.BatchGetRecordRequest.FromString(data)
+        if req.consistent_after:
+            if not self._visible(req.consistent_after):
+                return self._after("BatchGetRecord", req.consistent_after, time_remaining,
+                                   self._batch_get_record, req)
+            _BATCH_VISIBLE.inc()
+        return self._batch_get_record(req)
+
+    def _batch_get_record(self, req: pb.BatchGetRecordRequest) -> bytes:
         side = pb.BatchGetRecordResponse()  # errors and unprocessed identifiers
         parts: list[bytes] = []
         at_us = now_us()
@@ -153,6 +218,40 @@ class FeatureStoreService:
         parts.append(side.SerializeToString())
         return b"".join(parts)
 
+    # --- read-your-writes ----------------------------------------------------------------------
+
+    def _visible(self, token: str) -> bool:
+        """Whether the store reflects the write of `token` now (InvalidRequestError when it is
+        not a token)."""
+        return self._store.visible_seq() >= decode_token(token, "consistent_after")
+
+    async def _after(
+        self,
+        method: str,
+        token: str,
+        time_remaining: TimeRemaining | None,
+        read: Callable[[_Req], bytes],
+        req: _Req,
+    ) -> bytes:
+        """`read(req)` once the store reflects `token`, waited for off the event loop (the
+        store raises PreconditionFailedError at once for a token it knows it never issued)."""
+        seq = decode_token(token, "consistent_after")
+        left = time_remaining() if time_remaining is not None else None
+        timeout_s = MAX_CONSISTENCY_WAIT_S if left is None else min(left, MAX_CONSISTENCY_WAIT_S)
+        try:
+            visible = await asyncio.to_thread(self._store.wait_visible, seq, max(timeout_s, 0.0))
+        except PreconditionFailedError:
+            CONSISTENT_READS.labels(method, "never").inc()
+            raise
+        CONSISTENT_READS.labels(method, "waited" if visible else "late").inc()
+        if not visible:
+            raise StorageError(
+                f"the store does not reflect the write of consistent_after {token!r} yet "
+                f"(waited {timeout_s:.3g}s; it is at commit {self._store.visible_seq()}, the "
+                f"write is commit {seq}); retry"
+            )
+        return read(req)
+
     # --- diagnostics ---------------------------------------------------------------------------
 
     def echo(self, data: bytes) -> bytes:
@@ -173,23 +272,27 @@ def _past_deadline(context: grpc.aio.ServicerContext) -> bool:
 
 
 def _rpc(
-    method: str, request_type: str, impl: Callable[[bytes], bytes | Awaitable[bytes]]
+    method: str,
+    request_type: str,
+    impl: Callable[..., bytes | Awaitable[bytes]],
+    with_deadline: bool = False,
 ) -> grpc.RpcMethodHandler:
+    """The handler of `method`: `impl(request)`, or `impl(request, context.time_remaining)`
+    when `with_deadline`; `impl` may return the response or an awaitable of it."""
     counter = metrics.GRPC_REQUESTS
     latency = metrics.GRPC_LATENCY.labels(method)
     ok = counter.labels(method, "OK")
-    is_async = asyncio.iscoroutinefunction(impl)
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         start = time.perf_counter()
         try:
-            result = impl(request)
-            if is_async:
-                result = await result  # type: ignore[misc]
+            result = impl(request, context.time_remaining) if with_deadline else impl(request)
+            if not isinstance(result, bytes):  # a write, or a read waiting for its token
+                result = await result
             if _past_deadline(context):  # say so, rather than let the call end as CANCELLED
                 raise _DeadlinePassedError
             ok.inc()
-            return result  # type: ignore[return-value]
+            return result
         except _DeadlinePassedError:
             counter.labels(method, "DEADLINE_EXCEEDED").inc()
             await context.abort(
@@ -233,9 +336,12 @@ def handlers(service: FeatureStoreService) -> list[grpc.GenericRpcHandler]:
         {
             "PutRecord": _rpc("PutRecord", "tessera.v1.PutRecordRequest", service.put_record),
             "PutRecords": _rpc("PutRecords", "tessera.v1.PutRecordsRequest", service.put_records),
-            "GetRecord": _rpc("GetRecord", "tessera.v1.GetRecordRequest", service.get_record),
+            "GetRecord": _rpc(
+                "GetRecord", "tessera.v1.GetRecordRequest", service.get_record, True
+            ),
             "BatchGetRecord": _rpc(
-                "BatchGetRecord", "tessera.v1.BatchGetRecordRequest", service.batch_get_record
+                "BatchGetRecord", "tessera.v1.BatchGetRecordRequest", service.batch_get_record,
+                True,
             ),
             "DeleteRecord": _rpc(
                 "DeleteRecord", "tessera.v1.DeleteRecordRequest", service.delete_record

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etessera/v1/feature_store.proto\x12\ntessera.v1\"\x8e\x02\n\x0c\x46\x65\x61tureValue\x12\x14\n\x0c\x66\x65\x61ture_name\x18\x01 \x01(\t\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\'\n\x08int_list\x18\x05 \x01(\x0b\x32\x13.tessera.v1.IntListH\x00\x12+\n\nfloat_list\x18\x06 \x01(\x0b\x32\x15.tessera.v1.FloatListH\x00\x12-\n\x0bstring_list\x18\x07 \x01(\x0b\x32\x16.tessera.v1.StringListH\x00\x12\x16\n\x0cvector_value\x18\x08 \x01(\x0cH\x00\x42\x07\n\x05value\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"4\n\x06Record\x12*\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x18.tessera.v1.FeatureValue\"\x80\x01\n\x10PutRecordRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\"\n\x06record\x18\x02 \x01(\x0b\x32\x12.tessera.v1.Record\x12\x12\n\x05ttl_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06source\x18\x04 \x01(\tB\x08\n\x06_ttl_s\"$\n\x11PutRecordResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\"\x83\x01\n\x11PutRecordsRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12#\n\x07records\x18\x02 \x03(\x0b\x32\x12.tessera.v1.Record\x12\x12\n\x05ttl_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07sources\x18\x04 \x03(\tB\x08\n\x06_ttl_s\"4\n\x12PutRecordsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x03\"\x82\x01\n\x10GetRecordRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12 \n\x18\x65xpiration_time_response\x18\x04 \x01(\x08\"e\n\x11GetRecordResponse\x12\"\n\x06record\x18\x01 \x01(\x0b\x32\x12.tessera.v1.Record\x12\x1a\n\rexpires_at_us\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_expires_at_us\"i\n\x18\x42\x61tchGetRecordIdentifier\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x1a\n\x12record_identifiers\x18\x02 \x03(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\"t\n\x15\x42\x61tchGetRecordRequest\x12\x39\n\x0bidentifiers\x18\x01 \x03(\x0b\x32$.tessera.v1.BatchGetRecordIdentifier\x12 \n\x18\x65xpiration_time_response\x18\x02 \x01(\x08\"\xa5\x01\n\x1a\x42\x61tchGetRecordResultDetail\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\"\n\x06record\x18\x03 \x01(\x0b\x32\x12.tessera.v1.Record\x12\x1a\n\rexpires_at_us\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_expires_at_us\"w\n\x13\x42\x61tchGetRecordError\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"\xc9\x01\n\x16\x42\x61tchGetRecordResponse\x12\x37\n\x07records\x18\x01 \x03(\x0b\x32&.tessera.v1.BatchGetRecordResultDetail\x12/\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1f.tessera.v1.BatchGetRecordError\x12\x45\n\x17unprocessed_identifiers\x18\x03 \x03(\x0b\x32$.tessera.v1.BatchGetRecordIdentifier\"\x91\x01\n\x13\x44\x65leteRecordRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\x12\n\nevent_time\x18\x03 \x01(\t\x12/\n\rdeletion_mode\x18\x04 \x01(\x0e\x32\x18.tessera.v1.DeletionMode\"\'\n\x14\x44\x65leteRecordResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c*L\n\x0c\x44\x65letionMode\x12\x1d\n\x19\x44\x45LETION_MODE_SOFT_DELETE\x10\x00\x12\x1d\n\x19\x44\x45LETION_MODE_HARD_DELETE\x10\x01\x32\x9b\x03\n\x0c\x46\x65\x61tureStore\x12H\n\tPutRecord\x12\x1c.tessera.v1.PutRecordRequest\x1a\x1d.tessera.v1.PutRecordResponse\x12K\n\nPutRecords\x12\x1d.tessera.v1.PutRecordsRequest\x1a\x1e.tessera.v1.PutRecordsResponse\x12H\n\tGetRecord\x12\x1c.tessera.v1.GetRecordRequest\x1a\x1d.tessera.v1.GetRecordResponse\x12W\n\x0e\x42\x61tchGetRecord\x12!.tessera.v1.BatchGetRecordRequest\x1a\".tessera.v1.BatchGetRecordResponse\x12Q\n\x0c\x44\x65leteRecord\x12\x1f.tessera.v1.DeleteRecordRequest\x1a .tessera.v1.DeleteRecordResponse2H\n\x0b\x44iagnostics\x12\x39\n\x04\x45\x63ho\x12\x17.tessera.v1.EchoRequest\x1a\x18.tessera.v1.EchoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etessera/v1/feature_store.proto\x12\ntessera.v1\"\x8e\x02\n\x0c\x46\x65\x61tureValue\x12\x14\n\x0c\x66\x65\x61ture_name\x18\x01 \x01(\t\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\'\n\x08int_list\x18\x05 \x01(\x0b\x32\x13.tessera.v1.IntListH\x00\x12+\n\nfloat_list\x18\x06 \x01(\x0b\x32\x15.tessera.v1.FloatListH\x00\x12-\n\x0bstring_list\x18\x07 \x01(\x0b\x32\x16.tessera.v1.StringListH\x00\x12\x16\n\x0cvector_value\x18\x08 \x01(\x0cH\x00\x42\x07\n\x05value\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"4\n\x06Record\x12*\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x18.tessera.v1.FeatureValue\"\x80\x01\n\x10PutRecordRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\"\n\x06record\x18\x02 \x01(\x0b\x32\x12.tessera.v1.Record\x12\x12\n\x05ttl_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06source\x18\x04 \x01(\tB\x08\n\x06_ttl_s\"9\n\x11PutRecordResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x13\n\x0bwrite_token\x18\x02 \x01(\t\"\x83\x01\n\x11PutRecordsRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12#\n\x07records\x18\x02 \x03(\x0b\x32\x12.tessera.v1.Record\x12\x12\n\x05ttl_s\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07sources\x18\x04 \x03(\tB\x08\n\x06_ttl_s\"I\n\x12PutRecordsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x03\x12\x13\n\x0bwrite_token\x18\x03 \x01(\t\"\x9c\x01\n\x10GetRecordRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12 \n\x18\x65xpiration_time_response\x18\x04 \x01(\x08\x12\x18\n\x10\x63onsistent_after\x18\x05 \x01(\t\"e\n\x11GetRecordResponse\x12\"\n\x06record\x18\x01 \x01(\x0b\x32\x12.tessera.v1.Record\x12\x1a\n\rexpires_at_us\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_expires_at_us\"i\n\x18\x42\x61tchGetRecordIdentifier\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x1a\n\x12record_identifiers\x18\x02 \x03(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\"\x8e\x01\n\x15\x42\x61tchGetRecordRequest\x12\x39\n\x0bidentifiers\x18\x01 \x03(\x0b\x32$.tessera.v1.BatchGetRecordIdentifier\x12 \n\x18\x65xpiration_time_response\x18\x02 \x01(\x08\x12\x18\n\x10\x63onsistent_after\x18\x03 \x01(\t\"\xa5\x01\n\x1a\x42\x61tchGetRecordResultDetail\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\"\n\x06record\x18\x03 \x01(\x0b\x32\x12.tessera.v1.Record\x12\x1a\n\rexpires_at_us\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x10\n\x0e_expires_at_us\"w\n\x13\x42\x61tchGetRecordError\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"\xc9\x01\n\x16\x42\x61tchGetRecordResponse\x12\x37\n\x07records\x18\x01 \x03(\x0b\x32&.tessera.v1.BatchGetRecordResultDetail\x12/\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1f.tessera.v1.BatchGetRecordError\x12\x45\n\x17unprocessed_identifiers\x18\x03 \x03(\x0b\x32$.tessera.v1.BatchGetRecordIdentifier\"\x91\x01\n\x13\x44\x65leteRecordRequest\x12\x1a\n\x12\x66\x65\x61ture_group_name\x18\x01 \x01(\t\x12\x19\n\x11record_identifier\x18\x02 \x01(\t\x12\x12\n\nevent_time\x18\x03 \x01(\t\x12/\n\rdeletion_mode\x18\x04 \x01(\x0e\x32\x18.tessera.v1.DeletionMode\"<\n\x14\x44\x65leteRecordResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x13\n\x0bwrite_token\x18\x02 \x01(\t\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c*L\n\x0c\x44\x65letionMode\x12\x1d\n\x19\x44\x45LETION_MODE_SOFT_DELETE\x10\x00\x12\x1d\n\x19\x44\x45LETION_MODE_HARD_DELETE\x10\x01\x32\x9b\x03\n\x0c\x46\x65\x61tureStore\x12H\n\tPutRecord\x12\x1c.tessera.v1.PutRecordRequest\x1a\x1d.tessera.v1.PutRecordResponse\x12K\n\nPutRecords\x12\x1d.tessera.v1.PutRecordsRequest\x1a\x1e.tessera.v1.PutRecordsResponse\x12H\n\tGetRecord\x12\x1c.tessera.v1.GetRecordRequest\x1a\x1d.tessera.v1.GetRecordResponse\x12W\n\x0e\x42\x61tchGetRecord\x12!.tessera.v1.BatchGetRecordRequest\x1a\".tessera.v1.BatchGetRecordResponse\x12Q\n\x0c\x44\x65leteRecord\x12\x1f.tessera.v1.DeleteRecordRequest\x1a .tessera.v1.DeleteRecordResponse2H\n\x0b\x44iagnostics\x12\x39\n\x04\x45\x63ho\x12\x17.tessera.v1.EchoRequest\x1a\x18.tessera.v1.EchoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.feature_store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELETIONMODE']._serialized_start=2024
-  _globals['_DELETIONMODE']._serialized_end=2100
+  _globals['_DELETIONMODE']._serialized_start=2140
+  _globals['_DELETIONMODE']._serialized_end=2216
   _globals['_FEATUREVALUE']._serialized_start=47
   _globals['_FEATUREVALUE']._serialized_end=317
   _globals['_INTLIST']._serialized_start=319
@@ -46,35 +46,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTRECORDREQUEST']._serialized_start=460
   _globals['_PUTRECORDREQUEST']._serialized_end=588
   _globals['_PUTRECORDRESPONSE']._serialized_start=590
-  _globals['_PUTRECORDRESPONSE']._serialized_end=626
-  _globals['_PUTRECORDSREQUEST']._serialized_start=629
-  _globals['_PUTRECORDSREQUEST']._serialized_end=760
-  _globals['_PUTRECORDSRESPONSE']._serialized_start=762
-  _globals['_PUTRECORDSRESPONSE']._serialized_end=814
-  _globals['_GETRECORDREQUEST']._serialized_start=817
-  _globals['_GETRECORDREQUEST']._serialized_end=947
-  _globals['_GETRECORDRESPONSE']._serialized_start=949
-  _globals['_GETRECORDRESPONSE']._serialized_end=1050
-  _globals['_BATCHGETRECORDIDENTIFIER']._serialized_start=1052
-  _globals['_BATCHGETRECORDIDENTIFIER']._serialized_end=1157
-  _globals['_BATCHGETRECORDREQUEST']._serialized_start=1159
-  _globals['_BATCHGETRECORDREQUEST']._serialized_end=1275
-  _globals['_BATCHGETRECORDRESULTDETAIL']._serialized_start=1278
-  _globals['_BATCHGETRECORDRESULTDETAIL']._serialized_end=1443
-  _globals['_BATCHGETRECORDERROR']._serialized_start=1445
-  _globals['_BATCHGETRECORDERROR']._serialized_end=1564
-  _globals['_BATCHGETRECORDRESPONSE']._serialized_start=1567
-  _globals['_BATCHGETRECORDRESPONSE']._serialized_end=1768
-  _globals['_DELETERECORDREQUEST']._serialized_start=1771
-  _globals['_DELETERECORDREQUEST']._serialized_end=1916
-  _globals['_DELETERECORDRESPONSE']._serialized_start=1918
-  _globals['_DELETERECORDRESPONSE']._serialized_end=1957
-  _globals['_ECHOREQUEST']._serialized_start=1959
-  _globals['_ECHOREQUEST']._serialized_end=1989
-  _globals['_ECHORESPONSE']._serialized_start=1991
-  _globals['_ECHORESPONSE']._serialized_end=2022
-  _globals['_FEATURESTORE']._serialized_start=2103
-  _globals['_FEATURESTORE']._serialized_end=2514
-  _globals['_DIAGNOSTICS']._serialized_start=2516
-  _globals['_DIAGNOSTICS']._serialized_end=2588
+  _globals['_PUTRECORDRESPONSE']._serialized_end=647
+  _globals['_PUTRECORDSREQUEST']._serialized_start=650
+  _globals['_PUTRECORDSREQUEST']._serialized_end=781
+  _globals['_PUTRECORDSRESPONSE']._serialized_start=783
+  _globals['_PUTRECORDSRESPONSE']._serialized_end=856
+  _globals['_GETRECORDREQUEST']._serialized_start=859
+  _globals['_GETRECORDREQUEST']._serialized_end=1015
+  _globals['_GETRECORDRESPONSE']._serialized_start=1017
+  _globals['_GETRECORDRESPONSE']._serialized_end=1118
+  _globals['_BATCHGETRECORDIDENTIFIER']._serialized_start=1120
+  _globals['_BATCHGETRECORDIDENTIFIER']._serialized_end=1225
+  _globals['_BATCHGETRECORDREQUEST']._serialized_start=1228
+  _globals['_BATCHGETRECORDREQUEST']._serialized_end=1370
+  _globals['_BATCHGETRECORDRESULTDETAIL']._serialized_start=1373
+  _globals['_BATCHGETRECORDRESULTDETAIL']._serialized_end=1538
+  _globals['_BATCHGETRECORDERROR']._serialized_start=1540
+  _globals['_BATCHGETRECORDERROR']._serialized_end=1659
+  _globals['_BATCHGETRECORDRESPONSE']._serialized_start=1662
+  _globals['_BATCHGETRECORDRESPONSE']._serialized_end=1863
+  _globals['_DELETERECORDREQUEST']._serialized_start=1866
+  _globals['_DELETERECORDREQUEST']._serialized_end=2011
+  _globals['_DELETERECORDRESPONSE']._serialized_start=2013
+  _globals['_DELETERECORDRESPONSE']._serialized_end=2073
+  _globals['_ECHOREQUEST']._serialized_start=2075
+  _globals['_ECHOREQUEST']._serialized_end=2105
+  _globals['_ECHORESPONSE']._serialized_start=2107
+  _globals['_ECHORESPONSE']._serialized_end=2138
+  _globals['_FEATURESTORE']._serialized_start=2219
+  _globals['_FEATURESTORE']._serialized_end=2630
+  _globals['_DIAGNOSTICS']._serialized_start=2632
+  _globals['_DIAGNOSTICS']._serialized_end=2704
 # @@protoc_insertion_point(module_scope)

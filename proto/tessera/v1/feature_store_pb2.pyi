@@ -71,10 +71,12 @@ class PutRecordRequest(_message.Message):
     def __init__(self, feature_group_name: _Optional[str] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., ttl_s: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class PutRecordResponse(_message.Message):
-    __slots__ = ("applied",)
+    __slots__ = ("applied", "write_token")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     applied: bool
-    def __init__(self, applied: _Optional[bool] = ...) -> None: ...
+    write_token: str
+    def __init__(self, applied: _Optional[bool] = ..., write_token: _Optional[str] = ...) -> None: ...
 
 class PutRecordsRequest(_message.Message):
     __slots__ = ("feature_group_name", "records", "ttl_s", "sources")
@@ -89,24 +91,28 @@ class PutRecordsRequest(_message.Message):
     def __init__(self, feature_group_name: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., ttl_s: _Optional[float] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PutRecordsResponse(_message.Message):
-    __slots__ = ("written", "stale")
+    __slots__ = ("written", "stale", "write_token")
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     written: int
     stale: int
-    def __init__(self, written: _Optional[int] = ..., stale: _Optional[int] = ...) -> None: ...
+    write_token: str
+    def __init__(self, written: _Optional[int] = ..., stale: _Optional[int] = ..., write_token: _Optional[str] = ...) -> None: ...
 
 class GetRecordRequest(_message.Message):
-    __slots__ = ("feature_group_name", "record_identifier", "feature_names", "expiration_time_response")
+    __slots__ = ("feature_group_name", "record_identifier", "feature_names", "expiration_time_response", "consistent_after")
     FEATURE_GROUP_NAME_FIELD_NUMBER: _ClassVar[int]
     RECORD_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     EXPIRATION_TIME_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_AFTER_FIELD_NUMBER: _ClassVar[int]
     feature_group_name: str
     record_identifier: str
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     expiration_time_response: bool
-    def __init__(self, feature_group_name: _Optional[str] = ..., record_identifier: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., expiration_time_response: _Optional[bool] = ...) -> None: ...
+    consistent_after: str
+    def __init__(self, feature_group_name: _Optional[str] = ..., record_identifier: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., expiration_time_response: _Optional[bool] = ..., consistent_after: _Optional[str] = ...) -> None: ...
 
 class GetRecordResponse(_message.Message):
     __slots__ = ("record", "expires_at_us")
@@ -127,12 +133,14 @@ class BatchGetRecordIdentifier(_message.Message):
     def __init__(self, feature_group_name: _Optional[str] = ..., record_identifiers: _Optional[_Iterable[str]] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchGetRecordRequest(_message.Message):
-    __slots__ = ("identifiers", "expiration_time_response")
+    __slots__ = ("identifiers", "expiration_time_response", "consistent_after")
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     EXPIRATION_TIME_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_AFTER_FIELD_NUMBER: _ClassVar[int]
     identifiers: _containers.RepeatedCompositeFieldContainer[BatchGetRecordIdentifier]
     expiration_time_response: bool
-    def __init__(self, identifiers: _Optional[_Iterable[_Union[BatchGetRecordIdentifier, _Mapping]]] = ..., expiration_time_response: _Optional[bool] = ...) -> None: ...
+    consistent_after: str
+    def __init__(self, identifiers: _Optional[_Iterable[_Union[BatchGetRecordIdentifier, _Mapping]]] = ..., expiration_time_response: _Optional[bool] = ..., consistent_after: _Optional[str] = ...) -> None: ...
 
 class BatchGetRecordResultDetail(_message.Message):
     __slots__ = ("feature_group_name", "record_identifier", "record", "expires_at_us")
@@ -181,10 +189,12 @@ class DeleteRecordRequest(_message.Message):
     def __init__(self, feature_group_name: _Optional[str] = ..., record_identifier: _Optional[str] = ..., event_time: _Optional[str] = ..., deletion_mode: _Optional[_Union[DeletionMode, str]] = ...) -> None: ...
 
 class DeleteRecordResponse(_message.Message):
-    __slots__ = ("applied",)
+    __slots__ = ("applied", "write_token")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     applied: bool
-    def __init__(self, applied: _Optional[bool] = ...) -> None: ...
+    write_token: str
+    def __init__(self, applied: _Optional[bool] = ..., write_token: _Optional[str] = ...) -> None: ...
 
 class EchoRequest(_message.Message):
     __slots__ = ("payload",)
