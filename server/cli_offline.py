@@ -35,7 +35,9 @@ def _sql(args: argparse.Namespace) -> int:
 
             import pyarrow.parquet as pq
 
-            text = render_text_table(pq.read_table(io.BytesIO(resp.content)),
+            # ParquetFile.read, not read_table: read_table's thread pool on an in-memory file
+            # can abort the interpreter at exit (terminate called without an active exception).
+            text = render_text_table(pq.ParquetFile(io.BytesIO(resp.content)).read(),
                                      max_rows=args.max_rows)
             _emit(text, args.output)
         elif args.output:
