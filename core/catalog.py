@@ -14,8 +14,11 @@ renders a result for the CLI and HTTP.
 
 One group never takes down the others: a group whose view cannot be built (an unreadable
 `_group.json`, two columns DuckDB sees as one name, a folder name differing from another group's
-only in case, which DuckDB's case-insensitive names would resolve to the other's view) is left
-out, logged once and listed by `broken()`; every other group keeps its view.
+only in case, which DuckDB's case-insensitive names would resolve to the other's view, a
+symbolic link in its folder or partitions) is left out, logged once and listed by `broken()`;
+every other group keeps its view. Symbolic links are refused because DuckDB follows them while
+its allowed_directories compares path strings: a link planted under the root could read any
+file of the host.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,6 +198,7 @@ class Catalog:
         self._views: dict[str, _ViewState] = {}
         self._groups: dict[str, FeatureGroup] = {}
         self._broken: dict[str, tuple[str | None, str]] = {}  # name -> (_group.json, reason)
+        self._scanned: dict[str, tuple[int, list[str]]] = {}  # folder -> (mtime, its links)
         self.refresh()
 
     # --- groups ------------------------------------------------------------------------------
@@ -263,8 +268,18 @@ class Catalog:
         except OSError as exc:
             raise StorageError(f"offline store catalog: cannot list {self.root}: {exc}") from exc
         for entry in entries:
+            if _hidden(entry.name):
+                continue
             path = Path(entry.path, layout.GROUP_FILE)
-            if _hidden(entry.name) or not entry.is_dir() or not path.exists():
+            if entry.is_symlink():  # checked first: never read a file through a planted link
+                if entry.is_dir():
+                    out[entry.name] = UnsafePathError([entry.path])
+                continue
+            if not entry.is_dir() or not os.path.lexists(path):
+                continue
+            unsafe = self._unsafe_paths(entry.path)
+            if unsafe:
+                out[entry.name] = UnsafePathError(unsafe)
                 continue
             try:
                 out[entry.name] = path.read_text(encoding="utf-8")
@@ -272,8 +287,42 @@ class Catalog:
                 out[entry.name] = exc
         return out
 
+    def _unsafe_paths(self, folder: str) -> list[str]:
+        """The paths of a group folder DuckDB could be led outside the root by: symbolic links
+        (DuckDB follows them, and its allowed_directories compares path strings only) and
+        anything resolving outside the root, down to the Parquet files of its partitions."""
+        real_root = os.path.realpath(self.root) + os.sep
+        found: list[str] = []
+        if not os.path.realpath(folder).startswith(real_root):
+            return [folder]
+        try:
+            with os.scandir(folder) as entries:
+                children = list(entries)
+            recent = time.time_ns() - 2_000_000_000
+            for entry in children:
+                if entry.is_symlink():
+                    found.append(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
+                    # A folder's listing changes only with its mtime: a partition unchanged
+                    # since the last refresh is not listed again (~25 us each otherwise).
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                    cached = self._scanned.get(entry.path)
+                    if cached is not None and cached[0] == mtime:
+                        found += cached[1]
+                        continue
+                    with os.scandir(entry.path) as inner:
+                        links = [e.path for e in inner if e.is_symlink()]
+                    if mtime < recent:  # a change within the same clock tick stays visible
+                        self._scanned[entry.path] = (mtime, links)
+                    found += links
+        except OSError as exc:
+            raise StorageError(f"offline store catalog: cannot list {folder}: {exc}") from exc
+        return sorted(found)
+
     def _parse(self, name: str, content: str | Exception) -> FeatureGroup | str:
         """The group, or the reason it cannot have a view."""
+        if isinstance(content, UnsafePathError):
+            return str(content)
         if isinstance(content, Exception):
             return f"cannot read {layout.GROUP_FILE}: {content}"
         if not NAME_PATTERN.fullmatch(name):
@@ -447,6 +496,19 @@ class Catalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class UnsafePathError(Exception):
+    """A group folder holds symbolic links (or paths resolving outside the root): the catalog
+    gives it no view, so no query reads through them."""
+
+    def __init__(self, paths: list[str]) -> None:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        super().__init__(
+            f"it holds symbolic links, which the catalog does not follow: {shown}; "
+            "replace them with the files themselves"
+        )
+        self.paths = paths
 
 
 def _hidden(name: str) -> bool:
