@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import threading
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,11 @@ import pyarrow.parquet as pq
 
 from tessera.core import offline_layout as layout
 from tessera.core.errors import StorageError
-from tessera.core.schema import CollectionType, FeatureGroup, show_name
+from tessera.core.schema import CollectionType, CompiledSchema, FeatureGroup, show_name
 from tessera.proto.v1 import feature_store_pb2 as pb
-from tessera.server.history import HistoryRow
+from tessera.server import history
+from tessera.server import history_kernels as hk
+from tessera.server.history import HEADER_BYTES, NO_EXPIRY, HistoryBatch, HistoryRow
 
 log = logging.getLogger(__name__)
 
@@ -155,20 +156,22 @@ class ParquetOfflineWriter:
 
     def write(
         self,
-        rows: Iterable[HistoryRow],
+        rows: HistoryBatch | Iterable[HistoryRow],
         first_seq: int,
         last_seq: int,
         groups: dict[int, tuple[FeatureGroup, bool]],
     ) -> int:
         """Write the rows of the commit range [first_seq, last_seq]; returns files written.
-        `groups` maps each group id to its FeatureGroup and whether it is retired."""
-        by_group: dict[int, list[HistoryRow]] = defaultdict(list)
-        for row in rows:
-            by_group[row.group_id].append(row)
+        `groups` maps each group id to its FeatureGroup and whether it is retired. One file per
+        group and event date, its rows in commit order."""
+        if not isinstance(rows, HistoryBatch):
+            rows = _batch_of(list(rows))
+        gids = rows.group_ids
         name = layout.part_file_name(first_seq, last_seq)
         files = 0
         with self.lock:
-            for gid, group_rows in by_group.items():
+            for gid in dict.fromkeys(gids.tolist()):
+                in_group = np.flatnonzero(gids == gid)
                 if gid not in groups:
                     log.error("history rows of unknown feature group id %d dropped", gid)
                     continue
@@ -176,22 +179,153 @@ class ParquetOfflineWriter:
                 folder = self.folder(group, retired)
                 if not retired and not (folder / layout.GROUP_FILE).exists():
                     self.publish_group(group)
-                by_day: dict[int, list[HistoryRow]] = defaultdict(list)
-                for r in group_rows:
-                    by_day[r.event_time_us // US_PER_DAY].append(r)
-                for day, picked in sorted(by_day.items()):
-                    table = rows_to_table(group, picked)
+                days = rows.event_time_us[in_group] // US_PER_DAY
+                for day in np.unique(days).tolist():
+                    table = batch_to_table(group, rows, in_group[days == day])
                     event_date = str(np.datetime64(day, "D"))
                     path = folder / f"{layout.EVENT_DATE}={event_date}" / name
                     write_parquet_atomically(table, path)
                     files += 1
-                self.rows_written += len(group_rows)
+                self.rows_written += len(in_group)
         self.files_written += files
         return files
 
 
+def _batch_of(rows: list[HistoryRow]) -> HistoryBatch:
+    return history.decode_batch(
+        [r.seq for r in rows],
+        [
+            history.with_write_time(r.write_time_us, history.encode(
+                r.group_id, r.api_invocation_time_us, r.event_time_us, r.expires_at_us,
+                r.is_deleted, r.source or "", r.payload))
+            for r in rows
+        ],
+    )
+
+
+class _NeedsReferencePath(Exception):
+    """The compiled decoder met something it leaves to protobuf."""
+
+
+_FIELD_OF_ONEOF = {
+    "int_value": hk.INT_VALUE, "float_value": hk.FLOAT_VALUE, "string_value": hk.STRING_VALUE,
+    "int_list": hk.INT_LIST, "float_list": hk.FLOAT_LIST, "string_list": hk.STRING_LIST,
+    "vector_value": hk.VECTOR_VALUE,
+}
+_INT32_MAX = (1 << 31) - 1
+
+
+def batch_to_table(group: FeatureGroup, batch: HistoryBatch, picked: np.ndarray) -> pa.Table:
+    """Rows `picked` of a batch (all of one group) as an Arrow table of the group's offline
+    schema, decoded column-wise by the compiled kernels; the same table as `rows_to_table`,
+    which it falls back to for payloads the kernels leave to protobuf."""
+    try:
+        return _compiled_table(group, batch, picked)
+    except _NeedsReferencePath:
+        return rows_to_table(group, batch.rows(picked))
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.setflags(write=False)
+    return v
+
+
+def _compiled_table(group: FeatureGroup, batch: HistoryBatch, picked: np.ndarray) -> pa.Table:
+    schema = layout.arrow_schema(group)
+    specs = CompiledSchema.of(group).features
+    definitions = group.definition.feature_definitions
+    n = len(picked)
+    buf = batch.buf
+    names = [fd.feature_name.encode() for fd in definitions]
+    name_offsets = np.zeros(len(names) + 1, np.int64)
+    name_offsets[1:] = np.cumsum([len(x) for x in names])
+    fields = np.array([_FIELD_OF_ONEOF[specs[fd.feature_name].oneof] for fd in definitions],
+                      np.int8)
+    kind = np.zeros((len(definitions), n), np.int8)
+    vstart = np.zeros((len(definitions), n), np.int64)
+    vlen = np.zeros((len(definitions), n), np.int64)
+    failed = hk.scan(
+        buf, _ro(batch.payload_starts[picked]), _ro(batch.ends[picked]),
+        _ro(np.frombuffer(b"".join(names) or b"\0", np.uint8)), _ro(name_offsets), _ro(fields),
+        kind, vstart, vlen,
+    )
+    if failed:
+        raise _NeedsReferencePath
+    arrays: list[pa.Array] = []
+    for j, fd in enumerate(definitions):
+        arrow_type = schema.field(fd.feature_name).type
+        k, s, ln = _ro(kind[j]), _ro(vstart[j]), _ro(vlen[j])
+        field = int(fields[j])
+        if field == hk.INT_VALUE:
+            ints, valid = hk.int_column(buf, k, s)
+            arrays.append(pa.array(ints, pa.int64(), mask=~valid))
+        elif field == hk.FLOAT_VALUE:
+            bits, valid = hk.float_column(buf, k, s)
+            arrays.append(pa.array(bits.view(np.float64), pa.float64(), mask=~valid))
+        elif field == hk.STRING_VALUE:
+            arrays.append(_string_array(*hk.bytes_column(buf, k, s, ln)))
+        elif field in (hk.INT_LIST, hk.FLOAT_LIST):
+            offsets, values, valid, bad = hk.number_list_column(
+                buf, k, s, ln, int(field == hk.FLOAT_LIST))
+            if bad or offsets[-1] > _INT32_MAX:
+                raise _NeedsReferencePath
+            child = (pa.array(values.view(np.float64), pa.float64()) if field == hk.FLOAT_LIST
+                     else pa.array(values, pa.int64()))
+            arrays.append(pa.ListArray.from_arrays(
+                pa.array(offsets.astype(np.int32)), child, type=arrow_type,
+                mask=pa.array(~valid)))
+        elif field == hk.STRING_LIST:
+            list_offsets, str_offsets, data, valid, bad = hk.string_list_column(buf, k, s, ln)
+            if bad or list_offsets[-1] > _INT32_MAX:
+                raise _NeedsReferencePath
+            child = _string_array(str_offsets, data, None)
+            arrays.append(pa.ListArray.from_arrays(
+                pa.array(list_offsets.astype(np.int32)), child, type=arrow_type,
+                mask=pa.array(~valid)))
+        else:
+            dim = fd.type().dimension or 0
+            data, valid, bad = hk.vector_column(buf, k, s, ln, 4 * dim)
+            if bad:
+                raise _NeedsReferencePath
+            arrays.append(pa.FixedSizeListArray.from_arrays(
+                pa.array(data.view("<f4"), type=pa.float32()), dim, mask=pa.array(~valid)))
+    ts = pa.timestamp("us", tz="UTC")
+    expires = batch.expires_at_us[picked]
+    src_len = batch.source_lengths[picked]
+    src_kind = (src_len > 0).astype(np.int8)
+    arrays += [
+        pa.array(batch.write_time_us[picked], type=pa.int64()).cast(ts),
+        pa.array(batch.api_invocation_time_us[picked], type=pa.int64()).cast(ts),
+        pa.array(batch.is_deleted[picked], type=pa.bool_()),
+        pa.array(batch.event_time_us[picked], type=pa.int64()).cast(ts),
+        pa.array(batch.seqs[picked], type=pa.int64()),
+        pa.array(expires, type=pa.int64(), mask=expires == NO_EXPIRY).cast(ts),
+        _string_array(*hk.bytes_column(
+            buf, _ro(src_kind), _ro(batch.starts[picked] + HEADER_BYTES), _ro(src_len))),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _string_array(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray | None) -> pa.Array:
+    """A string array over gathered UTF-8 (checked: the reference path decides otherwise)."""
+    if offsets[-1] > _INT32_MAX:
+        raise _NeedsReferencePath
+    n = len(offsets) - 1
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    array = pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), bitmap)
+    try:
+        array.validate(full=True)
+    except pa.ArrowInvalid:
+        raise _NeedsReferencePath from None
+    return array
+
+
 def rows_to_table(group: FeatureGroup, rows: list[HistoryRow]) -> pa.Table:
-    """History rows of one group as an Arrow table of the group's offline schema."""
+    """History rows of one group as an Arrow table of the group's offline schema, decoded row by
+    row with protobuf: the reference of `batch_to_table`, and its path for what its kernels
+    leave to protobuf."""
     schema = layout.arrow_schema(group)
     definitions = group.definition.feature_definitions
     columns: dict[str, list[Any]] = {fd.feature_name: [None] * len(rows) for fd in definitions}

@@ -16,8 +16,11 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import islice
+from typing import cast
 
+import numpy as np
 import rocksdict
 
 from tessera.core.errors import StorageError
@@ -29,7 +32,6 @@ from tessera.server.online_store import (
     OUTBOX_ROW,
     RocksDBOnlineStore,
     outbox_key,
-    outbox_seq,
     pack_mark,
     read_mark,
 )
@@ -129,11 +131,10 @@ class OutboxFlusher:
                 first, last = intent
             rows = self._rows(first, last)
             groups: dict[int, tuple[FeatureGroup, bool]] = {}
-            for row in rows:
-                if row.group_id not in groups:
-                    found = self._groups(row.group_id)
-                    if found is not None:
-                        groups[row.group_id] = found
+            for gid in dict.fromkeys(rows.group_ids.tolist()):
+                found = self._groups(gid)
+                if found is not None:
+                    groups[gid] = found
             self._writer.write(rows, first, last, groups)
             wb = rocksdict.WriteBatch(raw_mode=True)
             handle = self._rocks.handle(OUTBOX)
@@ -151,23 +152,21 @@ class OutboxFlusher:
         first, last = _RANGE.unpack(raw)
         return int(first), int(last)
 
-    def _rows(self, first: int, last: int) -> list[history.HistoryRow]:
-        rows = []
-        it = self._rocks.outbox.iter()
-        try:
-            it.seek(outbox_key(first))
-            while it.valid():
-                key = it.key()
-                if not key.startswith(OUTBOX_ROW):
-                    break
-                seq = outbox_seq(key)
-                if seq > last:
-                    break
-                rows.append(history.decode(seq, it.value()))
-                it.next()
-        finally:
-            del it
-        return rows
+    def _rows(self, first: int, last: int) -> history.HistoryBatch:
+        # One iteration collected on RocksDB's side of the binding (no Python per row): the range
+        # holds at most last - first + 1 rows, keyed OUTBOX_ROW + big-endian seq.
+        rows = cast(Iterable[tuple[bytes, bytes]],
+                    self._rocks.outbox.items(from_key=outbox_key(first)))
+        items = list(islice(rows, last - first + 1))
+        width = len(outbox_key(0))
+        keys = np.frombuffer(b"".join(k for k, _ in items), np.uint8)
+        if keys.shape[0] != width * len(items):
+            raise StorageError("the outbox holds a key of an unexpected length")
+        keys = keys.reshape(-1, width)
+        seqs = keys[:, len(OUTBOX_ROW):].copy().view(">u8")[:, 0].astype(np.int64)
+        inside = (keys[:, 0] == OUTBOX_ROW[0]) & (seqs <= last)
+        n = len(items) if inside.all() else int(np.argmin(inside))
+        return history.decode_batch(seqs[:n], [v for _, v in items[:n]])
 
     def _run(self) -> None:
         # Wake every second to flush early when many rows are pending (bounding the outbox);
