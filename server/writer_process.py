@@ -136,6 +136,14 @@ class _Connection:
             reply = ipc.Reply(request_id, self._server.store.visible_seq(), count=int(result))
         return ipc.frame(ipc.encoder.encode(reply))
 
+    def _safe_reply(self, request_id: int, fut: Future[Any]) -> bytes:
+        try:
+            return self._reply(request_id, fut)
+        except Exception as exc:  # never leave a request unanswered: the client would wait
+            log.exception("encoding the reply to request %d failed", request_id)
+            return ipc.frame(ipc.encoder.encode(ipc.Reply(request_id,
+                                                          error=ipc.error_to_wire(exc))))
+
     def _send(self) -> None:
         reader_done = False
         alive = True
@@ -146,7 +154,7 @@ class _Connection:
                 if item is _EOF:
                     reader_done = True
                 else:
-                    out.append(self._reply(*item))
+                    out.append(self._safe_reply(*item))
                 try:
                     item = self._replies.get_nowait()
                 except queue.Empty:
@@ -229,15 +237,15 @@ class WriterServer:
 
 
 def run(data_dir: Path, block_cache_mb: int, write_buffer_mb: int, max_commit_records: int,
-        stop: threading.Event) -> None:
+        stop: threading.Event, warm_kernels: bool = True) -> None:
     """Open the primary, serve until `stop` is set, shut down in order."""
     rocks: RocksDB = open_rocksdb(data_dir / "online", block_cache_mb, write_buffer_mb)
     try:
         store = RocksDBOnlineStore(rocks, max_commit_records)
         server = WriterServer(store, ipc.socket_path(data_dir))
         server.start()
-        # The kernels load in the background: the first commit with aggregates waits for them.
-        threading.Thread(target=ensure_kernels, name="tessera-kernels", daemon=True).start()
+        if warm_kernels:  # in the background: the first commit with aggregates waits for them
+            threading.Thread(target=ensure_kernels, name="tessera-kernels", daemon=True).start()
         log.info("writer process ready on %s", server.path)
         stop.wait()
         log.info("writer process stopping: draining queued writes")
@@ -252,13 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-cache-mb", type=int, default=512)
     parser.add_argument("--write-buffer-mb", type=int, default=64)
     parser.add_argument("--max-commit-records", type=int, default=20_000)
+    parser.add_argument("--lazy-kernels", action="store_true",
+                        help="load the aggregation kernels at the first commit that needs them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run(args.data_dir, args.block_cache_mb, args.write_buffer_mb, args.max_commit_records, stop)
+    run(args.data_dir, args.block_cache_mb, args.write_buffer_mb, args.max_commit_records, stop,
+        warm_kernels=not args.lazy_kernels)
     return 0
 
 

@@ -32,7 +32,9 @@ class WriterProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tessera.server.writer_process", "--data-dir",
                  str(self.data_dir), "--block-cache-mb", "8", "--write-buffer-mb", "4",
-                 "--max-commit-records", str(self.max_commit_records)],
+                 "--max-commit-records", str(self.max_commit_records),
+                 # tests that fold aggregates load the kernels then; the others skip the CPU
+                 "--lazy-kernels"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout_s
