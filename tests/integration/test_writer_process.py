@@ -4,6 +4,7 @@ coalesced waits)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import pytest
 from tessera.core.errors import StorageError
 from tessera.core.keys import record_key
 from tessera.server import history
+from tessera.server.process_store import ProcessOnlineStore
 from tessera.server.rocksdb import OUTBOX, open_secondary
 from tessera.server.secondary import SecondaryReader
 from tessera.server.store import Committed, Op, PutOp
@@ -250,5 +252,51 @@ def test_a_request_the_writer_refuses_fails_alone(tmp_path: Path) -> None:
             with pytest.raises(TypeError):
                 client.submit([object()]).result(timeout=10)  # type: ignore[list-item]
             assert client.submit([_put("ok", 2)]).result(timeout=10).results == [True]
+        finally:
+            client.close()
+
+
+def test_a_write_is_readable_in_another_secondary_once_its_seq_is_visible(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with WriterProcess(data):
+        writer_side = ProcessOnlineStore(data, tmp_path / "sec-a", block_cache_mb=8)
+        # Another serving process: its timer would not catch up within the test.
+        other = ProcessOnlineStore(data, tmp_path / "sec-b", catch_up_interval_s=60.0,
+                                   block_cache_mb=8)
+        try:
+            seq = writer_side.submit([_put("ryw")]).result(timeout=10).seq
+            assert other.get(record_key(G, "ryw"), NOW) is None, "not caught up yet"
+            assert other.wait_visible(seq, timeout_s=5.0)
+            hit = other.get(record_key(G, "ryw"), NOW)
+            assert hit is not None and bytes(hit[0]) == b"<ryw>"
+            assert writer_side.get(record_key(G, "ryw"), NOW) is not None, "its own write"
+        finally:
+            writer_side.close()
+            other.close()
+
+
+def test_in_flight_requests_are_bounded_and_a_stuck_writer_fails_them_not_hangs(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with WriterProcess(data) as writer:
+        assert writer.proc is not None
+        client = WriterClient(writer.socket, max_in_flight=2, slot_timeout_s=0.3)
+        try:
+            assert client.submit([_put("warm")]).result(timeout=10).results == [True]
+            writer.proc.send_signal(signal.SIGSTOP)
+            try:
+                held = [client.submit([_put(f"h{i}")]) for i in range(2)]
+                start = time.monotonic()
+                with pytest.raises(StorageError, match="too many writes in flight"):
+                    client.submit([_put("third")]).result(timeout=5)
+                assert 0.25 < time.monotonic() - start < 2.0
+                assert not any(f.done() for f in held)
+            finally:
+                writer.proc.send_signal(signal.SIGCONT)
+            assert [f.result(timeout=10).results for f in held] == [[True], [True]]
+            assert client.submit([_put("after")]).result(timeout=10).results == [True]
         finally:
             client.close()
