@@ -13,7 +13,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
-from tessera.core.errors import StorageError
+from tessera.core.errors import PreconditionFailedError, StorageError
 from tessera.server.secondary import CATCH_UP_INTERVAL_S, SecondaryReader
 from tessera.server.store import Committed, Hit, Op
 from tessera.server.writer_client import WriterClient
@@ -65,7 +65,21 @@ class ProcessOnlineStore:
         return max(self.reader.visible_seq(), self.writer.acked_seq)
 
     def wait_visible(self, seq: int, timeout_s: float) -> bool:
-        return self.reader.wait_visible(seq, timeout_s)
+        """Wait for the secondary to reflect `seq` (an immediate catch-up, then the timer's).
+        When it does not in time, the writer says whether `seq` was ever issued: one ahead of
+        the primary's latest is PreconditionFailedError (another data directory's token)."""
+        if self.reader.wait_visible(seq, timeout_s):
+            return True
+        try:
+            primary = self.writer.stats(timeout_s=1.0)["seq"]
+        except (StorageError, TimeoutError):
+            return False  # the writer is down or busy: cannot tell
+        if seq > primary:
+            raise PreconditionFailedError(
+                f"consistent_after names commit {seq}, ahead of this store's latest commit "
+                f"{primary}: it was not issued by this Tessera (another server or data "
+                "directory), or this store lost the data it was issued for")
+        return False
 
     def close(self) -> None:
         self.writer.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera.core.errors import StorageError
+from tessera.core.errors import PreconditionFailedError, StorageError
 from tessera.core.keys import record_key
 from tessera.server import history
 from tessera.server.process_store import ProcessOnlineStore
@@ -300,3 +300,16 @@ def test_in_flight_requests_are_bounded_and_a_stuck_writer_fails_them_not_hangs(
             assert client.submit([_put("after")]).result(timeout=10).results == [True]
         finally:
             client.close()
+
+
+def test_a_seq_never_issued_is_refused_once_the_wait_times_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with WriterProcess(data):
+        store = ProcessOnlineStore(data, tmp_path / "sec", block_cache_mb=8)
+        try:
+            seq = store.submit([_put("a")]).result(timeout=10).seq
+            assert store.wait_visible(seq, timeout_s=5.0)
+            with pytest.raises(PreconditionFailedError, match="not issued by this Tessera"):
+                store.wait_visible(seq + 1000, timeout_s=0.2)
+        finally:
+            store.close()
