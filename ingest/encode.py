@@ -35,6 +35,9 @@ _MAX_EVENT_TIME_S = eventtime.MAX_EVENT_TIME_S
 
 
 _SMALL = [varint(i) for i in range(0x80)]
+#: Varints of 0 .. 2**14 - 1 (1 or 2 bytes): counts, lengths and most Integral values.
+_VARINTS = [varint(i) for i in range(1 << 14)]
+_N_VARINTS = len(_VARINTS)
 
 
 class FastEncoder:
@@ -42,11 +45,25 @@ class FastEncoder:
 
     def __init__(self, schema: CompiledSchema, ttl_s: float | None) -> None:
         self.schema = schema
-        # feature name -> (kind, the FeatureValue's encoded feature_name field)
-        self._specs: dict[str, tuple[int, bytes]] = {}
+        # feature name -> (kind, head): the FeatureValue's bytes before its value, framing
+        # included. An Integral's head depends on its varint's length (heads[length]); a
+        # Fractional's is fixed; a String's is the FeatureValue's name and the value's tag
+        # (its framing depends on the string's length).
+        self._specs: dict[str, tuple[int, Any]] = {}
         for name, spec in schema.features.items():
             raw = name.encode()
-            self._specs[name] = (_KINDS.get(spec.oneof, 0), b"\x0a" + varint(len(raw)) + raw)
+            prefix = b"\x0a" + varint(len(raw)) + raw
+            kind = _KINDS.get(spec.oneof, 0)
+            head: Any
+            if kind == _INT:
+                head = [b""] + [
+                    _frame(len(prefix) + 1 + n) + prefix + b"\x10" for n in range(1, 11)
+                ]
+            elif kind == _FLOAT:
+                head = _frame(len(prefix) + 9) + prefix + b"\x19"
+            else:
+                head = prefix + b"\x22"
+            self._specs[name] = (kind, head)
         self._id_name = schema.record_identifier.name
         self._et_name = schema.event_time.name
         self._et_is_float = schema.event_time.oneof == "float_value"
@@ -56,7 +73,9 @@ class FastEncoder:
     def encode(self, values: Mapping[str, Any]) -> ValidatedRecord | None:
         """The validated record, or None: take the reference path."""
         specs = self._specs
-        small = _SMALL
+        varints = _VARINTS
+        n_varints = _N_VARINTS
+        double = _DOUBLE
         parts: list[bytes] = []
         append = parts.append
         for name, value in values.items():
@@ -65,29 +84,37 @@ class FastEncoder:
             spec = specs.get(name)
             if spec is None:
                 return None
-            kind, prefix = spec
+            kind, head = spec
             t = type(value)
-            if kind == _INT and t is int:
-                if not _I64_MIN <= value <= _I64_MAX:
+            if t is float:
+                if kind != _FLOAT or not math.isfinite(value):
                     return None
-                v = small[value] if 0 <= value < 0x80 else varint(value & _U64)
-                fv = prefix + b"\x10" + v
-            elif kind == _FLOAT and t is float:
-                if not math.isfinite(value):
+                append(head + double(value))
+            elif t is str:
+                if kind != _STRING:
                     return None
-                fv = prefix + b"\x19" + _DOUBLE(value)
-            elif kind == _FLOAT and t is int:
-                if not -_EXACT <= value <= _EXACT:  # float() would round (or overflow)
-                    return None
-                fv = prefix + b"\x19" + _DOUBLE(float(value))
-            elif kind == _STRING and t is str:
                 raw = value.encode()
                 n = len(raw)
-                fv = prefix + b"\x22" + (small[n] if n < 0x80 else varint(n)) + raw
+                size = len(head) + n + (1 if n < 0x80 else len(varint(n)))
+                if size < n_varints:
+                    append(b"\x0a" + varints[size] + head + varints[n] + raw)
+                else:
+                    append(b"\x0a" + varint(size) + head + varint(n) + raw)
+            elif t is int:
+                if kind == _INT:
+                    if 0 <= value < n_varints:
+                        v = varints[value]
+                    elif _I64_MIN <= value <= _I64_MAX:
+                        v = varint(value & _U64)
+                    else:
+                        return None
+                    append(head[len(v)] + v)
+                elif kind == _FLOAT and -_EXACT <= value <= _EXACT:  # else float() would round
+                    append(head + double(float(value)))
+                else:
+                    return None
             else:
                 return None
-            n = len(fv)
-            append(b"\x0a" + (small[n] if n < 0x80 else varint(n)) + fv)
         record_id = _record_id(values.get(self._id_name))
         if record_id is None:
             return None
@@ -117,6 +144,11 @@ class FastEncoder:
             return eventtime.from_iso(value, "event time")
         except InvalidRequestError:
             return None
+
+
+def _frame(size: int) -> bytes:
+    """The tag and length of a Record.features entry of `size` bytes."""
+    return b"\x0a" + varint(size)
 
 
 def _record_id(value: Any) -> str | None:
