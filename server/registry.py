@@ -13,10 +13,18 @@ A group stored under an older, looser rule (a name with a trailing newline or pa
 characters, features differing only in case, an unbounded TTL) still loads: it keeps serving
 its records, is reported by `quarantined()` with the reason, and can be deleted (or renamed
 offline with `tessera groups rename`).
+
+Users depend on the `Registry` Protocol: `FeatureGroupRegistry` (the process owning the RocksDB
+primary: the single-process server, the writer process) and `RemoteRegistry`
+(server/registry_client.py: serving and consumer processes, reading a secondary, mutating
+through the writer process). Both read the stored groups with the same code (`RegistryView`).
+Every registry write also bumps `VERSION` in the same WriteBatch, so a reader of a secondary
+notices a change with one key read after a catch-up.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import struct
@@ -52,7 +60,53 @@ log = logging.getLogger(__name__)
 GROUP_PREFIX = b"group/"
 RETIRED_PREFIX = b"retired/"
 NEXT_ID = b"meta/next_group_id"
+#: Bumped in the WriteBatch of every registry write: readers of a secondary compare it.
+VERSION = b"meta/version"
 _ID = struct.Struct(">Q")
+
+
+class Registry(Protocol):
+    """The feature groups as their users see them (servicer, reads, HTTP app, ingest sink).
+
+    Reads are served from memory. Mutations are all-or-nothing and, once they return, visible
+    to reads of the same object. Names are compared exactly; two names differing only in case
+    cannot both exist (ConflictError)."""
+
+    def schema(self, name: str) -> CompiledSchema:
+        """The compiled schema; FeatureGroupNotFoundError, or PreconditionFailedError for a
+        quarantined group whose definition does not compile."""
+
+    def find_schema(self, name: str) -> CompiledSchema | None:
+        """The compiled schema, or None (no error, no reload)."""
+
+    def newer_schema(self, schema: CompiledSchema) -> CompiledSchema | None:
+        """A newer schema of `schema`'s group than `schema` (features added since, or the group
+        deleted and created again), or None: asked when a write names a feature `schema` does
+        not know, before refusing it (a process reading a secondary may be behind)."""
+
+    def describe(self, name: str) -> FeatureGroup:
+        """The group; FeatureGroupNotFoundError."""
+
+    def by_id(self, group_id: int) -> tuple[FeatureGroup, bool] | None:
+        """A live or retired group by id, and whether it is retired."""
+
+    def list(self, name_contains: str | None = None) -> builtins.list[FeatureGroup]:
+        """The live groups by name; optionally those whose name contains a string."""
+
+    def quarantined(self) -> dict[str, str]:
+        """Groups breaking today's rules, by name, with the reason."""
+
+    def quarantine(self, name: str, reason: str) -> None:
+        """Flag a group found broken outside the registry (its offline folder, its view)."""
+
+    def create(self, definition: FeatureGroupDefinition) -> FeatureGroup:
+        """ConflictError (exists, in any case), InvalidRequestError, StorageError."""
+
+    def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
+        """Add features or change the description: a new version when features are added."""
+
+    def delete(self, name: str) -> None:
+        """Delete the group (also a quarantined one) with its records; retire its history."""
 
 
 class RegistryHooks(Protocol):
@@ -89,46 +143,44 @@ def _scan(cf: rocksdict.Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield key, raw
 
 
-class FeatureGroupRegistry:
-    """Create, describe, list, evolve and delete feature groups."""
+class RegistryView:
+    """The stored groups, compiled: the read side both registries share (`load` reads the
+    registry column family of a primary or of a secondary)."""
 
-    def __init__(self, rocks: RocksDB, hooks: RegistryHooks | None = None) -> None:
-        self._rocks = rocks  # DB objects looked up per use: the online store may reopen them
-        self._sync = rocksdict.WriteOptions()
-        self._sync.sync = True
-        self._lock = threading.Lock()  # serializes mutations; reads use the dicts as they are
-        self.hooks = hooks
+    def __init__(self) -> None:
+        self.version = 0
         self._groups: dict[str, FeatureGroup] = {}
         self._schemas: dict[str, CompiledSchema] = {}
         self._by_id: dict[int, FeatureGroup] = {}
         self._quarantined: dict[str, str] = {}
         self._unreadable: dict[str, bytes] = {}  # name -> key of an entry that does not parse
         self._retired: dict[int, FeatureGroup] = {}
-        for _, raw in _scan(self._cf, RETIRED_PREFIX):
-            retired = FeatureGroup.model_validate_json(raw)
-            self._retired[retired.feature_group_id] = retired
-        loaded: list[FeatureGroup] = []
-        for key, raw in _scan(self._cf, GROUP_PREFIX):
-            try:
-                loaded.append(FeatureGroup.model_validate_json(raw))
-            except ValidationError as exc:
-                name = key[len(GROUP_PREFIX):].decode("utf-8", "surrogateescape")
-                self._unreadable[name] = key
-                self._quarantined[name] = f"its stored definition does not parse: {exc}"
+
+    @classmethod
+    def load(cls, cf: rocksdict.Rdict) -> RegistryView:
+        view = cls()
+        view._read(cf)
+        return view
+
+    def _read(self, cf: rocksdict.Rdict) -> None:
+        """Read every entry. The version first: read before the groups, a version older than
+        them only causes one more reload."""
+        with _storage("read the registry"):
+            raw_version = cf.get(VERSION)
+            self.version = _ID.unpack(raw_version)[0] if raw_version else 0
+            for _, raw in _scan(cf, RETIRED_PREFIX):
+                retired = FeatureGroup.model_validate_json(raw)
+                self._retired[retired.feature_group_id] = retired
+            loaded: builtins.list[FeatureGroup] = []
+            for key, raw in _scan(cf, GROUP_PREFIX):
+                try:
+                    loaded.append(FeatureGroup.model_validate_json(raw))
+                except ValidationError as exc:
+                    name = key[len(GROUP_PREFIX):].decode("utf-8", "surrogateescape")
+                    self._unreadable[name] = key
+                    self._quarantined[name] = f"its stored definition does not parse: {exc}"
         for group in sorted(loaded, key=lambda g: g.feature_group_id):  # oldest first
             self._load(group)
-
-    @property
-    def _db(self) -> rocksdict.Rdict:
-        return self._rocks.db
-
-    @property
-    def _cf(self) -> rocksdict.Rdict:
-        return self._rocks.registry
-
-    @property
-    def _handle(self) -> rocksdict.ColumnFamily:
-        return self._rocks.handle("registry")
 
     def _load(self, group: FeatureGroup) -> None:
         """Install a stored group; quarantine it if today's rule refuses it."""
@@ -170,6 +222,10 @@ class FeatureGroupRegistry:
     def find_schema(self, name: str) -> CompiledSchema | None:
         return self._schemas.get(name)
 
+    def newer_schema(self, schema: CompiledSchema) -> CompiledSchema | None:
+        current = self._schemas.get(schema.group_name)
+        return None if current is None or current is schema or current == schema else current
+
     def describe(self, name: str) -> FeatureGroup:
         try:
             return self._groups[name]
@@ -199,6 +255,42 @@ class FeatureGroupRegistry:
         """Flag a group found broken outside the registry (its offline folder, its view)."""
         if name in self._groups and name not in self._quarantined:
             self._quarantined[name] = reason
+
+    def _same_name_in_any_case(self, name: str) -> str | None:
+        key = fold_name(name)
+        return next((n for n in self._groups if n != name and fold_name(n) == key), None)
+
+    def _install(self, group: FeatureGroup, schema: CompiledSchema | None) -> None:
+        if schema is not None:
+            self._schemas[group.name] = schema
+        self._groups[group.name] = group
+        self._by_id[group.feature_group_id] = group
+
+
+class FeatureGroupRegistry(RegistryView):
+    """Create, describe, list, evolve and delete feature groups: the registry of the process
+    owning the RocksDB primary."""
+
+    def __init__(self, rocks: RocksDB, hooks: RegistryHooks | None = None) -> None:
+        super().__init__()
+        self._rocks = rocks  # DB objects looked up per use: the online store may reopen them
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        self._lock = threading.Lock()  # serializes mutations; reads use the dicts as they are
+        self.hooks = hooks
+        self._read(self._cf)
+
+    @property
+    def _db(self) -> rocksdict.Rdict:
+        return self._rocks.db
+
+    @property
+    def _cf(self) -> rocksdict.Rdict:
+        return self._rocks.registry
+
+    @property
+    def _handle(self) -> rocksdict.ColumnFamily:
+        return self._rocks.handle("registry")
 
     # --- mutations -----------------------------------------------------------------------------
 
@@ -348,8 +440,12 @@ class FeatureGroupRegistry:
     # --- internals -----------------------------------------------------------------------------
 
     def _write(self, wb: rocksdict.WriteBatch, what: str) -> None:
+        """Write `wb` (synced) with the registry's version bumped (lock held)."""
+        version = self.version + 1
+        wb.put(VERSION, _ID.pack(version), self._handle)
         with _storage(what):
             self._db.write(wb, self._sync)
+        self.version = version
 
     def _publish_or_undo(self, group: FeatureGroup, undo: rocksdict.WriteBatch) -> None:
         """Run the hooks of a written create / update; if one fails, write `undo` (the state
@@ -372,13 +468,3 @@ class FeatureGroupRegistry:
                         "delete it"
                     )
             raise
-
-    def _same_name_in_any_case(self, name: str) -> str | None:
-        key = fold_name(name)
-        return next((n for n in self._groups if n != name and fold_name(n) == key), None)
-
-    def _install(self, group: FeatureGroup, schema: CompiledSchema | None) -> None:
-        if schema is not None:
-            self._schemas[group.name] = schema
-        self._groups[group.name] = group
-        self._by_id[group.feature_group_id] = group

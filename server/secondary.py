@@ -21,6 +21,11 @@ timer thread as a whole, per serving process, ~17% of a core at 1 ms, 5-8% at 5 
 token-less staleness to ~10 ms for ~4% of a core; a reader that needs its write passes the
 token and waits only for an immediate catch-up.
 
+Listeners (`add_listener`) run after each timer catch-up, on the timer thread: the registry
+of a serving process (server/registry_client.py) compares one key there and reloads only when
+the registry changed. `catch_up()` always reflects a catch-up started after it was called, so
+a lookup that missed and forces one sees what was committed before the miss.
+
 Reads decode stored values with the primary store's helper (server/online_store.py), so both
 read the same bytes the same way. The secondary is never reopened: its column family views live
 as long as it does.
@@ -31,11 +36,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import rocksdict
 
 from tessera.core.errors import StorageError
 from tessera.server.online_store import _live as live_hit
-from tessera.server.rocksdb import AGGREGATES, RECORDS, open_secondary
+from tessera.server.rocksdb import AGGREGATES, RECORDS, REGISTRY, open_secondary
 from tessera.server.store import Hit
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,8 @@ class SecondaryReader:
         self._db = open_secondary(primary_path, secondary_path, block_cache_mb)
         self._records = self._db.get_column_family(RECORDS)
         self._aggregates = self._db.get_column_family(AGGREGATES)
+        self._registry = self._db.get_column_family(REGISTRY)
+        self._listeners: list[Callable[[], object]] = []
         self._interval_s = catch_up_interval_s
         self._cond = threading.Condition()
         self._running = False  # a catch-up is under way (outside the lock)
@@ -96,6 +106,12 @@ class SecondaryReader:
         except Exception as exc:
             raise _read_error(exc) from exc
 
+    @property
+    def registry(self) -> rocksdict.Rdict:
+        """The registry column family as of the last catch-up (read-only; lives as long as the
+        secondary)."""
+        return self._registry
+
     # --- freshness -----------------------------------------------------------------------------
 
     def visible_seq(self) -> int:
@@ -103,13 +119,21 @@ class SecondaryReader:
         return self._seq
 
     def catch_up(self) -> int:
-        """Catch up now (or wait for the one running to finish); the visible seq after it."""
+        """Catch up now; the visible seq after it. Shared: one started after this call and
+        finished (by another thread or the timer) counts, one already running does not."""
         with self._cond:
-            if self._running:
-                self._cond.wait_for(lambda: not self._running)
-            else:
-                self._catch_up()
+            entered = self._started
+            while self._completed <= entered:
+                if self._running:
+                    self._cond.wait()
+                else:
+                    self._catch_up()
             return self._seq
+
+    def add_listener(self, listener: Callable[[], object]) -> None:
+        """Run `listener()` after each timer catch-up, on the timer thread (keep it short; an
+        exception is logged)."""
+        self._listeners.append(listener)
 
     def wait_visible(self, seq: int, timeout_s: float) -> bool:
         """Block until reads reflect commit `seq`, catching up at once (shared with concurrent
@@ -159,6 +183,11 @@ class SecondaryReader:
             with self._cond:
                 if not self._running:
                     self._catch_up()
+            for listener in self._listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("a listener of the secondary's catch-ups failed")
 
     def close(self) -> None:
         """Stop catching up and close the secondary (again: a no-op)."""
@@ -168,5 +197,6 @@ class SecondaryReader:
         self._timer.join()
         self._records.close()
         self._aggregates.close()
+        self._registry.close()
         self._db.close()
 

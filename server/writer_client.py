@@ -30,7 +30,8 @@ from tessera.server.store import Committed, Op
 
 log = logging.getLogger(__name__)
 
-_COMMIT, _COUNT, _STATS = "commit", "count", "stats"  # what a reply resolves its future with
+# what a reply resolves its future with
+_COMMIT, _COUNT, _STATS, _GROUP, _SEQ, _MARKS = "commit", "count", "stats", "group", "seq", "marks"
 
 
 def _settle(fut: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -93,6 +94,27 @@ class WriterClient:
         fut: Future[dict[str, int]] = self._request(
             _STATS, lambda rid, _: ipc.frame(ipc.encoder.encode(ipc.Stats(rid))))
         return fut.result(timeout=timeout_s)
+
+    # --- the registry (run by the writer process: server/registry_client.py uses these) --------
+
+    def create_feature_group(self, definition_json: bytes) -> Future[tuple[bytes, int]]:
+        """Resolves with (the created group as JSON, the seq reads must reach to see it)."""
+        return self._request(_GROUP, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.CreateFeatureGroup(rid, definition_json))))
+
+    def update_feature_group(self, name: str, update_json: bytes) -> Future[tuple[bytes, int]]:
+        """Resolves with (the new version as JSON, its seq)."""
+        return self._request(_GROUP, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.UpdateFeatureGroup(rid, name, update_json))))
+
+    def delete_feature_group(self, name: str) -> Future[int]:
+        """Resolves with the seq after the delete (its records dropped, its history retired)."""
+        return self._request(_SEQ, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.DeleteFeatureGroup(rid, name))))
+
+    def quarantined_groups(self) -> Future[dict[str, str]]:
+        return self._request(_MARKS, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.QuarantinedGroups(rid))))
 
     def _request(self, kind: str, encode: Any) -> Future[Any]:
         fut: Future[Any] = Future()
@@ -184,6 +206,12 @@ class WriterClient:
             _settle(fut, Committed(ipc.results_from_wire(reply.results), reply.seq))
         elif kind is _STATS:
             _settle(fut, reply.stats)
+        elif kind is _GROUP:
+            _settle(fut, (reply.group, reply.seq))
+        elif kind is _SEQ:
+            _settle(fut, reply.seq)
+        elif kind is _MARKS:
+            _settle(fut, reply.marks)
         else:
             _settle(fut, reply.count)
 

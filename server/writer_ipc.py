@@ -12,6 +12,10 @@ Puts and deletes ride in two lists, with `order` saying how they interleave when
 them. A put's aggregation event is sent apart: its group's `AggregationPlan` once per connection
 (`WirePlan`, numbered by the client), then per put only the plan number and the inputs.
 
+Registry mutations (CreateFeatureGroup, UpdateFeatureGroup, DeleteFeatureGroup) carry the
+pydantic models as JSON, and their replies the group as JSON and the primary's seq after the
+change: the caller waits for its secondary to reach it, then reloads its registry view.
+
 Errors cross as (class name, message) and are raised again on the client side with the same
 class (`error_from_wire`).
 """
@@ -115,7 +119,37 @@ class Stats(msgspec.Struct, array_like=True, tag=4):
     id: int
 
 
-Request = Submit | DropGroup | PurgeExpired | Stats
+class CreateFeatureGroup(msgspec.Struct, array_like=True, tag=5):
+    """Reply: `group` (the created FeatureGroup as JSON) and `seq` (reads at it see it)."""
+
+    id: int
+    definition: bytes  # FeatureGroupDefinition JSON
+
+
+class UpdateFeatureGroup(msgspec.Struct, array_like=True, tag=6):
+    """Reply: `group` (the new version as JSON) and `seq`."""
+
+    id: int
+    name: str
+    update: bytes  # FeatureGroupUpdate JSON
+
+
+class DeleteFeatureGroup(msgspec.Struct, array_like=True, tag=7):
+    """Reply: `seq`; reads at it see the group gone and its records dropped."""
+
+    id: int
+    name: str
+
+
+class QuarantinedGroups(msgspec.Struct, array_like=True, tag=8):
+    """Reply: `marks`, the writer registry's quarantined groups with their reasons (it also
+    holds those it found at start-up, e.g. an offline folder it could not publish)."""
+
+    id: int
+
+
+Request = (Submit | DropGroup | PurgeExpired | Stats | CreateFeatureGroup | UpdateFeatureGroup
+           | DeleteFeatureGroup | QuarantinedGroups)
 
 
 class WireError(msgspec.Struct, array_like=True):
@@ -133,6 +167,10 @@ class Reply(msgspec.Struct, array_like=True):
     #: PurgeExpired: the index entries done; Stats: the counters.
     count: int = 0
     stats: dict[str, int] = {}
+    #: CreateFeatureGroup / UpdateFeatureGroup: the group as JSON.
+    group: bytes = b""
+    #: QuarantinedGroups: name -> reason.
+    marks: dict[str, str] = {}
 
 
 request_decoder = msgspec.msgpack.Decoder(Request)

@@ -39,6 +39,7 @@ Run: `python -m tessera.server.writer_process --data-dir DIR`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -52,13 +53,27 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from pydantic import ValidationError
 
 from tessera.core.aggregation.plan import AggregationPlan
+from tessera.core.errors import InvalidRequestError, StorageError
+from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import writer_ipc as ipc
 from tessera.server.aggregates import ensure_kernels
-from tessera.server.online_store import RocksDBOnlineStore
-from tessera.server.rocksdb import RocksDB, open_rocksdb
+from tessera.server.offline_writer import ParquetOfflineWriter
+from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
+from tessera.server.outbox import OutboxFlusher
+from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.roles import (
+    HistoryRole,
+    OnlineStoreRole,
+    RoleFailedError,
+    Roles,
+    TtlPurgeRole,
+)
+from tessera.server.settings import Settings
 from tessera.server.store import Committed
+from tessera.server.store_hooks import StoreHooks, publish_groups
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +128,15 @@ class _Connection:
                     self._answer_later(
                         msg.id, self._server.purger.submit(store.purge_expired, msg.at_us,
                                                            msg.limit))
-                else:
+                elif isinstance(msg, ipc.Stats):
+                    stats: Future[Any] = Future()
+                    stats.set_result(self._server.stats())
+                    self._answer_later(msg.id, stats)
+                else:  # a registry request: apart, a delete waits for its records' drop
+                    self._server.requests += 1
+                    self._answer_later(msg.id, self._server.registry_ops.submit(
+                        self._server.registry_request, msg))
+
                     done: Future[Any] = Future()
                     done.set_result(self._server.stats())
                     self._answer_later(msg.id, done)
@@ -130,6 +153,9 @@ class _Connection:
         result = fut.result()
         if isinstance(result, Committed):
             reply = ipc.Reply(request_id, result.seq, ipc.results_to_wire(result.results))
+        elif isinstance(result, ipc.Reply):  # a registry request's
+            result.id = request_id
+            reply = result
         elif isinstance(result, dict):
             reply = ipc.Reply(request_id, stats=result)
         else:  # purge_expired: its commits are before the primary's latest seq
@@ -173,13 +199,19 @@ class _Connection:
 
 
 class WriterServer:
-    """Serves a `RocksDBOnlineStore` to any number of clients on a Unix socket."""
+    """Serves a `RocksDBOnlineStore` and its `FeatureGroupRegistry` to any number of clients on
+    a Unix socket."""
 
-    def __init__(self, store: RocksDBOnlineStore, path: Path) -> None:
+    def __init__(self, store: RocksDBOnlineStore, path: Path,
+                 registry: FeatureGroupRegistry | None = None) -> None:
         self.store = store
         self.path = path
+        self.registry = registry
         #: purge_expired blocks until its commit: run apart, so the connection keeps reading.
         self.purger = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-purge")
+        #: Registry mutations block (a sync write, the offline folder, a delete's drop and
+        #: flush): one thread, apart from the connections (the registry serializes them anyway).
+        self.registry_ops = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-registry")
         self.requests = 0
         self._conns: list[_Connection] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -192,6 +224,8 @@ class WriterServer:
             os.umask(old_umask)
         self._listener.listen(128)
         self._closing = False
+        #: False once the acceptor stopped (by `stop`, or died).
+        self.accepting = True
         self._acceptor = threading.Thread(target=self._accept, name="tessera-writer-accept",
                                           daemon=True)
 
@@ -202,11 +236,38 @@ class WriterServer:
         return {"commits": self.store.commits, "committed_ops": self.store.committed_ops,
                 "requests": self.requests, "seq": self.store.visible_seq()}
 
+    def registry_request(self, msg: ipc.Request) -> ipc.Reply:
+        """Run one registry request (on `registry_ops`); its reply, id filled in later. The
+        seq is the primary's after the change: a secondary at it reflects the change."""
+        registry = self.registry
+        if registry is None:
+            raise StorageError("this writer process serves no feature group registry")
+        try:
+            if isinstance(msg, ipc.CreateFeatureGroup):
+                group = registry.create(FeatureGroupDefinition.model_validate_json(
+                    msg.definition))
+                return ipc.Reply(0, self.store.visible_seq(),
+                                 group=group.model_dump_json().encode())
+            if isinstance(msg, ipc.UpdateFeatureGroup):
+                group = registry.update(msg.name, FeatureGroupUpdate.model_validate_json(
+                    msg.update))
+                return ipc.Reply(0, self.store.visible_seq(),
+                                 group=group.model_dump_json().encode())
+            if isinstance(msg, ipc.DeleteFeatureGroup):
+                registry.delete(msg.name)
+                return ipc.Reply(0, self.store.visible_seq())
+            if isinstance(msg, ipc.QuarantinedGroups):
+                return ipc.Reply(0, self.store.visible_seq(), marks=registry.quarantined())
+        except ValidationError as exc:  # the serving process validated it: another version?
+            raise InvalidRequestError(f"invalid feature group request: {exc}") from exc
+        raise InvalidRequestError(f"not a registry request: {type(msg).__name__}")
+
     def _accept(self) -> None:
         while True:
             try:
                 sock, _ = self._listener.accept()
             except OSError:
+                self.accepting = False
                 return  # closed by stop()
             if self._closing:
                 sock.close()
@@ -231,32 +292,116 @@ class WriterServer:
         for conn in conns:
             conn.reader.join()
         self.purger.shutdown(wait=True)
+        self.registry_ops.shutdown(wait=True)  # a delete's drop goes through the store
         self.store.close()  # commits and acknowledges everything queued
         for conn in conns:
             conn.sender.join()
 
 
-def run(data_dir: Path, block_cache_mb: int, write_buffer_mb: int, max_commit_records: int,
-        stop: threading.Event, warm_kernels: bool = True) -> None:
-    """Open the primary, serve until `stop` is set, shut down in order."""
-    rocks: RocksDB = open_rocksdb(data_dir / "online", block_cache_mb, write_buffer_mb)
+class WriterServerRole:
+    """The socket: started last, stopped first (stop accepting, answer every request already
+    received, drain the store's queue)."""
+
+    name = "writer socket"
+
+    def __init__(self, server: WriterServer) -> None:
+        self._server = server
+
+    async def start(self) -> None:
+        self._server.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._server.stop)
+
+    async def died(self) -> str:
+        while self._server.accepting:
+            await asyncio.sleep(0.5)
+        return "the writer socket stopped accepting"
+
+
+async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = True) -> None:
+    """Start the roles in order, serve until `stop` is set or a role dies, stop them in reverse
+    (the module docstring); raises RoleFailedError when a role died or a stop failed, always
+    after stopping every started role."""
+    roles = Roles()
+    died: tuple[str, str] | None = None
     try:
-        store = RocksDBOnlineStore(rocks, max_commit_records)
-        server = WriterServer(store, ipc.socket_path(data_dir))
-        server.start()
+        online = await roles.start(OnlineStoreRole(
+            settings.data_dir / "online",
+            block_cache_mb=settings.online_store.block_cache_mb,
+            write_buffer_mb=settings.online_store.write_buffer_mb,
+            max_commit_records=settings.online_store.max_commit_records,
+        ))
+        rocks, store = online.rocks, online.store
+        registry = FeatureGroupRegistry(rocks)
+        offline = ParquetOfflineWriter(settings.offline_root)
+        flusher = OutboxFlusher(
+            rocks, store, offline, registry.by_id,
+            interval_s=settings.offline_store.flush_interval_s,
+            max_rows=settings.offline_store.flush_max_rows,
+        )
+        registry.hooks = StoreHooks(store, offline, flusher)
+        await asyncio.to_thread(publish_groups, registry, offline)
         if warm_kernels:  # in the background: the first commit with aggregates waits for them
             threading.Thread(target=ensure_kernels, name="tessera-kernels", daemon=True).start()
+        await roles.start(HistoryRole(flusher, store))
+        await roles.start(TtlPurgeRole(TtlPurger(
+            store, settings.online_store.ttl_purge_interval_s,
+            settings.online_store.ttl_purge_batch)))
+        if stop.is_set():
+            return
+        server = WriterServer(store, ipc.socket_path(settings.data_dir), registry)
+        await roles.start(WriterServerRole(server))
         log.info("writer process ready on %s", server.path)
-        stop.wait()
-        log.info("writer process stopping: draining queued writes")
-        server.stop()
+        death = asyncio.ensure_future(roles.wait_for_death())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if death.done():
+            role, reason = death.result()
+            died = (role.name, reason)
+            log.error("the %s died (%s): stopping the writer process", role.name, reason)
+        death.cancel()
+        stopping.cancel()
     finally:
-        rocks.close()
+        log.info("writer process stopping: draining queued writes, flushing history")
+        failures = await roles.stop_all()
+    if died is not None:
+        raise RoleFailedError(f"the {died[0]} died: {died[1]}")
+    if failures:
+        raise RoleFailedError("stopped with errors: " + "; ".join(failures))
+    log.info("writer process stopped cleanly")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The settings: the JSON file the supervisor wrote (`--settings`), or built from the
+    flags (tests, a writer run by hand). The environment is not read: only the CLI builds
+    settings from it, and it passes them whole."""
+    if args.settings is not None:
+        return Settings.model_validate_json(args.settings.read_text())
+    if args.data_dir is None:
+        raise SystemExit("writer process: --settings FILE or --data-dir DIR is required")
+    return Settings.model_validate({
+        "data_dir": args.data_dir,
+        "online_store": {"block_cache_mb": args.block_cache_mb,
+                         "write_buffer_mb": args.write_buffer_mb,
+                         "max_commit_records": args.max_commit_records},
+    })
+
+
+async def _main(settings: Settings, warm_kernels: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop, warm_kernels)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="a JSON file of Settings (Settings.model_dump_json()); when given, "
+                             "the other options are ignored")
+    parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--block-cache-mb", type=int, default=512)
     parser.add_argument("--write-buffer-mb", type=int, default=64)
     parser.add_argument("--max-commit-records", type=int, default=20_000)
@@ -265,11 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    run(args.data_dir, args.block_cache_mb, args.write_buffer_mb, args.max_commit_records, stop,
-        warm_kernels=not args.lazy_kernels)
+    settings = load_settings(args)
+    try:
+        asyncio.run(_main(settings, warm_kernels=not args.lazy_kernels))
+    except Exception:
+        log.exception("the writer process failed")
+        return 1
     return 0
 
 

@@ -22,7 +22,13 @@ from tessera.core.schema import (
     TtlDuration,
 )
 from tessera.server.offline_writer import UNNAMED_DIR, ParquetOfflineWriter
-from tessera.server.registry import GROUP_PREFIX, NEXT_ID, FeatureGroupRegistry, group_key
+from tessera.server.registry import (
+    GROUP_PREFIX,
+    NEXT_ID,
+    VERSION,
+    FeatureGroupRegistry,
+    group_key,
+)
 from tessera.server.rocksdb import RocksDB, open_rocksdb
 
 
@@ -71,7 +77,8 @@ def _definition(name: str = "users", **overrides: Any) -> FeatureGroupDefinition
 
 
 def _stored(rocks: RocksDB) -> dict[bytes, bytes]:
-    return {k: v for k, v in rocks.registry.items() if isinstance(k, bytes)}
+    """The registry's entries but its change counter (bumped by every write, undone or not)."""
+    return {k: v for k, v in rocks.registry.items() if isinstance(k, bytes) and k != VERSION}
 
 
 def _store_as_an_older_rule_did(rocks: RocksDB, group_id: int, definition: Any) -> FeatureGroup:

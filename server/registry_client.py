@@ -1,0 +1,223 @@
+"""`RemoteRegistry`: the `Registry` (server/registry.py) of a serving or consumer process in the
+multi-process layout (server/writer_process.py owns the registry's writes).
+
+Reads come from memory: the groups stored in the `registry` column family of this process's
+RocksDB secondary (`SecondaryReader`), loaded and compiled by the code the writer's own
+`FeatureGroupRegistry` loads them with (`RegistryView`). Every registry write bumps a version
+key in the same WriteBatch; after each timer catch-up of the secondary (every ~10 ms) the view
+compares it (one key read) and reloads only when it changed.
+
+Mutations go over the writer socket (`WriterClient`). Before one returns, the secondary has
+caught up to the mutation's seq and the view is reloaded: the HTTP call that created a group
+can describe it, and the next PutRecord on this process finds it.
+
+A lookup that misses (an unknown group, or for writes a feature the schema does not know:
+`newer_schema`) forces one catch-up and reload before answering NOT_FOUND, so a group just
+created through another process is found at once. Forced refreshes are rate-limited (one per
+`miss_refresh_interval_s`, 10 ms by default): a flood of requests for unknown groups costs at
+most ~100 catch-ups a second, and a miss inside the interval answers from the view, at most one
+timer interval behind.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from tessera.core.errors import (
+    FeatureGroupNotFoundError,
+    StorageError,
+    TesseraError,
+)
+from tessera.core.schema import (
+    CompiledSchema,
+    FeatureGroup,
+    FeatureGroupDefinition,
+    FeatureGroupUpdate,
+)
+from tessera.server.registry import VERSION, RegistryView
+from tessera.server.secondary import SecondaryReader
+from tessera.server.writer_client import WriterClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: At most one forced catch-up per this interval on lookup misses (the module docstring).
+MISS_REFRESH_INTERVAL_S = 0.010
+
+
+class RemoteRegistry:
+    """A `Registry` over a secondary and the writer process (see the module docstring)."""
+
+    def __init__(self, reader: SecondaryReader, writer: WriterClient,
+                 miss_refresh_interval_s: float = MISS_REFRESH_INTERVAL_S,
+                 timeout_s: float = 60.0) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._miss_interval_s = miss_refresh_interval_s
+        self._timeout_s = timeout_s
+        self._reload_lock = threading.Lock()
+        self._miss_lock = threading.Lock()
+        self._last_forced = -1e9
+        #: Marks of this process (`quarantine`), kept across reloads.
+        self._marks: dict[str, str] = {}
+        #: The writer's quarantined groups, fetched once per registry version.
+        self._writer_marks: tuple[int, dict[str, str]] | None = None
+        self._view = RegistryView.load(reader.registry)
+        self.reloads = 0  # tests, metrics
+        self.forced_refreshes = 0
+        reader.add_listener(self._reload_if_changed)
+
+    # --- freshness -----------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The registry version the view reflects."""
+        return self._view.version
+
+    def _reload_if_changed(self) -> bool:
+        """Reload the view when the secondary holds another registry version."""
+        with self._reload_lock:
+            try:
+                raw = self._reader.registry.get(VERSION)
+            except Exception as exc:
+                raise StorageError(f"the registry cannot be read: {exc}") from exc
+            version = int.from_bytes(raw, "big") if raw else 0
+            if version == self._view.version:
+                return False
+            view = RegistryView.load(self._reader.registry)
+            for name, reason in self._marks.items():
+                view.quarantine(name, reason)
+            self._view = view  # one reference swap: readers see the old view or the new one
+            self.reloads += 1
+            return True
+
+    def refresh(self) -> bool:
+        """Catch up now and reload if the registry changed (True: it had)."""
+        self._reader.catch_up()
+        return self._reload_if_changed()
+
+    def _refresh_on_miss(self) -> bool:
+        """A rate-limited `refresh` (the module docstring): True if the view changed."""
+        now = time.monotonic()
+        with self._miss_lock:
+            if now - self._last_forced < self._miss_interval_s:
+                return False
+            self._last_forced = now
+        self.forced_refreshes += 1
+        return self.refresh()
+
+    def _sync(self, seq: int) -> None:
+        """Make the view reflect the writer's state at `seq` (after a mutation)."""
+        if not self._reader.wait_visible(seq, self._timeout_s):
+            raise StorageError(
+                f"the registry changed (commit {seq}) but this process's secondary did not "
+                f"catch up within {self._timeout_s}s; retry the read")
+        self._reload_if_changed()
+
+    def _wait(self, fut: Future[T]) -> T:
+        try:
+            return fut.result(self._timeout_s)
+        except TimeoutError as exc:
+            raise StorageError(
+                f"the writer process did not answer within {self._timeout_s}s; the change may "
+                "or may not have been made") from exc
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def schema(self, name: str) -> CompiledSchema:
+        try:
+            return self._view.schema(name)
+        except FeatureGroupNotFoundError:
+            if not self._refresh_on_miss():
+                raise
+        return self._view.schema(name)
+
+    def find_schema(self, name: str) -> CompiledSchema | None:
+        return self._view.find_schema(name)
+
+    def newer_schema(self, schema: CompiledSchema) -> CompiledSchema | None:
+        newer = self._view.newer_schema(schema)
+        if newer is None and self._refresh_on_miss():
+            newer = self._view.newer_schema(schema)
+        return newer
+
+    def describe(self, name: str) -> FeatureGroup:
+        try:
+            return self._view.describe(name)
+        except FeatureGroupNotFoundError:
+            if not self._refresh_on_miss():
+                raise
+        return self._view.describe(name)
+
+    def by_id(self, group_id: int) -> tuple[FeatureGroup, bool] | None:
+        found = self._view.by_id(group_id)
+        if found is None and self._refresh_on_miss():
+            found = self._view.by_id(group_id)
+        return found
+
+    def quarantined(self) -> dict[str, str]:
+        """This view's quarantined groups, the writer's (fetched once per registry version;
+        the last known when the writer is unreachable) and this process's marks."""
+        view = self._view
+        known = self._writer_marks
+        if known is None or known[0] != view.version:
+            try:
+                marks = self._wait(self._writer.quarantined_groups())
+                known = (view.version, marks)
+                self._writer_marks = known
+            except TesseraError as exc:
+                log.warning("the writer's quarantined groups are unknown: %s", exc)
+        mine = view.quarantined()
+        theirs = {n: r for n, r in (known[1] if known else {}).items()
+                  if n in mine or _listed(view, n)}  # not a group deleted since
+        return {**theirs, **mine}
+
+    def quarantine(self, name: str, reason: str) -> None:
+        self._marks.setdefault(name, reason)
+        self._view.quarantine(name, reason)
+
+    # --- mutations (in the writer process) -----------------------------------------------------
+
+    def create(self, definition: FeatureGroupDefinition) -> FeatureGroup:
+        raw, seq = self._wait(self._writer.create_feature_group(
+            definition.model_dump_json().encode()))
+        self._sync(seq)
+        return _group(raw)
+
+    def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
+        raw, seq = self._wait(self._writer.update_feature_group(
+            name, update.model_dump_json().encode()))
+        self._sync(seq)
+        return _group(raw)
+
+    def delete(self, name: str) -> None:
+        seq = self._wait(self._writer.delete_feature_group(name))
+        self._marks.pop(name, None)
+        self._sync(seq)
+
+    # `list` last: below it, `list` in annotations would name the method
+    def list(self, name_contains: str | None = None) -> builtins.list[FeatureGroup]:
+        return self._view.list(name_contains)
+
+
+def _listed(view: RegistryView, name: str) -> bool:
+    try:
+        view.describe(name)
+    except FeatureGroupNotFoundError:
+        return False
+    return True
+
+
+def _group(raw: bytes) -> FeatureGroup:
+    try:
+        return FeatureGroup.model_validate_json(raw)
+    except ValidationError as exc:  # a writer of another version: not the caller's fault
+        raise StorageError(f"the writer process answered an unreadable group: {exc}") from exc
