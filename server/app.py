@@ -24,43 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-import uvicorn
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
-
-from tessera.core.catalog import Catalog
 from tessera.core.schema import FeatureGroup, show_name
 from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
-from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
-from tessera.server.http_app import create_app
+from tessera.server.front import start_front
 from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
 from tessera.server.outbox import OutboxFlusher
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.roles import (
-    ClosingRole,
-    GrpcRole,
     HistoryRole,
-    HttpRole,
     IngestRole,
     OnlineStoreRole,
-    ReadinessRole,
     RoleFailedError,
     Roles,
     TtlPurgeRole,
 )
 from tessera.server.settings import Settings
-from tessera.server.sql_worker import SqlWorkers
 
 log = logging.getLogger("tessera.server")
 
@@ -188,49 +174,10 @@ async def _start(
     metrics.OUTBOX_PENDING.set_function(flusher.pending)
     metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
 
-    spill = settings.data_dir / "tmp" / "duckdb"
-    shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
-    spill.mkdir(parents=True)
-    catalog = Catalog(settings.offline_root, memory_limit="1GB",
-                      temp_directory=spill)
-    await roles.start(ClosingRole("offline catalog", catalog.close))
     if stop.is_set():
         return None
-
-    health = HealthServicer()
-    http: HttpRole | None = None
-    rpc: GrpcRole | None = None
-
-    def ports() -> dict[str, int]:
-        return {"grpc_port": rpc.port if rpc else 0, "http_port": http.port if http else 0}
-
-    readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
-    sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
-    app = create_app(registry, is_ready=lambda: readiness.ready, offline=offline, catalog=catalog,
-                     sql_workers=sql_workers, sql_settings=settings.sql)
-    http = await roles.start(HttpRole(
-        uvicorn.Config(app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
-                       access_log=False),
-        s.host, s.http_port,
-    ))
-    # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.
-    await roles.start(ClosingRole("SQL workers", sql_workers.close))
-
-    grpc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
-            ("grpc.max_send_message_length", s.grpc_max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    grpc_server.add_generic_rpc_handlers(handlers(FeatureStoreService(registry, store)))
-    health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
-    reflection.enable_server_reflection(
-        [FEATURE_STORE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
-        grpc_server,
-    )
-    rpc = await roles.start(GrpcRole(grpc_server, f"{s.host}:{s.grpc_port}", s.shutdown_grace_s))
+    front = await start_front(settings, roles, registry, store, offline, ready_file,
+                              spill=settings.data_dir / "tmp" / "duckdb")
 
     if settings.ingest is not None:
         # Imported only when configured: running a consumer needs the `ingest` extra.
@@ -246,7 +193,7 @@ async def _start(
         ))
     if stop.is_set():
         return None
-    await roles.start(readiness)
+    await roles.start(front.readiness)
     log.info("Tessera serving: gRPC %s:%d, HTTP http://%s:%d, data in %s",
-             s.host, rpc.port, s.host, http.port, settings.data_dir)
-    return BoundPorts(rpc.port, http.port)
+             s.host, front.grpc.port, s.host, front.http.port, settings.data_dir)
+    return BoundPorts(front.grpc.port, front.http.port)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pydantic
@@ -18,7 +19,8 @@ from tessera.server.settings import OfflineStoreSettings, ServerSettings, Settin
 def _settings(args: argparse.Namespace) -> Settings:
     base = Settings()  # environment (TESSERA_*) and defaults
     server = {k: v for k, v in (("host", args.host), ("grpc_port", args.grpc_port),
-                                ("http_port", args.http_port)) if v is not None}
+                                ("http_port", args.http_port),
+                                ("workers", getattr(args, "workers", None))) if v is not None}
     # Validated like the environment's values (model_copy alone would not check them).
     update: dict[str, object] = {
         "server": ServerSettings.model_validate({**base.server.model_dump(), **server})
@@ -34,28 +36,45 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tessera.server.app import BoundPorts, serve
-    from tessera.server.roles import RoleFailedError
-
     settings = _settings(args)
     host = settings.server.host
 
-    async def on_ready(ports: BoundPorts) -> None:
-        print(f"tessera: serving gRPC on {host}:{ports.grpc_port}, HTTP on "
-              f"http://{host}:{ports.http_port} (data in {settings.data_dir}); Ctrl-C stops",
+    def on_ready(grpc_port: int, http_port: int) -> None:
+        print(f"tessera: serving gRPC on {host}:{grpc_port}, HTTP on "
+              f"http://{host}:{http_port} (data in {settings.data_dir}); Ctrl-C stops",
               flush=True)
         if args.demo:
             from tessera.server.demo import run_demo
 
-            await asyncio.to_thread(
-                run_demo, f"{host}:{ports.grpc_port}", f"http://{host}:{ports.http_port}"
-            )
+            run_demo(f"{host}:{grpc_port}", f"http://{host}:{http_port}")
             print("tessera: demo done; the server keeps serving until Ctrl-C", flush=True)
 
+    if settings.server.workers > 1:
+        return _serve_processes(settings, args.ready_file, on_ready)
+    from tessera.server.app import BoundPorts, serve
+    from tessera.server.roles import RoleFailedError
+
+    async def on_ready_async(ports: BoundPorts) -> None:
+        await asyncio.to_thread(on_ready, ports.grpc_port, ports.http_port)
+
     try:
-        asyncio.run(serve(settings, ready_file=args.ready_file, on_ready=on_ready))
+        asyncio.run(serve(settings, ready_file=args.ready_file, on_ready=on_ready_async))
     except (OSError, RoleFailedError) as exc:  # start-up (a port in use, ...) or a role died
         print(f"tessera: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_processes(
+    settings: Settings, ready_file: Path | None, on_ready: Callable[[int, int], None]
+) -> int:
+    """`--workers N`: a supervisor, a writer process and N serving processes."""
+    from tessera.server.supervisor import SupervisorError, run
+
+    try:
+        run(settings, ready_file, lambda ports: on_ready(ports.grpc_port, ports.http_port))
+    except SupervisorError as exc:
+        print(f"tessera: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -99,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 = any free)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8080; 0 = any free)")
+    serve.add_argument("--workers", type=int,
+                       help="serving processes sharing the ports, in front of a writer process "
+                            "(default 1: one process; TESSERA_SERVER__WORKERS)")
     serve.add_argument("--offline-flush-interval-s", type=float,
                        help="most seconds before a write reaches the offline store (default 30)")
     serve.add_argument("--ready-file", type=Path,

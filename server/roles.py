@@ -33,6 +33,7 @@ from grpc_health.v1._async import HealthServicer
 from tessera.ingest.config import IngestConfig
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
 from tessera.server.outbox import OutboxFlusher
+from tessera.server.process_store import ProcessOnlineStore
 from tessera.server.rocksdb import RocksDB, open_rocksdb
 
 log = logging.getLogger("tessera.server")
@@ -160,6 +161,37 @@ class OnlineStoreRole:
         return await _thread_died(self.store.writer_thread, "the online store's writer")
 
 
+class ProcessStoreRole:
+    """A serving process's online store: a RocksDB secondary for reads and a connection to the
+    writer process for writes (server/process_store.py). It cannot die: while the writer is
+    down, writes fail fast (UNAVAILABLE) and the next one after it is back reconnects."""
+
+    name = "online store (secondary + writer client)"
+
+    def __init__(self, data_dir: Path, secondary_dir: Path, block_cache_mb: int) -> None:
+        self._data_dir, self._secondary_dir = data_dir, secondary_dir
+        self._cache_mb = block_cache_mb
+        self._store: ProcessOnlineStore | None = None
+
+    @property
+    def store(self) -> ProcessOnlineStore:
+        if self._store is None:
+            raise RuntimeError("the online store is not started")
+        return self._store
+
+    async def start(self) -> None:
+        self._store = await asyncio.to_thread(
+            ProcessOnlineStore, self._data_dir, self._secondary_dir,
+            block_cache_mb=self._cache_mb,
+        )
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+    async def died(self) -> str:
+        return await _forever()
+
+
 class HistoryRole:
     """The outbox flusher: committed history rows to Parquet."""
 
@@ -223,14 +255,21 @@ class _EmbeddedHTTPServer(uvicorn.Server):
         yield
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); OSError (e.g. the port is in use) otherwise."""
+def bind_tcp(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A listening TCP socket on (host, port); OSError (e.g. the port is in use) otherwise.
+    `reuse_port`: SO_REUSEPORT, so the serving processes share the port (the kernel spreads
+    connections over their listening sockets); `listen=False` only reserves the port (the
+    supervisor holds such a socket so no other program takes the port while children restart).
+    """
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
-        sock.listen(2048)
+        if listen:
+            sock.listen(2048)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -243,15 +282,17 @@ class HttpRole:
 
     name = "HTTP server"
 
-    def __init__(self, config: uvicorn.Config, host: str, port: int) -> None:
+    def __init__(
+        self, config: uvicorn.Config, host: str, port: int, reuse_port: bool = False
+    ) -> None:
         self._server = _EmbeddedHTTPServer(config)
-        self._host, self._port = host, port
+        self._host, self._port, self._reuse_port = host, port, reuse_port
         self._task: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> None:
         # Bound here, not by uvicorn: its bind failure is a sys.exit that would skip our stops.
-        sock = bind_tcp(self._host, self._port)
+        sock = bind_tcp(self._host, self._port, self._reuse_port)
         self.port = sock.getsockname()[1]
         task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

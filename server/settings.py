@@ -21,6 +21,9 @@ class ServerSettings(_Section):
     http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Serving processes accepting gRPC and HTTP on the same ports (SO_REUSEPORT), in front of
+    # one writer process (server/supervisor.py); 1: everything in one process (server/app.py).
+    workers: int = Field(1, ge=1, le=256)
 
 
 class OnlineStoreSettings(_Section):

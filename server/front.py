@@ -1,0 +1,116 @@
+"""The serving front of a Tessera process: offline catalog, SQL workers, HTTP and gRPC servers and
+readiness, started as roles (server/roles.py) over a registry and an online store.
+
+One composition for both layouts: the single process (server/app.py, over the RocksDB primary)
+and each serving process of `--workers N` (server/serving.py, over a secondary and the writer
+process). There the ports are shared with the other serving processes (`reuse_port`:
+SO_REUSEPORT on the HTTP socket, grpc's `grpc.so_reuseport`) and the ports are concrete (the
+supervisor picked them once).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from tessera.core.catalog import Catalog
+from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
+from tessera.server.http_app import create_app
+from tessera.server.offline_writer import ParquetOfflineWriter
+from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.roles import ClosingRole, GrpcRole, HttpRole, ReadinessRole, Roles
+from tessera.server.settings import Settings
+from tessera.server.sql_worker import SqlWorkers
+from tessera.server.store import OnlineStore
+
+#: A diagnostic of the multi-process layout: the pid of the process that answered (raw bytes,
+#: no protobuf), so a client can tell the serving processes behind one port apart.
+PROCESS_SERVICE = "tessera.server.Process"
+PID_HEADER = "x-tessera-pid"
+
+
+@dataclass
+class Front:
+    """The started front: its ports, and the readiness role the caller starts last."""
+
+    http: HttpRole
+    grpc: GrpcRole
+    readiness: ReadinessRole
+
+
+def _pid_handler() -> grpc.GenericRpcHandler:
+    async def pid(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+        return str(os.getpid()).encode()
+
+    return grpc.method_handlers_generic_handler(
+        PROCESS_SERVICE, {"Pid": grpc.unary_unary_rpc_method_handler(pid)}
+    )
+
+
+async def start_front(
+    settings: Settings, roles: Roles, registry: FeatureGroupRegistry, store: OnlineStore,
+    offline: ParquetOfflineWriter | None, ready_file: Path | None, spill: Path,
+    reuse_port: bool = False,
+) -> Front:
+    """Start the catalog, SQL workers, HTTP and gRPC (not readiness: see `Front`)."""
+    s = settings.server
+    shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
+    spill.mkdir(parents=True)
+    catalog = Catalog(settings.offline_root, memory_limit="1GB", temp_directory=spill)
+    await roles.start(ClosingRole("offline catalog", catalog.close))
+
+    health = HealthServicer()
+    http: HttpRole | None = None
+    rpc: GrpcRole | None = None
+
+    def ports() -> dict[str, int]:
+        return {"grpc_port": rpc.port if rpc else 0, "http_port": http.port if http else 0}
+
+    readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
+    sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
+    app = create_app(registry, is_ready=lambda: readiness.ready, offline=offline, catalog=catalog,
+                     sql_workers=sql_workers, sql_settings=settings.sql)
+    if reuse_port:
+        pid = str(os.getpid()).encode()
+
+        @app.middleware("http")
+        async def _answered_by(request, call_next):  # type: ignore[no-untyped-def]
+            response = await call_next(request)
+            response.headers[PID_HEADER] = pid.decode()
+            return response
+
+    http = await roles.start(HttpRole(
+        uvicorn.Config(app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
+                       access_log=False),
+        s.host, s.http_port, reuse_port=reuse_port,
+    ))
+    # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.
+    await roles.start(ClosingRole("SQL workers", sql_workers.close))
+
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", s.grpc_max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+    )
+    grpc_server.add_generic_rpc_handlers(handlers(FeatureStoreService(registry, store)))
+    if reuse_port:
+        grpc_server.add_generic_rpc_handlers([_pid_handler()])
+    health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
+    reflection.enable_server_reflection(
+        [FEATURE_STORE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        grpc_server,
+    )
+    rpc = await roles.start(GrpcRole(grpc_server, f"{s.host}:{s.grpc_port}", s.shutdown_grace_s))
+    return Front(http, rpc, readiness)
+
