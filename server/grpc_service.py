@@ -37,12 +37,13 @@ from tessera.core.errors import (
 )
 from tessera.core.keys import normalize_record_id
 from tessera.core.records import validate_record
+from tessera.core.schema import CompiledSchema
 from tessera.core.tokens import decode_token, encode_token
 from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, wire
 from tessera.server.reads import OnlineReader
-from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.registry import Registry
 from tessera.server.storage_health import storage_failure
 from tessera.server.store import Committed, OnlineStore, Op, now_us
 from tessera.server.writes import count_writes, delete_op, put_op
@@ -73,15 +74,29 @@ TimeRemaining: TypeAlias = Callable[[], float | None]
 
 
 _Req = TypeVar("_Req", pb.GetRecordRequest, pb.BatchGetRecordRequest)
+_T = TypeVar("_T")
 
 
 class FeatureStoreService:
     """The FeatureStore RPCs over a registry and an online store."""
 
-    def __init__(self, registry: FeatureGroupRegistry, store: OnlineStore) -> None:
+    def __init__(self, registry: Registry, store: OnlineStore) -> None:
         self._registry = registry
         self._store = store
         self._reader = OnlineReader(registry, store)
+
+    def _newest(
+        self, schema: CompiledSchema, build: Callable[[CompiledSchema], _T]
+    ) -> tuple[CompiledSchema, _T]:
+        """`build(schema)`; refused (e.g. a feature the schema does not know), again with a
+        newer schema of the group if the registry has one (a serving process may be behind)."""
+        try:
+            return schema, build(schema)
+        except InvalidRequestError:
+            newer = self._registry.newer_schema(schema)
+            if newer is None:
+                raise
+        return newer, build(newer)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -90,7 +105,8 @@ class FeatureStoreService:
         req = pb.PutRecordRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
-        op = put_op(schema, validate_record(schema, req.record, ttl_s), api_us, req.source)
+        schema, op = self._newest(schema, lambda s: put_op(
+            s, validate_record(s, req.record, ttl_s), api_us, req.source))
         committed = await self._commit([op])
         (result,) = committed.results
         count_writes(schema, [result])
@@ -110,15 +126,15 @@ class FeatureStoreService:
                 f"sources has {len(sources)} entries for {len(req.records)} records; "
                 "give none or one per record"
             )
-        ops: list[Op] = [
+        schema, ops = self._newest(schema, lambda s: list[Op]([
             put_op(
-                schema,
-                validate_record(schema, record, ttl_s, where=f"records[{i}]"),
+                s,
+                validate_record(s, record, ttl_s, where=f"records[{i}]"),
                 api_us,
                 sources[i] if sources else "",
             )
             for i, record in enumerate(req.records)
-        ]
+        ]))
         if not ops:  # nothing committed: no token
             return b""
         committed = await self._commit(ops)

@@ -26,7 +26,7 @@ from tessera.server import metrics
 from tessera.server.compaction import compact_group
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
 from tessera.server.offline_writer import ParquetOfflineWriter
-from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.registry import Registry
 from tessera.server.settings import SqlSettings
 from tessera.server.sql_worker import SqlWorkers
 from tessera.server.storage_health import storage_failure
@@ -47,7 +47,7 @@ def _error(status: int, message: str, details: Any = None) -> JSONResponse:
 
 
 def create_app(
-    registry: FeatureGroupRegistry,
+    registry: Registry,
     is_ready: Callable[[], bool],
     offline: ParquetOfflineWriter | None = None,
     catalog: Catalog | None = None,

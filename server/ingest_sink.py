@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from tessera.core.errors import TesseraError
 from tessera.core.schema import CompiledSchema
 from tessera.ingest.sinks import SchemaChangedError, SinkRecord
-from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.registry import Registry
 from tessera.server.store import OnlineStore, Op, now_us
 from tessera.server.writes import count_writes, put_op
 
@@ -26,7 +26,7 @@ class EmbeddedSink:
 
     def __init__(
         self,
-        registry: FeatureGroupRegistry,
+        registry: Registry,
         store: OnlineStore,
         timeout_s: float | None = None,
     ) -> None:

@@ -21,7 +21,7 @@ from tessera.core.keys import normalize_record_id, record_key
 from tessera.core.schema import CompiledSchema
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server.aggregates import read_features, stream_keys
-from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.registry import Registry
 from tessera.server.store import Hit, OnlineStore, now_us
 from tessera.server.writes import no_online_store
 
@@ -72,7 +72,7 @@ class GroupRead:
 class OnlineReader:
     """GetRecord and BatchGetRecord over a registry and an `OnlineStore`."""
 
-    def __init__(self, registry: FeatureGroupRegistry, store: OnlineStore) -> None:
+    def __init__(self, registry: Registry, store: OnlineStore) -> None:
         self._registry = registry
         self._store = store
 
