@@ -46,10 +46,12 @@ __all__ = ["Dataset", "OfflineStore"]
 
 DEFAULT_BATCH_ROWS = 131_072
 _SPINE_SOURCE = "__tessera_spine_source"
+_SPINE_FILE = "__tessera_spine_file"
 _RESULT = "__tessera_result"
 _AGGREGATES = "__tessera_aggregates"
 _COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "uncompressed")
 _PERCENT_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
+_PROGRESS_SESSIONS = 2  # builds at once with DuckDB's percentage; more run without it
 _SQL_START = ("select", "with", "from", "values", "(")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -77,7 +79,27 @@ class OfflineStore:
         self.catalog: Catalog = Catalog(
             root, memory_limit=memory_limit, temp_directory=temp_directory, threads=threads
         )
+        self._builder_args: dict[str, Any] = {
+            "memory_limit": memory_limit, "temp_directory": temp_directory, "threads": threads
+        }
+        self._builder: Catalog | None = None
         self.progress = progress
+
+    @property
+    def builder_catalog(self) -> Catalog:
+        """The dataset builder's own sandboxed database, made on first use: the same views and
+        limits as `catalog`, but without insertion order (its join is read back sorted) and with
+        connections that track DuckDB's progress, both set before its configuration is locked."""
+        if self._builder is None:
+            from tessera.core.catalog import Catalog
+
+            self._builder = Catalog(
+                self.catalog.root,
+                preserve_insertion_order=False,
+                progress_sessions=_PROGRESS_SESSIONS,
+                **self._builder_args,
+            )
+        return self._builder
 
     def group_names(self) -> list[str]:
         """The feature groups of the store, sorted."""
@@ -134,12 +156,13 @@ class OfflineStore:
             raise InvalidRequestError(
                 f"features must map groups to feature names, e.g. {{'{features}': [...]}}"
             )
-        self.catalog.refresh()
+        builder = self.builder_catalog
+        builder.refresh()
         wanted: Mapping[str, Sequence[str] | None] = (
             features if isinstance(features, Mapping) else dict.fromkeys(features)
         )
-        groups = {name: self.catalog.group(name) for name in wanted}
-        source = _SpineSource.of(spine, self.catalog)
+        groups = {name: builder.group(name) for name in wanted}
+        source = _SpineSource.of(spine, self.catalog, builder)
         columns = source.columns
         names = [n for n, _ in columns]
         reserved = [n for n in names if n.startswith(pit.INTERNAL_PREFIX)]
@@ -149,7 +172,7 @@ class OfflineStore:
             )
         selections = pit.select_groups(
             groups,
-            {name: self.catalog.has_files(name) for name in wanted},
+            {name: builder.has_files(name) for name in wanted},
             wanted,
             on,
             names,
@@ -167,11 +190,13 @@ class OfflineStore:
         pit.timestamp_us_sql(timestamp, dict(columns)[timestamp])  # refuses a bad type now
         if query.has_aggregations:
             _aggregation_kernels()  # refuses a missing extra now
-        return Dataset(self.catalog, source, query, self.progress)
+        return Dataset(builder, source, query, self.progress)
 
     def close(self) -> None:
-        """Close the DuckDB database and remove its temporary folder."""
+        """Close the DuckDB databases and remove their temporary folders."""
         self.catalog.close()
+        if self._builder is not None:
+            self._builder.close()
 
     def __enter__(self) -> OfflineStore:
         return self
@@ -289,6 +314,7 @@ class Dataset:
                 self._source.prepare(cur, bind_only=True)
                 sql = self.query.schema_sql()
                 schema: pa.Schema = cur.sql(sql).limit(0).to_arrow_table().schema
+                self._source.release(cur)
                 return schema
         finally:
             cur.close()
@@ -309,28 +335,26 @@ class Dataset:
         the table read back in spine order (see `PointInTimeQuery.unordered_sql`)."""
         from tessera.core.catalog import duckdb_errors
 
-        cur = self._catalog.cursor()
-        try:
+        with self._catalog.session() as cur:
             with duckdb_errors("dataset"):
                 total = self._source.prepare(cur)
-                # (The sandbox's settings are locked: insertion order stays preserved here,
-                # although the read-back sorts anyway.)
+                # The builder's database keeps no insertion order: the join runs in parallel.
                 with _statement_progress(cur, show, "joining"):
                     cur.execute(f"CREATE TEMP TABLE {_RESULT} AS {self.query.unordered_sql()}")
                 self._source.release(cur)
                 if self.query.has_aggregations:
                     aggregate_table = _aggregation_kernels()
                     cur.register(_AGGREGATES, aggregate_table(cur, self.query, _RESULT))
-            yield cur, total
-        finally:
-            cur.close()  # drops the temporary tables
+            yield cur, total  # the session drops the temporary tables when it leaves
 
 
 class _SpineSource:
-    """Where the spine's rows come from, and how one cursor is made ready to read them with
-    their order as ROW_COLUMN: Arrow data gets a row-number column; a single Parquet file has
-    DuckDB's file_row_number; a glob or a query is copied to a temporary table, whose rowid
-    keeps the insertion (query) order. DuckDB spills that table to disk when it is large."""
+    """Where the spine's rows come from, and how one cursor of the builder's database is made
+    ready to read them with their order as ROW_COLUMN: Arrow data gets a row-number column; a
+    single Parquet file has DuckDB's file_row_number. A glob or a query is first written, in
+    order, to one Parquet file by the SQL catalog (whose database keeps insertion order; the
+    builder's does not), then read as a single file: on disk, so a large spine needs no memory.
+    """
 
     def __init__(
         self,
@@ -338,15 +362,18 @@ class _SpineSource:
         columns: list[tuple[str, str]],
         arrow: pa.Table | None,
         setup: str | None,
+        catalogs: tuple[Catalog, Catalog] | None = None,
     ) -> None:
         self.relation = relation
         self.columns = columns
         self._arrow = arrow
-        self._setup = setup  # the SELECT a temporary table is made of
+        self._setup = setup  # the SELECT the SQL catalog writes to a file
+        self._catalogs = catalogs  # (SQL catalog, builder's catalog)
+        self._written: dict[int, Path] = {}  # id of a cursor -> the file prepared for it
         self._keep: object = None  # removes the spine's links in the sandbox when collected
 
     @classmethod
-    def of(cls, spine: SpineInput, catalog: Catalog) -> _SpineSource:
+    def of(cls, spine: SpineInput, catalog: Catalog, builder: Catalog) -> _SpineSource:
         import pyarrow as pa
 
         from tessera.core.catalog import check_select_only, duckdb_errors, quote_literal
@@ -371,33 +398,29 @@ class _SpineSource:
                 check_select_only(cur, spine)
             finally:
                 cur.close()
-            source = cls._copied(f"SELECT * FROM ({spine})")
+            source = cls._copied(f"SELECT * FROM ({spine})", catalog, builder)
         elif isinstance(spine, str | Path) and "://" in str(spine):
             import pyarrow.dataset as pads
 
             # The sandbox reaches no URI: pyarrow reads the spine, in file order.
             table = pads.dataset(str(spine), format="parquet").to_table()
-            return cls.of(table, catalog)
+            return cls.of(table, catalog, builder)
         elif isinstance(spine, str | Path):
-            path, globbed, keep = _sandboxed_spine(str(spine), catalog.temp_directory)
+            globbed = any(ch in str(spine) for ch in "*?[")
+            reader = catalog if globbed else builder
+            path, globbed, keep = _sandboxed_spine(str(spine), reader.temp_directory)
             if globbed:
-                source = cls._copied(f"SELECT * FROM read_parquet({quote_literal(path)})")
-                source._keep = keep
+                select = f"SELECT * FROM read_parquet({quote_literal(path)})"
+                source = cls._copied(select, catalog, builder)
             else:
-                source = cls(
-                    f"(SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW_COLUMN} "
-                    f"FROM read_parquet({quote_literal(path)}, file_row_number = true))",
-                    [],
-                    None,
-                    None,
-                )
-                source._keep = keep
+                source = cls(_file_rows(path), [], None, None)
+            source._keep = keep
         else:
             raise InvalidRequestError(
                 f"spine of type {type(spine).__name__} is not supported; allowed: a pandas "
                 "DataFrame, a pyarrow Table, a Parquet path, or a SELECT query string"
             )
-        cur = catalog.cursor()
+        cur = builder.cursor()
         try:
             with duckdb_errors("spine"):
                 source.prepare(cur, bind_only=True)
@@ -407,21 +430,22 @@ class _SpineSource:
                     for n, t in zip(rel.columns, rel.types, strict=True)
                     if n != ROW_COLUMN
                 ]
+                source.release(cur)
         finally:
             cur.close()
         return source
 
     @classmethod
-    def _copied(cls, select: str) -> _SpineSource:
-        from tessera.core.pit import ROW_COLUMN
-
-        table = _SPINE_SOURCE + "_table"
-        return cls(f"(SELECT rowid AS {ROW_COLUMN}, * FROM {table})", [], None, select)
+    def _copied(cls, select: str, catalog: Catalog, builder: Catalog) -> _SpineSource:
+        return cls(f"(SELECT * FROM {_SPINE_FILE})", [], None, select, (catalog, builder))
 
     def release(self, cur: duckdb.DuckDBPyConnection) -> None:
         """Free what `prepare` holds on `cur` once the join has read it."""
         if self._setup is not None:
-            cur.execute(f"DROP TABLE IF EXISTS {_SPINE_SOURCE}_table")
+            cur.execute(f"DROP VIEW IF EXISTS {_SPINE_FILE}")
+        written = self._written.pop(id(cur), None)
+        if written is not None:
+            written.unlink(missing_ok=True)
 
     def prepare(self, cur: duckdb.DuckDBPyConnection, *, bind_only: bool = False) -> int | None:
         """Make the spine readable on `cur`; the number of spine rows when known cheaply."""
@@ -429,14 +453,49 @@ class _SpineSource:
             cur.register(_SPINE_SOURCE, self._arrow)
             return int(self._arrow.num_rows)
         if self._setup is not None:
-            limit = " LIMIT 0" if bind_only else ""
-            table = _SPINE_SOURCE + "_table"
-            cur.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._setup}{limit}")
-            return int(cur.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+            self.release(cur)
+            path = self._written[id(cur)] = self._write(bind_only)
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW {_SPINE_FILE} AS {_file_rows(str(path))}")
+            return int(cur.sql(f"SELECT count(*) FROM {_SPINE_FILE}").fetchall()[0][0])
         if bind_only:
             return None
         rows = cur.sql(f"SELECT count(*) FROM {self.relation}").fetchall()[0][0]
         return int(rows)  # from the Parquet footer: no data is read
+
+    def _write(self, bind_only: bool) -> Path:
+        """Run the spine's SELECT in the SQL catalog, in its order, to a new Parquet file in
+        the builder's temporary folder (a new name each time: DuckDB caches footers by path)."""
+        import shutil
+
+        from tessera.core.catalog import quote_literal
+
+        assert self._setup is not None and self._catalogs is not None
+        catalog, builder = self._catalogs
+        name = f"spine-{uuid.uuid4().hex}.parquet"
+        made = Path(catalog.temp_directory) / name
+        catalog.refresh()
+        cur = catalog.cursor()
+        try:
+            limit = " LIMIT 0" if bind_only else ""
+            cur.execute(f"COPY ({self._setup}{limit}) TO {quote_literal(str(made))} "
+                        "(FORMAT parquet, COMPRESSION zstd)")
+        finally:
+            cur.close()
+        target = Path(builder.temp_directory) / name
+        if target != made:
+            shutil.move(str(made), str(target))
+        return target
+
+
+def _file_rows(path: str) -> str:
+    """A single Parquet file's rows with their position as ROW_COLUMN."""
+    from tessera.core.catalog import quote_literal
+    from tessera.core.pit import ROW_COLUMN
+
+    return (
+        f"(SELECT * EXCLUDE (file_row_number), file_row_number AS {ROW_COLUMN} "
+        f"FROM read_parquet({quote_literal(path)}, file_row_number = true))"
+    )
 
 
 def _sandboxed_spine(path: str, temp_directory: str) -> tuple[str, bool, object]:
@@ -509,8 +568,8 @@ def _statement_progress(cur: duckdb.DuckDBPyConnection, show: bool, desc: str) -
     done = threading.Event()
 
     def poll() -> None:
-        # The sandbox's locked settings keep DuckDB's progress tracking off (query_progress()
-        # is -1 then): the bar shows the time elapsed until a percentage is known.
+        # The builder's sessions track progress (set before the sandbox's lock); a plain
+        # cursor's query_progress() is -1: the bar then shows the time elapsed only.
         with tqdm(total=100, desc=desc, unit="%", bar_format=_PERCENT_BAR) as bar:
             while not done.wait(0.2):
                 pct = cur.query_progress()

@@ -51,13 +51,20 @@ from tessera.core.sql_sandbox import (
     DEFAULT_MAX_QUERY_BYTES,
     QueryGuard,
     check_query_size,
-    sandbox_connection,
+    sandbox_connections,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_LIMIT = "4GB"
 DEFAULT_BATCH_ROWS = 65_536
+#: Per-connection settings of the `session()` connections: DuckDB tracks a statement's progress
+#: (read from another thread with `query_progress()`) without printing it.
+PROGRESS_SETTINGS = {
+    "enable_progress_bar": True,
+    "enable_progress_bar_print": False,
+    "progress_bar_time": 0,
+}
 
 _SCALAR_SQL = {
     ScalarType.INTEGRAL: "BIGINT",
@@ -173,6 +180,8 @@ class Catalog:
         memory_limit: str = DEFAULT_MEMORY_LIMIT,
         temp_directory: str | Path | None = None,
         threads: int | None = None,
+        preserve_insertion_order: bool = True,
+        progress_sessions: int = 0,
     ) -> None:
         text = str(root)
         if text.startswith("file://"):
@@ -191,9 +200,19 @@ class Catalog:
             "TimeZone": "UTC",
             # Footers are read at bind and at scan; files never change once renamed into place.
             "parquet_metadata_cache": True,
+            # Off for the dataset builder's catalog: its join needs no order (the rows are
+            # read back sorted); kept, the join took ~20% longer (1M x 10M, 2 cores: median
+            # 5.6 s vs 4.7 s).
+            "preserve_insertion_order": preserve_insertion_order,
         }
         with duckdb_errors("offline store settings"):
-            self._con = sandbox_connection([self.root, self.temp_directory], settings=settings)
+            self._con, sessions = sandbox_connections(
+                [self.root, self.temp_directory],
+                settings=settings,
+                session_settings=PROGRESS_SETTINGS,
+                sessions=progress_sessions,
+            )
+        self._sessions = sessions  # free connections with DuckDB's progress tracking on
         self._lock = threading.Lock()
         self._views: dict[str, _ViewState] = {}
         self._groups: dict[str, FeatureGroup] = {}
@@ -431,6 +450,34 @@ class Catalog:
         return self._con.cursor()
 
     @contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own, with DuckDB's progress tracking on when one of the
+        `progress_sessions` made before the configuration was locked is free (else a plain
+        cursor, whose `query_progress()` is -1). Its temporary tables and views are dropped
+        when the block leaves."""
+        with self._lock:
+            con = self._sessions.pop() if self._sessions else None
+        if con is None:
+            cur = self.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+            return
+        reusable = False
+        try:
+            yield con
+            reusable = True
+        finally:
+            if reusable:
+                reusable = _drop_temporary(con)
+            if reusable:
+                with self._lock:
+                    self._sessions.append(con)
+            else:
+                con.close()
+
+    @contextmanager
     def sql_reader(
         self,
         query: str,
@@ -486,6 +533,8 @@ class Catalog:
 
     def close(self) -> None:
         """Close the database and remove the temporary folder this catalog made."""
+        for con in self._sessions:
+            con.close()
         self._con.close()
         cleanup = getattr(self, "_cleanup", None)
         if cleanup is not None:
@@ -496,6 +545,20 @@ class Catalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_temporary(con: duckdb.DuckDBPyConnection) -> bool:
+    """Drop a connection's temporary tables and views (registered Arrow data included);
+    False when it cannot be (the connection is then closed, not reused)."""
+    try:
+        for kind, name in con.sql(
+            "SELECT 'TABLE', table_name FROM duckdb_tables() WHERE temporary UNION ALL "
+            "SELECT 'VIEW', view_name FROM duckdb_views() WHERE temporary AND NOT internal"
+        ).fetchall():
+            con.execute(f"DROP {kind} IF EXISTS temp.{quote_ident(str(name))}")
+    except duckdb.Error:
+        return False
+    return True
 
 
 class UnsafePathError(Exception):

@@ -77,6 +77,24 @@ def sandbox_connection(
     Set-up statements that need more (views) are run by the caller on the returned connection:
     creating a view is not a configuration change.
     """
+    con, _ = sandbox_connections(allowed_directories, settings=settings)
+    return con
+
+
+def sandbox_connections(
+    allowed_directories: Iterable[str],
+    *,
+    settings: Mapping[str, object],
+    session_settings: Mapping[str, object] | None = None,
+    sessions: int = 0,
+) -> tuple[duckdb.DuckDBPyConnection, list[duckdb.DuckDBPyConnection]]:
+    """`sandbox_connection`, and `sessions` more connections to the same database with
+    `session_settings` applied before the configuration is locked.
+
+    Some settings exist per connection only (DuckDB's progress tracking, which
+    `query_progress()` reads) and a new cursor starts from the defaults: once the configuration
+    is locked, only these connections have them.
+    """
     con = duckdb.connect(
         ":memory:",
         config={
@@ -86,9 +104,14 @@ def sandbox_connection(
             "python_enable_replacements": False,
         },
     )
+    extra: list[duckdb.DuckDBPyConnection] = []
     try:
         for name, value in settings.items():
             con.execute(f"SET GLOBAL {name} = {sql_literal(value)}")
+        for _ in range(sessions):
+            extra.append(con.cursor())
+            for name, value in (session_settings or {}).items():
+                extra[-1].execute(f"SET SESSION {name} = {sql_literal(value)}")
         dirs = [_dir(d if "://" in d else os.path.abspath(d)) for d in allowed_directories]
         # Order matters: the list is fixed first, then external access is switched off (DuckDB
         # refuses to re-enable it while the database runs), then every setting is frozen.
@@ -96,9 +119,11 @@ def sandbox_connection(
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except BaseException:
+        for c in extra:
+            c.close()
         con.close()
         raise
-    return con
+    return con, extra
 
 
 def sql_literal(value: object) -> str:
