@@ -8,18 +8,45 @@ Where it sits (the "every core" layout, DESIGN.md "Processes"):
       writes: WriterClient (server/writer_client.py)   RocksDB *primary* (<data_dir>/online)
 
 Who owns what:
-- The writer process alone opens `<data_dir>/online` as the RocksDB primary and runs
-  `RocksDBOnlineStore` (server/online_store.py) on it: every mutation of records, expiry index,
-  outbox and aggregates goes through its single group-commit writer thread. Requests from every
-  connection feed that one thread, so writes of all serving processes share WriteBatches and
-  fsyncs.
-- Serving processes never write RocksDB. They send `Submit` / `DropGroup` / `PurgeExpired`
-  requests over the socket (protocol: server/writer_ipc.py) and read from their own secondary
-  instance, which catches up with the primary on a timer or on demand (`wait_visible`).
+- The writer process alone opens `<data_dir>/online` as the RocksDB primary, and hosts
+  everything that writes it: `RocksDBOnlineStore` (server/online_store.py: every mutation of
+  records, expiry index, outbox and aggregates goes through its single group-commit writer
+  thread; requests from every connection feed that one thread, so writes of all serving
+  processes share WriteBatches and fsyncs), the `FeatureGroupRegistry` (every create, update,
+  delete; its hooks publish and retire offline folders and drop a deleted group's records:
+  server/store_hooks.py), the TTL purger, and the outbox -> Parquet flusher
+  (server/outbox.py), as a thread.
+- Serving and consumer processes never write RocksDB. They send `Submit` / `DropGroup` /
+  `PurgeExpired` and the registry requests (`CreateFeatureGroup`, `UpdateFeatureGroup`,
+  `DeleteFeatureGroup`, `QuarantinedGroups`) over the socket (protocol: server/writer_ipc.py),
+  and read from their own secondary instance, which catches up with the primary on a timer or
+  on demand (`wait_visible`); their registry is a `RemoteRegistry` (server/registry_client.py)
+  over that secondary.
 - The socket carries writes and their acknowledgements only: per request, one result per op
   (True / False / the TesseraError that refused it) and the primary's sequence number after the
   commit, the token a reader passes to `wait_visible` for read-your-writes. Many requests may be
-  in flight on one connection; replies carry the request id.
+  in flight on one connection; replies carry the request id. A registry request's reply carries
+  the group (JSON) and the seq after the change.
+- History in its own process is a later step. That process would read the outbox from a
+  secondary of its own (catching up before each flush), write the Parquet files as the flusher
+  does, and send the flush's intent, then its trim (delete the range, move the flushed mark,
+  clear the intent: one batch) to the writer over this socket; a group deletion would ask it to
+  flush and retire the group's folder before answering. Until then the flusher is a thread
+  here, so it shares the primary and the registry (by_id for retired groups) directly.
+
+Start-up, in order (roles, server/roles.py): the online store (RocksDB, the writer thread);
+the registry and every group's offline folder published (a failing one quarantined); the
+history flusher (it first flushes what the last run left); the TTL purger; the socket (ready
+once it accepts). Shutdown (SIGTERM / SIGINT, or a role died) stops them in reverse: the socket
+stops accepting and reading, every request already received is answered (queued writes
+committed), then the purger stops, the flusher writes every committed row to Parquet, and
+RocksDB closes (WAL synced). Exit status 1 when start-up failed, a role died or a stop failed.
+
+Settings: `--settings FILE`, the `Settings` as JSON (`settings.model_dump_json()`), written by
+the supervisor (`tessera serve --workers N`), which built them from the environment and flags:
+the writer reads no environment of its own. Without it, `--data-dir` and the online store flags
+(tests, a writer run by hand) with the other settings at their defaults. `--lazy-kernels`
+(tests) loads the aggregation kernels at the first commit that needs them.
 
 What survives which crash:
 - `kill -9` of the writer process: a write is acknowledged only after its WriteBatch is synced
@@ -31,9 +58,12 @@ What survives which crash:
 - `kill -9` of a serving process: nothing durable is lost; its in-flight requests are still
   committed by the writer (the replies go nowhere). Its secondary directory is scratch.
 - SIGTERM (or SIGINT): the writer stops accepting, finishes every request already received,
-  acknowledges them, then closes RocksDB (WAL synced) and removes its socket.
+  acknowledges them, flushes history, then closes RocksDB (WAL synced) and removes its socket.
+- `kill -9` during a flush: the flush's intent is durable; the restarted writer replays it
+  with the same range (same file names and contents): every acknowledged put reaches Parquet
+  exactly once.
 
-Run: `python -m tessera.server.writer_process --data-dir DIR`.
+Run: `python -m tessera.server.writer_process --settings FILE` (or `--data-dir DIR`).
 """
 
 from __future__ import annotations
@@ -136,10 +166,6 @@ class _Connection:
                     self._server.requests += 1
                     self._answer_later(msg.id, self._server.registry_ops.submit(
                         self._server.registry_request, msg))
-
-                    done: Future[Any] = Future()
-                    done.set_result(self._server.stats())
-                    self._answer_later(msg.id, done)
         except (OSError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             log.info("writer connection closed: %s", exc)
         finally:

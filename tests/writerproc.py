@@ -12,13 +12,18 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tessera.server.settings import Settings
 from tessera.server.writer_ipc import reachable, socket_path
 
 
 class WriterProcess:
-    def __init__(self, data_dir: Path, max_commit_records: int = 20_000) -> None:
+    def __init__(self, data_dir: Path, max_commit_records: int = 20_000,
+                 settings: Settings | None = None) -> None:
+        """`settings` (their data_dir must be `data_dir`): passed as the supervisor does, in a
+        JSON file; without, the flags for a small store."""
         self.data_dir = data_dir
         self.max_commit_records = max_commit_records
+        self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.with_name(data_dir.name + ".writer.log")
 
@@ -28,11 +33,17 @@ class WriterProcess:
 
     def start(self, timeout_s: float = 30.0) -> WriterProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings is not None:
+            settings_file = self.data_dir.with_name(self.data_dir.name + ".settings.json")
+            settings_file.write_text(self.settings.model_dump_json())
+            flags = ["--settings", str(settings_file)]
+        else:
+            flags = ["--data-dir", str(self.data_dir), "--block-cache-mb", "8",
+                     "--write-buffer-mb", "4", "--max-commit-records",
+                     str(self.max_commit_records)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tessera.server.writer_process", "--data-dir",
-                 str(self.data_dir), "--block-cache-mb", "8", "--write-buffer-mb", "4",
-                 "--max-commit-records", str(self.max_commit_records),
+                [sys.executable, "-m", "tessera.server.writer_process", *flags,
                  # tests that fold aggregates load the kernels then; the others skip the CPU
                  "--lazy-kernels"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
