@@ -168,9 +168,10 @@ class ProcessStoreRole:
 
     name = "online store (secondary + writer client)"
 
-    def __init__(self, data_dir: Path, secondary_dir: Path, block_cache_mb: int) -> None:
+    def __init__(self, data_dir: Path, secondary_dir: Path, block_cache_mb: int,
+                 catch_up_interval_s: float) -> None:
         self._data_dir, self._secondary_dir = data_dir, secondary_dir
-        self._cache_mb = block_cache_mb
+        self._cache_mb, self._interval_s = block_cache_mb, catch_up_interval_s
         self._store: ProcessOnlineStore | None = None
 
     @property
@@ -182,7 +183,7 @@ class ProcessStoreRole:
     async def start(self) -> None:
         self._store = await asyncio.to_thread(
             ProcessOnlineStore, self._data_dir, self._secondary_dir,
-            block_cache_mb=self._cache_mb,
+            catch_up_interval_s=self._interval_s, block_cache_mb=self._cache_mb,
         )
 
     async def stop(self) -> None:

@@ -102,7 +102,8 @@ async def _start(
     data_dir = settings.data_dir
     scratch = run_dir(data_dir)
     online = await roles.start(ProcessStoreRole(
-        data_dir, scratch / f"secondary-{index}", settings.online_store.block_cache_mb))
+        data_dir, scratch / f"secondary-{index}", settings.online_store.block_cache_mb,
+        settings.online_store.catch_up_interval_s))
     registry_db = await asyncio.to_thread(
         _SecondaryRegistryDB, data_dir / "online", scratch / f"registry-{index}")
     await roles.start(ClosingRole("registry", registry_db.close))

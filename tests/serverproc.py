@@ -1,7 +1,13 @@
-"""A real Tessera server process for tests and benchmarks: port 0, ports read back."""
+"""A real Tessera server process for tests and benchmarks: port 0, ports read back.
+
+`workers=N` (N >= 2) runs `tessera serve --workers N`: a supervisor, a writer process and N
+serving processes. The supervisor leads a session of its own, so `kill()` SIGKILLs it and every
+process of its group (its children also die with it: PR_SET_PDEATHSIG), and nothing outlives
+a test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,17 +15,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 class ServerProcess:
     """`python -m tessera.server serve` on 127.0.0.1 with free ports, data in `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, extra_env: dict[str, str] | None = None, keep_ports: bool = False
+        self, data_dir: Path, extra_env: dict[str, str] | None = None, keep_ports: bool = False,
+        workers: int = 1,
     ) -> None:
         """`keep_ports`: a restart binds the ports of the first start (clients keep their
         address across a server restart)."""
         self.keep_ports = keep_ports
+        self.workers = workers
         self.data_dir = Path(data_dir)
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -35,8 +44,17 @@ class ServerProcess:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def ready_path(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".ready.json")
+
+    def info(self) -> dict[str, Any]:
+        """The ready file as it is now (with N workers: the current writer_pid and
+        serving_pids; the supervisor rewrites it when a restarted child serves again)."""
+        return dict(json.loads(self.ready_path.read_text()))
+
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
-        ready = self.data_dir.with_name(self.data_dir.name + ".ready.json")
+        ready = self.ready_path
         ready.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (kept open for the process)
@@ -44,8 +62,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(self.data_dir),
              "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
-             "--ready-file", str(ready)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+             "--ready-file", str(ready), "--workers", str(self.workers)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while not ready.exists():
@@ -69,6 +87,9 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill_group()
+            raise
         finally:
             self._log.close()
             self.proc = None
@@ -76,7 +97,12 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: a crash."""
         if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
+            self._kill_group()
             self._log.close()
             self.proc = None
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the supervisor and its children
+        self.proc.wait()

@@ -1,0 +1,323 @@
+"""`tessera serve --workers 2`: a supervisor, a writer process and two serving processes on shared
+ports (server/supervisor.py). Each test runs its own server; every process is reaped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import grpc
+import httpx
+import psutil
+import pytest
+
+from tessera.core import offline_layout as layout
+from tessera.core.values import from_record, to_record
+from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server.front import PID_HEADER, PROCESS_SERVICE
+from tests.integration.wire_helpers import Wire
+from tests.serverproc import ServerProcess
+
+T0 = 1_700_000_000.0
+pytestmark = pytest.mark.integration
+
+
+def prepare(data_dir: Path, *groups: str) -> None:
+    """Create the groups with a one-process server on `data_dir` (the serving processes'
+    registry is read-only until they get the writer's registry service)."""
+    proc = ServerProcess(data_dir).start()
+    try:
+        w = Wire(proc.grpc_target, proc.http_url)
+        for group in groups:
+            w.create_group(group)
+        w.close()
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.fixture
+def mp(tmp_path: Path) -> Iterator[ServerProcess]:
+    """Two serving processes on a data dir holding the group `g` (started by the test)."""
+    prepare(tmp_path / "data", "g")
+    proc = ServerProcess(tmp_path / "data", workers=2, keep_ports=True)
+    yield proc
+    proc.kill()
+
+
+def pid_of(channel: grpc.Channel) -> int:
+    """The pid of the serving process this channel's connection landed on."""
+    return int(channel.unary_unary(f"/{PROCESS_SERVICE}/Pid")(b"", timeout=10))
+
+
+def channels_on_each(proc: ServerProcess, tries: int = 64) -> dict[int, grpc.Channel]:
+    """One channel per serving process (the kernel spreads new connections over them)."""
+    found: dict[int, grpc.Channel] = {}
+    for i in range(tries):
+        # a channel option of its own: grpc shares subchannels (connections) otherwise
+        ch = grpc.insecure_channel(proc.grpc_target, options=[("tessera.test.channel", i)])
+        pid = pid_of(ch)
+        if pid in found:
+            ch.close()
+        else:
+            found[pid] = ch
+        if len(found) == 2:
+            break
+    return found
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                   for p in pids)
+
+
+class Writers:
+    """Threads putting records through their own channels, retrying UNAVAILABLE; `acked` maps
+    each record id to the last clicks value acknowledged."""
+
+    def __init__(self, proc: ServerProcess, n: int = 4) -> None:
+        self.proc = proc
+        self.acked: dict[str, int] = {}
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(k,)) for k in range(n)]
+
+    def __enter__(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(self.acked.values())
+
+    def _run(self, k: int) -> None:
+        w = Wire(self.proc.grpc_target, self.proc.http_url)
+        i = 0
+        while not self._stop.is_set():
+            rid = f"w{k}-{i % 20}"
+            try:
+                w.stub.PutRecord(pb.PutRecordRequest(feature_group_name="g", record=to_record(
+                    {"user_id": rid, "ts": T0 + i, "clicks": i})), timeout=5)
+            except grpc.RpcError:
+                with self._lock:
+                    self.failures += 1
+                time.sleep(0.02)
+                continue  # not acknowledged: may or may not be stored; a later i overwrites it
+            with self._lock:
+                self.acked[rid] = i
+            i += 1
+        w.close()
+
+    def check_readable(self) -> None:
+        w = Wire(self.proc.grpc_target, self.proc.http_url)
+        try:
+            for rid, clicks in self.acked.items():
+                got = w.get("g", rid)
+                assert got is not None and got["clicks"] >= clicks, (rid, clicks, got)
+        finally:
+            w.close()
+
+
+def test_two_serving_processes_answer_on_the_same_ports(mp: ServerProcess) -> None:
+    mp.start()
+    info = mp.info()
+    serving = set(info["serving_pids"])
+    assert len(serving) == 2 and info["pid"] == mp.proc.pid and info["writer_pid"] not in serving
+    channels = channels_on_each(mp)
+    assert set(channels) == serving
+    for pid, ch in channels.items():  # each serves the whole API
+        assert pid_of(ch) == pid
+        ch.close()
+    http_pids = set()
+    for _ in range(64):
+        with httpx.Client(base_url=mp.http_url) as c:  # a new connection each time
+            r = c.get("/healthz")
+            assert r.status_code == 200
+            http_pids.add(int(r.headers[PID_HEADER]))
+        if http_pids == serving:
+            break
+    assert http_pids == serving
+
+
+def test_kill_9_of_a_serving_process_loses_no_write_and_it_is_restarted(
+    mp: ServerProcess,
+) -> None:
+    mp.start()
+    victim, survivor = mp.info()["serving_pids"]
+    with Writers(mp) as writers:
+        wait_until(lambda: writers.count() > 200, what="writes before the kill")
+        os.kill(victim, signal.SIGKILL)
+        info = wait_until(lambda: victim not in (i := mp.info())["serving_pids"] and i,
+                          what="the supervisor to restart the serving process")
+        restarted = set(info["serving_pids"]) - {survivor}
+        assert len(restarted) == 1 and survivor in info["serving_pids"]
+        before = writers.count()
+        wait_until(lambda: writers.count() > before + 200, what="writes after the restart")
+    writers.check_readable()
+    assert "the serving process 1 (pid" in mp.log() and "restarting it in" in mp.log()
+    # The restarted process serves too.
+    assert set(channels_on_each(mp)) == set(info["serving_pids"])
+
+
+def test_kill_9_of_the_writer_keeps_acknowledged_writes_and_writes_resume(
+    mp: ServerProcess,
+) -> None:
+    mp.start()
+    writer = mp.info()["writer_pid"]
+    with Writers(mp) as writers:
+        wait_until(lambda: writers.count() > 200, what="writes before the kill")
+        os.kill(writer, signal.SIGKILL)
+        wait_until(lambda: mp.info()["writer_pid"] != writer, what="the writer's restart")
+        before = writers.count()
+        wait_until(lambda: writers.count() > before + 200, what="writes after the restart")
+    writers.check_readable()  # served by the secondaries, across the writer's restart
+    assert mp.stop() == 0
+    # And durable: a fresh start on the data dir finds them.
+    mp.start()
+    writers.check_readable()
+
+
+def test_kill_9_of_the_whole_group_keeps_every_acknowledged_write_once(
+    mp: ServerProcess,
+) -> None:
+    mp.start()
+    pids = [mp.proc.pid, mp.info()["writer_pid"], *mp.info()["serving_pids"]]
+    with Writers(mp, n=6) as writers:
+        wait_until(lambda: writers.count() > 500, what="writes before the kill")
+        mp.kill()  # SIGKILL to the supervisor's process group
+    wait_until(lambda: gone(pids), timeout_s=10, what="every process of the group to die")
+    mp.start()
+    writers.check_readable()
+    assert mp.stop() == 0
+    # History: a one-process start flushes the outbox (the writer process does not flush yet).
+    one = ServerProcess(mp.data_dir).start()
+    assert one.stop() == 0
+    glob = layout.parquet_glob(mp.data_dir / "offline", "g")
+    rows = duckdb.sql(f"SELECT user_id, clicks, tessera_seq FROM read_parquet('{glob}', "
+                      "hive_partitioning=true, union_by_name=true)").fetchall()
+    assert len({r[2] for r in rows}) == len(rows), "duplicated history rows"
+    assert len({(r[0], r[1]) for r in rows}) == len(rows), "duplicated history rows"
+    have = {(r[0], r[1]) for r in rows}
+    missing = [(rid, c) for rid, c in writers.acked.items() if (rid, c) not in have]
+    assert not missing, f"{len(missing)} acknowledged writes missing from history"
+
+
+def test_a_write_token_gives_read_your_writes_across_serving_processes(tmp_path: Path) -> None:
+    prepare(tmp_path / "data", "g")
+    # A slow catch-up timer: without the token, the other process reads stale state.
+    proc = ServerProcess(tmp_path / "data", workers=2,
+                         extra_env={"TESSERA_ONLINE_STORE__CATCH_UP_INTERVAL_S": "30"})
+    try:
+        proc.start()
+        (a, ch_a), (b, ch_b) = channels_on_each(proc).items()
+        assert a != b
+        put = ch_a.unary_unary("/tessera.v1.FeatureStore/PutRecord",
+                               request_serializer=pb.PutRecordRequest.SerializeToString,
+                               response_deserializer=pb.PutRecordResponse.FromString)
+        get = ch_b.unary_unary("/tessera.v1.FeatureStore/GetRecord",
+                               request_serializer=pb.GetRecordRequest.SerializeToString,
+                               response_deserializer=pb.GetRecordResponse.FromString)
+        stale = 0
+        for i in range(5):
+            token = put(pb.PutRecordRequest(feature_group_name="g", record=to_record(
+                {"user_id": "u1", "ts": T0 + i, "clicks": i})), timeout=10).write_token
+            plain = get(pb.GetRecordRequest(feature_group_name="g", record_identifier="u1"),
+                        timeout=10)
+            if not plain.HasField("record") or from_record(plain.record)["clicks"] != i:
+                stale += 1
+            fresh = get(pb.GetRecordRequest(feature_group_name="g", record_identifier="u1",
+                                            consistent_after=token), timeout=10)
+            assert from_record(fresh.record)["clicks"] == i
+        assert stale == 5  # the token, not luck, made the reads fresh
+        ch_a.close()
+        ch_b.close()
+    finally:
+        proc.kill()
+
+
+def test_sigterm_stops_every_process_and_exits_0(mp: ServerProcess) -> None:
+    mp.start()
+    info = mp.info()
+    pids = [info["pid"], info["writer_pid"], *info["serving_pids"]]
+    w = Wire(mp.grpc_target, mp.http_url)
+    records = [to_record({"user_id": f"u{i}", "ts": T0, "clicks": i}) for i in range(20_000)]
+    future = w.stub.PutRecords.future(
+        pb.PutRecordsRequest(feature_group_name="g", records=records), timeout=30)
+    time.sleep(0.05)
+    assert mp.stop() == 0
+    assert future.result().written == 20_000  # the in-flight call completed
+    w.close()
+    wait_until(lambda: gone(pids), timeout_s=5, what="every child to exit")
+    assert "stopped cleanly" in mp.log()
+    mp.start()
+    w = Wire(mp.grpc_target, mp.http_url)
+    assert w.get("g", "u19999")["clicks"] == 19_999
+    w.close()
+
+
+def test_a_crash_looping_serving_process_stops_the_server(mp: ServerProcess) -> None:
+    mp.start()
+    supervisor = mp.proc
+    killed: list[int] = []
+    pids = [mp.info()["writer_pid"], *mp.info()["serving_pids"]]
+
+    def kill_slot_1() -> bool:
+        if supervisor.poll() is not None:
+            return True
+        for child in psutil.Process(supervisor.pid).children():
+            try:
+                argv = child.cmdline()
+            except psutil.Error:  # gone or a zombie: one we killed
+                continue
+            if argv[-4:-2] == ["--index", "1"] and child.pid not in killed:
+                killed.append(child.pid)
+                os.kill(child.pid, signal.SIGKILL)
+        return False
+
+    wait_until(kill_slot_1, timeout_s=60, what="the supervisor to give up")
+    assert supervisor.returncode == 1
+    assert len(killed) == 5
+    assert "the serving process 1 crashed 5 times within 60 s" in mp.log()
+    wait_until(lambda: gone(pids + killed), timeout_s=5, what="every child to exit")
+
+
+def test_a_port_in_use_fails_the_start_within_seconds_leaving_no_child(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-m", "tessera.server", "serve", "--data-dir",
+             str(tmp_path / "data"), "--workers", "2", "--grpc-port", str(port),
+             "--http-port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert time.monotonic() - started < 15
+    assert "cannot reserve the ports" in out.stderr and str(port) in out.stderr
+    assert "started the writer" not in out.stderr
