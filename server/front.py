@@ -25,7 +25,7 @@ from tessera.core.catalog import Catalog
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
 from tessera.server.offline_writer import ParquetOfflineWriter
-from tessera.server.registry import FeatureGroupRegistry
+from tessera.server.registry import Registry
 from tessera.server.roles import ClosingRole, GrpcRole, HttpRole, ReadinessRole, Roles
 from tessera.server.settings import Settings
 from tessera.server.sql_worker import SqlWorkers
@@ -56,7 +56,7 @@ def _pid_handler() -> grpc.GenericRpcHandler:
 
 
 async def start_front(
-    settings: Settings, roles: Roles, registry: FeatureGroupRegistry, store: OnlineStore,
+    settings: Settings, roles: Roles, registry: Registry, store: OnlineStore,
     offline: ParquetOfflineWriter | None, ready_file: Path | None, spill: Path,
     reuse_port: bool = False,
 ) -> Front:

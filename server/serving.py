@@ -5,8 +5,10 @@ supervisor (through server/child.py). Its roles (server/roles.py), started in th
 stopped in reverse:
 
 1. online store: `ProcessOnlineStore` (reads from a RocksDB secondary in
-   `<data_dir>/run/secondary-<I>`, writes through the writer process's socket), the registry,
-   and the aggregation kernels (loaded before serving, as in the single process);
+   `<data_dir>/run/secondary-<I>`, writes through the writer process's socket), the registry
+   (`RemoteRegistry`, server/registry_client.py: reads from that secondary, mutations in the
+   writer process), and the aggregation kernels (loaded before serving, as in the single
+   process);
 2. the front (server/front.py): offline catalog, SQL workers (the `sql` settings per serving
    process), HTTP and gRPC on the shared ports (SO_REUSEPORT), then readiness: the ready file
    `F` names this process's pid, which tells the supervisor it serves.
@@ -23,16 +25,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from tessera.core.errors import StorageError
-from tessera.core.schema import FeatureGroup
 from tessera.server.aggregates import ensure_kernels
 from tessera.server.front import start_front
-from tessera.server.offline_writer import ParquetOfflineWriter
-from tessera.server.registry import FeatureGroupRegistry
-from tessera.server.rocksdb import REGISTRY, open_secondary
-from tessera.server.roles import ClosingRole, ProcessStoreRole, RoleFailedError, Roles
+from tessera.server.registry_client import RemoteRegistry
+from tessera.server.roles import ProcessStoreRole, RoleFailedError, Roles
 from tessera.server.settings import Settings
 
 log = logging.getLogger("tessera.server.serving")
@@ -42,32 +40,6 @@ def run_dir(data_dir: Path) -> Path:
     """Where the supervisor and its children keep their run-time files (settings, ready
     files, secondaries): scratch, rebuilt at every start."""
     return data_dir / "run"
-
-
-class _SecondaryRegistryDB:
-    """What `FeatureGroupRegistry` reads, from a RocksDB secondary (its `registry` family)."""
-
-    def __init__(self, primary: Path, secondary: Path) -> None:
-        self.db = open_secondary(primary, secondary, 8)
-        self.registry = self.db.get_column_family(REGISTRY)
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class SnapshotRegistry(FeatureGroupRegistry):
-    """The groups as they were when this process started, read-only: the stand-in for the
-    writer process's registry service until serving processes have one. Creating, updating
-    or deleting a group answers UNAVAILABLE."""
-
-    def _refuse(self, *_: Any, **__: Any) -> FeatureGroup:
-        raise StorageError("feature groups cannot be created, changed or deleted while serving "
-                           "with --workers > 1 yet; restart with --workers 1 to do so")
-
-    create = update = _refuse
-
-    def delete(self, name: str) -> None:
-        self._refuse()
 
 
 async def serve(settings: Settings, index: int, ready_file: Path) -> None:
@@ -104,16 +76,18 @@ async def _start(
     online = await roles.start(ProcessStoreRole(
         data_dir, scratch / f"secondary-{index}", settings.online_store.block_cache_mb,
         settings.online_store.catch_up_interval_s))
-    registry_db = await asyncio.to_thread(
-        _SecondaryRegistryDB, data_dir / "online", scratch / f"registry-{index}")
-    await roles.start(ClosingRole("registry", registry_db.close))
-    registry = SnapshotRegistry(registry_db)  # type: ignore[arg-type]
+    store = online.store
+    # Reads from the store's secondary (reloaded when the registry's version key moves),
+    # mutations in the writer process.
+    registry = await asyncio.to_thread(RemoteRegistry, store.reader, store.writer)
     await asyncio.to_thread(ensure_kernels)
     if stop.is_set():
         return False
+    # No offline writer here: compaction swaps folders under the flusher's lock, which lives in
+    # the writer process, so `POST .../compact` is not served by serving processes yet.
     front = await start_front(
-        settings, roles, registry, online.store, ParquetOfflineWriter(settings.offline_root),
-        ready_file, spill=data_dir / "tmp" / f"duckdb-{index}", reuse_port=True,
+        settings, roles, registry, store, None, ready_file,
+        spill=data_dir / "tmp" / f"duckdb-{index}", reuse_port=True,
     )
     if stop.is_set():
         return False

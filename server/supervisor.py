@@ -164,11 +164,8 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:
             f.write(settings.model_dump_json())
 
-        o = settings.online_store
         writer = Child("writer process", [
-            "tessera.server.writer_process", "--data-dir", str(settings.data_dir),
-            "--block-cache-mb", str(o.block_cache_mb), "--write-buffer-mb",
-            str(o.write_buffer_mb), "--max-commit-records", str(o.max_commit_records)])
+            "tessera.server.writer_process", "--settings", str(settings_file)])
         self.children.append(writer)
         self._spawn(writer)
         self._wait_ready([writer])
