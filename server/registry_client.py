@@ -28,8 +28,6 @@ import time
 from concurrent.futures import Future
 from typing import TypeVar
 
-from pydantic import ValidationError
-
 from tessera.core.errors import (
     FeatureGroupNotFoundError,
     StorageError,
@@ -187,16 +185,14 @@ class RemoteRegistry:
     # --- mutations (in the writer process) -----------------------------------------------------
 
     def create(self, definition: FeatureGroupDefinition) -> FeatureGroup:
-        raw, seq = self._wait(self._writer.create_feature_group(
-            definition.model_dump_json().encode()))
+        group, seq = self._wait(self._writer.create_feature_group(definition))
         self._sync(seq)
-        return _group(raw)
+        return group
 
     def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
-        raw, seq = self._wait(self._writer.update_feature_group(
-            name, update.model_dump_json().encode()))
+        group, seq = self._wait(self._writer.update_feature_group(name, update))
         self._sync(seq)
-        return _group(raw)
+        return group
 
     def delete(self, name: str) -> None:
         seq = self._wait(self._writer.delete_feature_group(name))
@@ -215,9 +211,3 @@ def _listed(view: RegistryView, name: str) -> bool:
         return False
     return True
 
-
-def _group(raw: bytes) -> FeatureGroup:
-    try:
-        return FeatureGroup.model_validate_json(raw)
-    except ValidationError as exc:  # a writer of another version: not the caller's fault
-        raise StorageError(f"the writer process answered an unreadable group: {exc}") from exc

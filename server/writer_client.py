@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from pydantic import ValidationError
 
 from tessera.core.errors import StorageError
+from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import writer_ipc as ipc
 from tessera.server.store import Committed, Op
 
@@ -97,20 +99,24 @@ class WriterClient:
 
     # --- the registry (run by the writer process: server/registry_client.py uses these) --------
 
-    def create_feature_group(self, definition_json: bytes) -> Future[tuple[bytes, int]]:
-        """Resolves with (the created group as JSON, the seq reads must reach to see it)."""
+    def create_feature_group(
+        self, definition: FeatureGroupDefinition
+    ) -> Future[tuple[FeatureGroup, int]]:
+        """Resolves with (the created group, the seq reads must reach to see it)."""
         return self._request(_GROUP, lambda rid, _: ipc.frame(ipc.encoder.encode(
-            ipc.CreateFeatureGroup(rid, definition_json))))
+            ipc.CreateFeatureGroup(rid, ipc.model_to_wire(definition)))))
 
-    def update_feature_group(self, name: str, update_json: bytes) -> Future[tuple[bytes, int]]:
-        """Resolves with (the new version as JSON, its seq)."""
+    def update_feature_group(
+        self, name: str, update: FeatureGroupUpdate
+    ) -> Future[tuple[FeatureGroup, int]]:
+        """Resolves with (the new version, its seq)."""
         return self._request(_GROUP, lambda rid, _: ipc.frame(ipc.encoder.encode(
-            ipc.UpdateFeatureGroup(rid, name, update_json))))
+            ipc.UpdateFeatureGroup(rid, ipc.name_to_wire(name), ipc.model_to_wire(update)))))
 
     def delete_feature_group(self, name: str) -> Future[int]:
         """Resolves with the seq after the delete (its records dropped, its history retired)."""
         return self._request(_SEQ, lambda rid, _: ipc.frame(ipc.encoder.encode(
-            ipc.DeleteFeatureGroup(rid, name))))
+            ipc.DeleteFeatureGroup(rid, ipc.name_to_wire(name)))))
 
     def quarantined_groups(self) -> Future[dict[str, str]]:
         return self._request(_MARKS, lambda rid, _: ipc.frame(ipc.encoder.encode(
@@ -207,11 +213,18 @@ class WriterClient:
         elif kind is _STATS:
             _settle(fut, reply.stats)
         elif kind is _GROUP:
-            _settle(fut, (reply.group, reply.seq))
+            try:
+                group = ipc.model_from_wire(FeatureGroup, reply.group)
+            except (ValueError, ValidationError) as exc:  # a writer of another version
+                _settle(fut, exc=StorageError(
+                    f"the writer process answered an unreadable group: {exc}"))
+                return
+            _settle(fut, (group, reply.seq))
         elif kind is _SEQ:
             _settle(fut, reply.seq)
         elif kind is _MARKS:
-            _settle(fut, reply.marks)
+            _settle(fut, {ipc.name_from_wire(n): ipc.name_from_wire(r)
+                          for n, r in reply.marks.items()})
         else:
             _settle(fut, reply.count)
 

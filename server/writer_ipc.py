@@ -23,15 +23,18 @@ class (`error_from_wire`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import numpy as np
+from pydantic import BaseModel
 
 from tessera.core.aggregation.inputs import AggregationInput
 from tessera.core.aggregation.plan import (
@@ -43,6 +46,8 @@ from tessera.core.aggregation.plan import (
 from tessera.core.errors import TesseraError
 from tessera.server.aggregates import AggregateEvent
 from tessera.server.store import DeleteOp, Op, OpResult, PutOp
+
+M = TypeVar("M", bound=BaseModel)
 
 SOCKET_NAME = "writer.sock"
 _LENGTH = struct.Struct("<I")
@@ -120,25 +125,26 @@ class Stats(msgspec.Struct, array_like=True, tag=4):
 
 
 class CreateFeatureGroup(msgspec.Struct, array_like=True, tag=5):
-    """Reply: `group` (the created FeatureGroup as JSON) and `seq` (reads at it see it)."""
+    """Reply: `group` (the created FeatureGroup, `model_to_wire`) and `seq` (reads at it see
+    it)."""
 
     id: int
-    definition: bytes  # FeatureGroupDefinition JSON
+    definition: bytes  # FeatureGroupDefinition, `model_to_wire`
 
 
 class UpdateFeatureGroup(msgspec.Struct, array_like=True, tag=6):
-    """Reply: `group` (the new version as JSON) and `seq`."""
+    """Reply: `group` (the new version) and `seq`."""
 
     id: int
-    name: str
-    update: bytes  # FeatureGroupUpdate JSON
+    name: bytes  # `name_to_wire`
+    update: bytes  # FeatureGroupUpdate, `model_to_wire`
 
 
 class DeleteFeatureGroup(msgspec.Struct, array_like=True, tag=7):
     """Reply: `seq`; reads at it see the group gone and its records dropped."""
 
     id: int
-    name: str
+    name: bytes  # `name_to_wire`
 
 
 class QuarantinedGroups(msgspec.Struct, array_like=True, tag=8):
@@ -169,8 +175,8 @@ class Reply(msgspec.Struct, array_like=True):
     stats: dict[str, int] = {}
     #: CreateFeatureGroup / UpdateFeatureGroup: the group as JSON.
     group: bytes = b""
-    #: QuarantinedGroups: name -> reason.
-    marks: dict[str, str] = {}
+    #: QuarantinedGroups: name -> reason (both `name_to_wire`).
+    marks: dict[bytes, bytes] = {}
 
 
 request_decoder = msgspec.msgpack.Decoder(Request)
@@ -339,13 +345,40 @@ def decode_ops(msg: Submit, plans: dict[int, tuple[str, AggregationPlan]]) -> li
     return [next(it_put) if kind == _PUT else next(it_del) for kind in msg.order]
 
 
+# --- registry payloads --------------------------------------------------------------------------
+# Names and texts may hold lone surrogates (a JSON body can carry one; a group stored under an
+# older rule can be named with one): msgpack strings and pydantic's JSON refuse them, so names
+# cross as UTF-8 with surrogatepass, and models as JSON text with surrogates escaped (\ud800).
+
+
+def name_to_wire(name: str) -> bytes:
+    return name.encode("utf-8", "surrogatepass")
+
+
+def name_from_wire(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def model_to_wire(model: BaseModel) -> bytes:
+    return json.dumps(model.model_dump(mode="json")).encode()
+
+
+def model_from_wire(cls: type[M], raw: bytes) -> M:
+    """The model; pydantic's ValidationError when it does not validate."""
+    return cls.model_validate(json.loads(raw))
+
+
 # --- results and errors --------------------------------------------------------------------------
 
 
 def error_to_wire(exc: BaseException) -> WireError:
+    """A lone surrogate in the message (quoting a name sent in JSON) is escaped as the HTTP
+    edge escapes it (`\\ud800`): msgpack strings cannot carry one."""
     if isinstance(exc, TesseraError):
-        return WireError(type(exc).__name__, exc.message)
-    return WireError("StorageError", f"the writer process failed: {exc!r}")
+        message = exc.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return WireError(type(exc).__name__, message)
+    text = repr(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+    return WireError("StorageError", f"the writer process failed: {text}")
 
 
 def results_to_wire(results: list[OpResult]) -> list[bool | WireError]:

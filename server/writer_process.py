@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -270,21 +271,21 @@ class WriterServer:
             raise StorageError("this writer process serves no feature group registry")
         try:
             if isinstance(msg, ipc.CreateFeatureGroup):
-                group = registry.create(FeatureGroupDefinition.model_validate_json(
-                    msg.definition))
-                return ipc.Reply(0, self.store.visible_seq(),
-                                 group=group.model_dump_json().encode())
+                group = registry.create(ipc.model_from_wire(FeatureGroupDefinition,
+                                                            msg.definition))
+                return ipc.Reply(0, self.store.visible_seq(), group=ipc.model_to_wire(group))
             if isinstance(msg, ipc.UpdateFeatureGroup):
-                group = registry.update(msg.name, FeatureGroupUpdate.model_validate_json(
-                    msg.update))
-                return ipc.Reply(0, self.store.visible_seq(),
-                                 group=group.model_dump_json().encode())
+                group = registry.update(ipc.name_from_wire(msg.name),
+                                        ipc.model_from_wire(FeatureGroupUpdate, msg.update))
+                return ipc.Reply(0, self.store.visible_seq(), group=ipc.model_to_wire(group))
             if isinstance(msg, ipc.DeleteFeatureGroup):
-                registry.delete(msg.name)
+                registry.delete(ipc.name_from_wire(msg.name))
                 return ipc.Reply(0, self.store.visible_seq())
             if isinstance(msg, ipc.QuarantinedGroups):
-                return ipc.Reply(0, self.store.visible_seq(), marks=registry.quarantined())
-        except ValidationError as exc:  # the serving process validated it: another version?
+                marks = {ipc.name_to_wire(name): ipc.name_to_wire(reason)
+                         for name, reason in registry.quarantined().items()}
+                return ipc.Reply(0, self.store.visible_seq(), marks=marks)
+        except (ValidationError, json.JSONDecodeError) as exc:  # validated by the sender
             raise InvalidRequestError(f"invalid feature group request: {exc}") from exc
         raise InvalidRequestError(f"not a registry request: {type(msg).__name__}")
 

@@ -82,8 +82,16 @@ def test_a_refused_definition_creates_nothing(registry: Registry) -> None:
         registry.create(definition("x" * 70))
     with pytest.raises(InvalidRequestError):
         registry.create(definition(event_time_feature_name="missing"))
+    with pytest.raises(InvalidRequestError, match=r"feature_group_name 'users\\ud800' is not"):
+        registry.create(definition("users\ud800"))  # a lone surrogate (JSON can carry one)
+    with pytest.raises(FeatureGroupNotFoundError):
+        registry.delete("users\ud800")
     assert registry.list() == []
     assert registry.create(definition()).feature_group_id == 1  # no id was used up
+    with pytest.raises(InvalidRequestError, match="feature_name"):
+        registry.update("users", FeatureGroupUpdate(
+            feature_additions=[FeatureDefinition.of("a\ud800", "Integral")]))
+    assert registry.describe("users").version == 1
 
 
 def test_an_update_adds_features_as_a_new_version(registry: Registry) -> None:
