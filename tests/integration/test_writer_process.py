@@ -314,3 +314,26 @@ def test_a_seq_never_issued_is_refused_once_the_wait_times_out(tmp_path: Path) -
                 store.wait_visible(seq + 1000, timeout_s=0.2)
         finally:
             store.close()
+
+
+def test_a_writer_that_cannot_start_exits_1_and_leaves_the_running_one_serving(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with WriterProcess(data) as first:
+        second = WriterProcess(data)
+        second.log_path = tmp_path / "second.log"
+        try:
+            second.start()  # returns at once: the first one's socket accepts
+            assert second.proc is not None
+            assert second.proc.wait(30) == 1  # the primary's lock is held
+        finally:
+            second.kill()
+        assert "the writer process failed" in second.log() and "lock" in second.log()
+        assert first.socket.exists()  # the failed one did not take the socket away
+        client = WriterClient(first.socket)
+        try:
+            assert client.submit([_put("still")]).result(timeout=10).results == [True]
+        finally:
+            client.close()
+        assert first.stop() == 0

@@ -191,3 +191,24 @@ def test_encoding_and_decoding_a_put_costs_about_a_microsecond() -> None:
     per_op_us = best / len(ops) * 1e6
     print(f"writer IPC encode+decode: {per_op_us:.2f} us per PutOp")
     assert per_op_us < 10.0
+
+
+def test_registry_requests_carry_names_and_models_with_lone_surrogates() -> None:
+    definition = FeatureGroupDefinition(
+        feature_group_name="users\ud800", record_identifier_feature_name="id",
+        event_time_feature_name="ts",
+        feature_definitions=[FeatureDefinition.of("id", "String"),
+                             FeatureDefinition.of("ts", "Fractional")])
+    sent = ipc.CreateFeatureGroup(7, ipc.model_to_wire(definition))
+    got = ipc.request_decoder.decode(ipc.encoder.encode(sent))
+    assert isinstance(got, ipc.CreateFeatureGroup) and got.id == 7
+    assert ipc.model_from_wire(FeatureGroupDefinition, got.definition) == definition
+    deleted = ipc.request_decoder.decode(ipc.encoder.encode(
+        ipc.DeleteFeatureGroup(8, ipc.name_to_wire("users\ud800"))))
+    assert isinstance(deleted, ipc.DeleteFeatureGroup)
+    assert ipc.name_from_wire(deleted.name) == "users\ud800"
+    wire = ipc.error_to_wire(FeatureGroupNotFoundError("users\ud800"))
+    back = ipc.error_from_wire(ipc.reply_decoder.decode(ipc.encoder.encode(
+        ipc.Reply(8, error=wire))).error)  # type: ignore[arg-type]
+    assert isinstance(back, FeatureGroupNotFoundError)
+    assert back.message == "feature group 'users\\ud800' does not exist"
