@@ -25,6 +25,7 @@ import builtins
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -103,7 +104,7 @@ class RemoteRegistry:
         return self._reload_if_changed()
 
     def _refresh_on_miss(self) -> bool:
-        """A rate-limited `refresh` (the module docstring): True if the view changed."""
+        """A rate-limited `refresh` (the module docstring): True if it reloaded the view."""
         now = time.monotonic()
         with self._miss_lock:
             if now - self._last_forced < self._miss_interval_s:
@@ -130,36 +131,43 @@ class RemoteRegistry:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def schema(self, name: str) -> CompiledSchema:
+    def _found(self, get: Callable[[RegistryView], T]) -> T:
+        """`get(view)`; on FeatureGroupNotFoundError, again after a (rate-limited) refresh if
+        the view changed meanwhile (by the refresh, or by the timer)."""
+        view = self._view
         try:
-            return self._view.schema(name)
+            return get(view)
         except FeatureGroupNotFoundError:
-            if not self._refresh_on_miss():
+            self._refresh_on_miss()
+            if self._view is view:
                 raise
-        return self._view.schema(name)
+        return get(self._view)
+
+    def _some(self, get: Callable[[RegistryView], T | None]) -> T | None:
+        """`get(view)`; when None, again after a (rate-limited) refresh if the view changed."""
+        view = self._view
+        found = get(view)
+        if found is None:
+            self._refresh_on_miss()
+            if self._view is not view:
+                found = get(self._view)
+        return found
+
+    def schema(self, name: str) -> CompiledSchema:
+        return self._found(lambda view: view.schema(name))
 
     def find_schema(self, name: str) -> CompiledSchema | None:
+        """No refresh: a view as it is (e.g. for a check that must not cost a catch-up)."""
         return self._view.find_schema(name)
 
     def newer_schema(self, schema: CompiledSchema) -> CompiledSchema | None:
-        newer = self._view.newer_schema(schema)
-        if newer is None and self._refresh_on_miss():
-            newer = self._view.newer_schema(schema)
-        return newer
+        return self._some(lambda view: view.newer_schema(schema))
 
     def describe(self, name: str) -> FeatureGroup:
-        try:
-            return self._view.describe(name)
-        except FeatureGroupNotFoundError:
-            if not self._refresh_on_miss():
-                raise
-        return self._view.describe(name)
+        return self._found(lambda view: view.describe(name))
 
     def by_id(self, group_id: int) -> tuple[FeatureGroup, bool] | None:
-        found = self._view.by_id(group_id)
-        if found is None and self._refresh_on_miss():
-            found = self._view.by_id(group_id)
-        return found
+        return self._some(lambda view: view.by_id(group_id))
 
     def quarantined(self) -> dict[str, str]:
         """This view's quarantined groups, the writer's (fetched once per registry version;
