@@ -16,8 +16,9 @@ fresh subprocess, the trees interleaved run by run so that the machine's drifts 
 - `ingest_prepare`: the Kafka consumer's decode + map + validate of the ingest benchmark's JSON
   events (`Preparer.prepare` over fake messages).
 
-`--before PATH` names a checkout of the old code (`git worktree add /tmp/tessera-before REV`); it
-runs with this venv through PYTHONPATH. `--e2e` also runs `benchmarks.run --quick` (bulk durable
+`--before PATH` names a checkout of the old code (`git worktree add /tmp/tessera-before REV`), and
+`--after PATH` one of the new (default: this working tree); each runs with this venv through
+PYTHONPATH. `--e2e` also runs `benchmarks.run --quick` (bulk durable
 PutRecords) and `benchmarks.ingest_bench --quick` (Kafka ingest) once per tree, interleaved.
 Every stage checks its result (records written, rows in Parquet, records prepared).
 """
@@ -234,13 +235,35 @@ def _run_worker(pythonpath: str | None, records: int) -> dict[str, float]:
     return result
 
 
-def _run_e2e(pythonpath: str | None, tmp: Path, label: str) -> dict[str, Any]:
+_WARM_UP = """
+import importlib
+from tessera.core.aggregation.warmup import warm_up
+warm_up()
+for name in ("tessera.server.history_kernels", "tessera.core.record_scan"):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass  # a checkout without it
+from tessera.core import records
+getattr(records, "load_compiled_validation", lambda: None)()
+"""
+
+
+def _warm_up(pythonpath: str | None) -> None:
+    """Compile the checkout's Numba kernels into its on-disk cache (a new checkout path misses
+    the cache: the server would compile them at start-up, past the suites' start timeout)."""
+    subprocess.run([sys.executable, "-c", _WARM_UP], cwd=ROOT, env=_env(pythonpath),
+                   check=True, timeout=900)
+
+
+def _run_e2e(tree: Path, pythonpath: str | None, tmp: Path, label: str) -> dict[str, Any]:
+    """The quick online and ingest suites of `tree` (its own benchmarks/ and tests/)."""
     online_out, ingest_out = tmp / f"online-{label}.json", tmp / f"ingest-{label}.json"
     subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(online_out)],
-                   cwd=ROOT, env=_env(pythonpath), check=True, timeout=1800,
+                   cwd=tree, env=_env(pythonpath), check=True, timeout=1800,
                    stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-m", "benchmarks.ingest_bench", "--quick", "--out",
-                    str(ingest_out)], cwd=ROOT, env=_env(pythonpath), check=True, timeout=1800,
+                    str(ingest_out)], cwd=tree, env=_env(pythonpath), check=True, timeout=1800,
                    stdout=subprocess.DEVNULL)
     online = json.loads(online_out.read_text())
     ingest = json.loads(ingest_out.read_text())
@@ -253,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", type=Path, help="a checkout of the old code to compare")
+    parser.add_argument("--after", type=Path,
+                        help="a checkout of the new code (default: this one, as it is)")
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--e2e", action="store_true", help="also the quick end-to-end suites")
@@ -266,9 +291,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tessera-per-record-") as tmp_name:
         tmp = Path(tmp_name)
-        trees: dict[str, str | None] = {"after": None}
+        checkouts: dict[str, Path] = {"after": (args.after or ROOT).resolve()}
         if args.before is not None:
-            trees = {"before": _pythonpath_for(args.before.resolve(), tmp), "after": None}
+            checkouts = {"before": args.before.resolve(), **checkouts}
+        trees: dict[str, str | None] = {
+            label: None if path == ROOT else _pythonpath_for(path, tmp / label)
+            for label, path in checkouts.items()
+        }
+        for path in trees.values():
+            _warm_up(path)
         runs: dict[str, list[dict[str, float]]] = {label: [] for label in trees}
         for n in range(args.rounds):
             for label, path in trees.items():
@@ -285,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  capture_output=True, text=True).stdout.strip()},
             "config": {"records": args.records, "rounds": args.rounds,
                        "records_per_call": RECORDS_PER_CALL,
-                       "before": str(args.before) if args.before else None},
+                       "checkouts": {k: str(v) for k, v in checkouts.items()}},
             "us_per_record_median": medians,
             "runs": runs,
         }
@@ -294,10 +325,16 @@ def main(argv: list[str] | None = None) -> int:
                 k: round(medians["before"][k] / medians["after"][k], 2)
                 for k in medians["after"] if medians["after"][k] > 0
             }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
         if args.e2e:
-            report["e2e"] = {label: _run_e2e(path, tmp, label) for label, path in trees.items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+            report["e2e"] = {}
+            for label, path in trees.items():
+                try:
+                    report["e2e"][label] = _run_e2e(checkouts[label], path, tmp, label)
+                except subprocess.SubprocessError as exc:
+                    report["e2e"][label] = {"failed": str(exc)}
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in report if k in (
         "us_per_record_median", "ratio_before_over_after")}, indent=2))
     return 0

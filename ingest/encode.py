@@ -38,6 +38,7 @@ _SMALL = [varint(i) for i in range(0x80)]
 #: Varints of 0 .. 2**14 - 1 (1 or 2 bytes): counts, lengths and most Integral values.
 _VARINTS = [varint(i) for i in range(1 << 14)]
 _N_VARINTS = len(_VARINTS)
+_THREE_BYTES = 1 << 21  # values below take a 3-byte varint
 
 
 class FastEncoder:
@@ -104,6 +105,9 @@ class FastEncoder:
                 if kind == _INT:
                     if 0 <= value < n_varints:
                         v = varints[value]
+                    elif n_varints <= value < _THREE_BYTES:
+                        v = bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80,
+                                   value >> 14))
                     elif _I64_MIN <= value <= _I64_MAX:
                         v = varint(value & _U64)
                     else:

@@ -53,8 +53,17 @@ class RecordMapper:
         self._time_from_timestamp = topic.event_time == "timestamp"
         self._ignore_unknown = topic.unknown_fields == "ignore"
         self._plans: dict[tuple[str, str], _Plan] = {}
+        self._last: tuple[CompiledSchema, _Plan] | None = None  # asked twice per message
 
     def _plan(self, schema: CompiledSchema) -> _Plan:
+        last = self._last
+        if last is not None and last[0] is schema:
+            return last[1]
+        plan = self._plan_of(schema)
+        self._last = (schema, plan)
+        return plan
+
+    def _plan_of(self, schema: CompiledSchema) -> _Plan:
         names = (schema.record_identifier.name, schema.event_time.name)
         plan = self._plans.get(names)
         if plan is None:
