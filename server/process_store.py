@@ -10,6 +10,7 @@ processes, a client passes the seq of its write's acknowledgement to `wait_visib
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -66,20 +67,24 @@ class ProcessOnlineStore:
 
     def wait_visible(self, seq: int, timeout_s: float) -> bool:
         """Wait for the secondary to reflect `seq` (an immediate catch-up, then the timer's).
-        When it does not in time, the writer says whether `seq` was ever issued: one ahead of
-        the primary's latest is PreconditionFailedError (another data directory's token)."""
-        if self.reader.wait_visible(seq, timeout_s):
+        When the immediate catch-up is not enough, the writer says whether `seq` was ever
+        issued: one ahead of the primary's latest is PreconditionFailedError (another data
+        directory's token)."""
+        deadline = time.monotonic() + timeout_s
+        # The writer is asked early (a token never issued answers at once, not at the
+        # deadline), yet only when an immediate catch-up was not enough (rare).
+        if self.reader.wait_visible(seq, min(timeout_s, 0.05)):
             return True
         try:
-            primary = self.writer.stats(timeout_s=1.0)["seq"]
+            primary = self.writer.stats(timeout_s=min(1.0, max(timeout_s, 0.01)))["seq"]
         except (StorageError, TimeoutError):
-            return False  # the writer is down or busy: cannot tell
+            primary = seq  # the writer is down or busy: cannot tell; wait as asked
         if seq > primary:
             raise PreconditionFailedError(
                 f"consistent_after names commit {seq}, ahead of this store's latest commit "
                 f"{primary}: it was not issued by this Tessera (another server or data "
                 "directory), or this store lost the data it was issued for")
-        return False
+        return self.reader.wait_visible(seq, max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         self.writer.close()
