@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from tessera.core.errors import StorageError
+from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
 from tessera.server.front import start_front
 from tessera.server.registry_client import RemoteRegistry
@@ -80,6 +81,8 @@ async def _start(
     # Reads from the store's secondary (reloaded when the registry's version key moves),
     # mutations in the writer process.
     registry = await asyncio.to_thread(RemoteRegistry, store.reader, store.writer)
+    metrics.FEATURE_GROUPS.set_function(lambda: len(registry.list()))
+    metrics.FEATURE_GROUPS_QUARANTINED.set_function(lambda: len(registry.quarantined()))
     await asyncio.to_thread(ensure_kernels)
     if stop.is_set():
         return False

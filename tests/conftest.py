@@ -11,18 +11,27 @@ from tests.serverproc import ServerProcess
 _names = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real server process shared by the session (tests use their own feature groups)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("server") / "data").start()
+#: `tessera serve --workers N` for N in these: one process, and a supervisor with a writer
+#: process and two serving processes (server/supervisor.py).
+WORKERS = [pytest.param(1, id="workers1"), pytest.param(2, id="workers2")]
+
+
+@pytest.fixture(scope="session", params=WORKERS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One real server shared by the session (tests use their own feature groups), once per
+    process layout."""
+    proc = ServerProcess(tmp_path_factory.mktemp("server") / "data",
+                         workers=request.param).start()
     yield proc
     proc.stop()
 
 
-@pytest.fixture
-def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server process of the test's own, for crash and restart tests."""
-    proc = ServerProcess(tmp_path / "data")
+@pytest.fixture(params=WORKERS)
+def fresh_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own, for crash and restart tests, once per process layout."""
+    proc = ServerProcess(tmp_path / "data", workers=request.param)
     yield proc
     proc.kill()
 
