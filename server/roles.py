@@ -382,6 +382,27 @@ class ReadinessRole:
         return await _forever()
 
 
+class ReadyFileRole:
+    """A process without ports (a consumer process) is ready: {pid} goes to the ready file,
+    which its supervisor waits for."""
+
+    name = "readiness"
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    async def start(self) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid()}))
+        tmp.replace(self._path)
+
+    async def stop(self) -> None:
+        self._path.unlink(missing_ok=True)
+
+    async def died(self) -> str:
+        return await _forever()
+
+
 class IngestRole:
     """The embedded Kafka consumer, writing straight into the store (a thread of its own)."""
 

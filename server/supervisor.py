@@ -6,17 +6,27 @@ process `tessera serve` started is a supervisor that serves nothing itself:
     tessera serve --workers N   (supervisor: picks the ports, starts, watches, restarts, stops)
      |
      +-- writer process         python -m tessera.server.writer_process   (server/writer_process.py)
-     |     RocksDB primary <data_dir>/online: every mutation, group commit, outbox, tiles;
+     |     RocksDB primary <data_dir>/online: every mutation, group commit, outbox, tiles; the
+     |     registry's writes and hooks, the TTL purger, the outbox -> Parquet flusher;
      |     listens on the Unix socket <data_dir>/writer.sock
      +-- serving process 1..N   python -m tessera.server.serving          (server/serving.py)
-           gRPC and HTTP on the SAME two ports (SO_REUSEPORT: the kernel spreads connections);
-           parse, validate, encode; reads from its own RocksDB secondary
-           (<data_dir>/run/secondary-<i>); writes over writer.sock (server/writer_client.py)
+     |     gRPC and HTTP on the SAME two ports (SO_REUSEPORT: the kernel spreads connections);
+     |     parse, validate, encode; reads from its own RocksDB secondary
+     |     (<data_dir>/run/secondary-<i>); registry: RemoteRegistry over that secondary;
+     |     writes and registry changes over writer.sock (server/writer_client.py)
+     +-- consumer process       python -m tessera.server.consumer_process (only with
+           TESSERA_INGEST; server/consumer_process.py): the embedded Kafka ingest, writing
+           through writer.sock like a serving process, committing offsets once acknowledged
+
+The socket writer.sock carries writes, registry changes and their acknowledgements (protocol:
+server/writer_ipc.py); RocksDB's files carry the data to the secondaries (catch-up on a timer,
+10 ms, and on demand for a read with a write token: read-your-writes across processes).
 
 Who owns what:
-- The writer process alone opens the primary and writes RocksDB; its docstring tells its
-  protocol and what survives its crash. Serving processes own only scratch: their secondary
-  and DuckDB spill folders under <data_dir>/run and <data_dir>/tmp.
+- The writer process alone opens the primary and writes RocksDB and the Parquet history; its
+  docstring tells its protocol and what survives its crash. Serving and consumer processes
+  own only scratch: their secondary and DuckDB spill folders under <data_dir>/run and
+  <data_dir>/tmp, rebuilt at start.
 - The supervisor owns the ports and the children. It picks free ports once (port 0) and keeps
   a bound, non-listening SO_REUSEPORT socket on each for its whole life, so a restarted child
   binds the same port and no other program takes it meanwhile; every child gets concrete
@@ -28,30 +38,37 @@ Who owns what:
 
 Start-up, in order: the writer (ready once its socket accepts), then the N serving processes
 (each ready once it wrote <data_dir>/run/serving-<i>.json, after binding both ports), then the
-ready file (`--ready-file`: {grpc_port, http_port, pid: the supervisor's, writer_pid,
-serving_pids}); rewritten whenever a restarted child is ready again. A child that exits before
+consumer process (ready file <data_dir>/run/consumer.json), then the ready file
+(`--ready-file`: {grpc_port, http_port, pid: the supervisor's, writer_pid, serving_pids,
+consumer_pids}); rewritten whenever a restarted child is ready again. A child that exits before
 the start-up finished, a port in use, or a start-up longer than `START_TIMEOUT_S` is fatal:
 everything started is stopped and `tessera serve` exits 1 within seconds.
 
 Crashes (any exit the supervisor did not ask for), detected by polling each child:
-- A serving process is restarted after a backoff (0.1 s doubling to 5 s; reset once a child
-  has run for a minute). The other serving processes keep the ports, so clients see at most
-  the failed calls of the connections the dead one held; nothing durable is lost (the writer
-  commits the writes it received and acknowledged).
+- A serving or consumer process is restarted after a backoff (0.1 s doubling to 5 s; reset
+  once a child has run for a minute). The other serving processes keep the ports, so clients
+  see at most the failed calls of the connections the dead one held; nothing durable is lost
+  (the writer commits the writes it received and acknowledged). A restarted consumer resumes
+  from the last committed offsets (at least once; replays are idempotent).
 - The writer is restarted the same way; the serving processes keep running: while it is
   down, writes fail fast with UNAVAILABLE (retryable) and reads are served from the
   secondaries; the next write after it is back reconnects. Every acknowledged write was
   synced to the WAL with its outbox row, so it survives (the writer's docstring).
 - A child that crashes `CRASH_LOOP_COUNT` times within `CRASH_LOOP_WINDOW_S` stops the whole
   server: every child is stopped and `tessera serve` exits 1 naming the child and its exit.
+- `kill -9` of the supervisor (or of its whole process group): every child dies with it;
+  a restart on the data dir finds every acknowledged write, and history replays the outbox
+  into the same files (no row twice).
 
 SIGTERM / SIGINT: serving processes first (readiness off, in-flight calls drain for
-`shutdown_grace_s`), then the writer (it acknowledges every write it received, syncs and
-closes RocksDB); exit 0. A child that does not stop in time is killed (the exit is then 1).
+`shutdown_grace_s`), then the consumer (drains, commits offsets), then the writer (it
+acknowledges every write it received, flushes history, syncs and closes RocksDB); exit 0. A
+child that does not stop in time is killed (the exit is then 1).
 
-Not yet in this layout (DESIGN.md, Processes): the history flusher and TTL purger, the
-registry service for serving processes, and the consumer processes of the embedded ingest
-(see `Supervisor.__init__`).
+Not yet in this layout: /metrics answers for the process that served the scrape (nothing is
+aggregated across processes, and the writer's and consumer's metrics are not exposed);
+`POST /v1/feature-groups/{name}/compact` answers 503 (compaction's lock lives with the
+flusher in the writer process); history is still a thread of the writer, not a process.
 """
 
 from __future__ import annotations
@@ -100,6 +117,7 @@ class Child:
     """One supervised process: what it runs and how it is known to serve."""
 
     name: str
+    kind: str  # "writer", "serving" or "consumer": the stop order (module docstring)
     argv: list[str]
     ready_file: Path | None = None  # None: the writer (ready once its socket accepts)
     proc: subprocess.Popen[bytes] | None = None
@@ -120,10 +138,6 @@ class Supervisor:
     """Runs the writer and N serving processes (see the module docstring)."""
 
     def __init__(self, settings: Settings, ready_file: Path | None = None) -> None:
-        if settings.ingest is not None:  # refused, not ignored: no topic is left unconsumed
-            raise SupervisorError("the embedded Kafka consumer (TESSERA_INGEST) does not run "
-                                  "with --workers > 1 yet; use --workers 1, or run `tessera "
-                                  "ingest` next to the server")
         data_dir = settings.data_dir.absolute()
         self.settings = settings.model_copy(update={"data_dir": data_dir})
         self.ready_file = ready_file
@@ -164,13 +178,13 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:
             f.write(settings.model_dump_json())
 
-        writer = Child("writer process", [
+        writer = Child("writer process", "writer", [
             "tessera.server.writer_process", "--settings", str(settings_file)])
         self.children.append(writer)
         self._spawn(writer)
         self._wait_ready([writer])
         serving = [
-            Child(f"serving process {i}", [
+            Child(f"serving process {i}", "serving", [
                 "tessera.server.serving", "--settings", str(settings_file), "--index", str(i),
                 "--ready-file", str(self.run_dir / f"serving-{i}.json")],
                 ready_file=self.run_dir / f"serving-{i}.json")
@@ -180,6 +194,14 @@ class Supervisor:
         for child in serving:
             self._spawn(child)
         self._wait_ready(serving)
+        if settings.ingest is not None:
+            ready = self.run_dir / "consumer.json"
+            consumer = Child("consumer process", "consumer", [
+                "tessera.server.consumer_process", "--settings", str(settings_file),
+                "--ready-file", str(ready)], ready_file=ready)
+            self.children.append(consumer)
+            self._spawn(consumer)
+            self._wait_ready([consumer])
         self._write_ready_file()
         log.info("Tessera serving with %d serving processes: gRPC %s:%d, HTTP http://%s:%d, "
                  "data in %s", len(serving), s.host, self.ports.grpc_port, s.host,
@@ -232,10 +254,12 @@ class Supervisor:
     def _write_ready_file(self) -> None:
         if self.ready_file is None or self.ports is None:
             return
-        writer, *serving = self.children
+        def pids(kind: str) -> list[int]:
+            return [c.proc.pid if c.proc else 0 for c in self.children if c.kind == kind]
+
         info = {"grpc_port": self.ports.grpc_port, "http_port": self.ports.http_port,
-                "pid": os.getpid(), "writer_pid": writer.proc.pid if writer.proc else 0,
-                "serving_pids": [c.proc.pid if c.proc else 0 for c in serving]}
+                "pid": os.getpid(), "writer_pid": pids("writer")[0],
+                "serving_pids": pids("serving"), "consumer_pids": pids("consumer")}
         tmp = self.ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(self.ready_file)
@@ -290,10 +314,9 @@ class Supervisor:
         self.stopping.set()
         grace = self.settings.server.shutdown_grace_s
         clean = True
-        writers = [c for c in self.children if c.ready_file is None]
-        serving = [c for c in self.children if c.ready_file is not None]
-        for group, timeout_s in ((serving, grace + 10.0), (writers, 60.0)):
-            clean &= _terminate([c for c in group if c.proc is not None], timeout_s)
+        for kind, timeout_s in (("serving", grace + 10.0), ("consumer", 60.0), ("writer", 60.0)):
+            clean &= _terminate(
+                [c for c in self.children if c.kind == kind and c.proc is not None], timeout_s)
         for sock in self._reserved:
             sock.close()
         self._reserved.clear()

@@ -3,6 +3,7 @@ ports (server/supervisor.py). Each test runs its own server; every process is re
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server.front import PID_HEADER, PROCESS_SERVICE
 from tests.integration.wire_helpers import Wire
+from tests.kafka_fixtures import session_broker
 from tests.serverproc import ServerProcess
 
 T0 = 1_700_000_000.0
@@ -313,3 +315,40 @@ def test_a_port_in_use_fails_the_start_within_seconds_leaving_no_child(tmp_path:
     assert time.monotonic() - started < 15
     assert "cannot reserve the ports" in out.stderr and str(port) in out.stderr
     assert "started the writer" not in out.stderr
+
+
+def test_the_consumer_process_ingests_and_resumes_after_kill_9(tmp_path: Path) -> None:
+    kafka = session_broker()
+    topic = kafka.create_topic(kafka.unique("mp"), partitions=2)
+    config = {"bootstrap_servers": kafka.bootstrap, "group_id": kafka.unique("mp"),
+              "batch_max_ms": 50, "topics": [{"topic": topic, "feature_group": "g"}]}
+    proc = ServerProcess(tmp_path / "data", workers=2, extra_env={
+        "TESSERA_INGEST": json.dumps(config), "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2"})
+    try:
+        start(proc)
+        consumer = proc.info()["consumer_pids"]
+        assert len(consumer) == 1 and consumer[0] not in proc.info()["serving_pids"]
+        w = Wire(proc.grpc_target, proc.http_url)
+
+        def produce(first: int, n: int) -> None:
+            kafka.produce(topic, [(None, json.dumps(
+                {"user_id": f"u{i}", "ts": T0 + i, "clicks": i}).encode())
+                for i in range(first, first + n)])
+
+        produce(0, 100)
+        wait_until(lambda: w.get("g", "u99") is not None, what="the first messages")
+        os.kill(consumer[0], signal.SIGKILL)
+        produce(100, 100)
+        wait_until(lambda: proc.info()["consumer_pids"] != consumer, what="the restart")
+        wait_until(lambda: w.get("g", "u199") is not None, timeout_s=60,
+                   what="messages after the restart")
+        assert all(w.get("g", f"u{i}")["clicks"] == i for i in range(200))
+        w.close()
+        assert proc.stop() == 0
+        glob = layout.parquet_glob(proc.data_dir / "offline", "g")
+        sources = duckdb.sql(f"SELECT DISTINCT user_id, tessera_source FROM read_parquet("
+                             f"'{glob}', hive_partitioning=true)").fetchall()
+        assert {u for u, _ in sources} == {f"u{i}" for i in range(200)}
+        assert all(src.startswith(f"kafka:{topic}/") for _, src in sources)
+    finally:
+        proc.kill()

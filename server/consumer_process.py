@@ -1,0 +1,99 @@
+"""The consumer process of `tessera serve --workers N` (the layout: server/supervisor.py): the
+embedded Kafka ingest (`TESSERA_INGEST`), in a process of its own so decoding and validating
+messages never competes with the serving processes' interpreters.
+
+`python -m tessera.server.consumer_process --settings FILE --ready-file F`, started by the
+supervisor once the serving processes serve. Roles: the online store (`ProcessOnlineStore`:
+writes through the writer process, a secondary in `<data_dir>/run/secondary-consumer`), the
+registry (`RemoteRegistry` over that secondary), then the consumers (`run_consumers` with the
+`EmbeddedSink`, as in the single process), then the ready file. Offsets are committed only
+once the writer acknowledged a batch; while the writer is down the sink fails with
+StorageError and consumption pauses, nothing committed. SIGTERM: the consumers drain and
+commit, then the store closes. A consumer that fails exits the process with 1 (the supervisor
+restarts it, and stops the server if it keeps failing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from tessera.core.errors import StorageError
+from tessera.ingest import run_consumers
+from tessera.ingest.metrics import IngestMetrics
+from tessera.server import metrics
+from tessera.server.ingest_sink import EmbeddedSink
+from tessera.server.registry_client import RemoteRegistry
+from tessera.server.roles import (
+    IngestRole,
+    ProcessStoreRole,
+    ReadyFileRole,
+    RoleFailedError,
+    Roles,
+)
+from tessera.server.serving import run_dir
+from tessera.server.settings import Settings
+
+log = logging.getLogger("tessera.server.consumer_process")
+
+
+async def consume(settings: Settings, ready_file: Path) -> None:
+    config = settings.ingest
+    if config is None:
+        raise RoleFailedError("no Kafka topics are configured (TESSERA_INGEST)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    roles = Roles()
+    died: str | None = None
+    try:
+        online = await roles.start(ProcessStoreRole(
+            settings.data_dir, run_dir(settings.data_dir) / "secondary-consumer",
+            settings.online_store.block_cache_mb, settings.online_store.catch_up_interval_s))
+        store = online.store
+        registry = await asyncio.to_thread(RemoteRegistry, store.reader, store.writer)
+        sink = EmbeddedSink(registry, store)
+        ingest_metrics = IngestMetrics(metrics.REGISTRY)
+        await roles.start(IngestRole(
+            lambda ev: run_consumers(config, sink, ev, ingest_metrics), config))
+        await roles.start(ReadyFileRole(ready_file))
+        death = asyncio.ensure_future(roles.wait_for_death())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if death.done():
+            role, reason = death.result()
+            died = f"the {role.name} died: {reason}"
+            log.error("%s: stopping the consumer process", died)
+        death.cancel()
+        stopping.cancel()
+    finally:
+        failures = await roles.stop_all()
+    if died is not None:
+        raise RoleFailedError(died)
+    if failures:
+        raise RoleFailedError("stopped with errors: " + "; ".join(failures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the Tessera consumer process")
+    parser.add_argument("--settings", type=Path, required=True, help="the settings, as JSON")
+    parser.add_argument("--ready-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s consumer %(name)s: %(message)s")
+    settings = Settings.model_validate_json(args.settings.read_text())
+    try:
+        asyncio.run(consume(settings, args.ready_file))
+    except (OSError, RoleFailedError, StorageError) as exc:
+        log.error("the consumer process failed: %s: %s", type(exc).__name__, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
