@@ -237,6 +237,9 @@ def test_a_write_token_gives_read_your_writes_across_serving_processes(tmp_path:
         get = ch_b.unary_unary("/tessera.v1.FeatureStore/GetRecord",
                                request_serializer=pb.GetRecordRequest.SerializeToString,
                                response_deserializer=pb.GetRecordResponse.FromString)
+        # B learns of the group first (its registry's catch-up would also show the write).
+        assert not get(pb.GetRecordRequest(feature_group_name="g", record_identifier="nobody"),
+                       timeout=10).HasField("record")
         stale = 0
         for i in range(5):
             token = put(pb.PutRecordRequest(feature_group_name="g", record=to_record(
