@@ -355,3 +355,19 @@ def test_the_consumer_process_ingests_and_resumes_after_kill_9(tmp_path: Path) -
         assert all(src.startswith(f"kafka:{topic}/") for _, src in sources)
     finally:
         proc.kill()
+
+
+def test_a_child_failing_at_start_up_stops_the_server_within_seconds(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "offline").write_text("not a directory")  # no catalog, no history
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(tmp_path / "data"),
+         "--workers", "2", "--grpc-port", "0", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert time.monotonic() - started < 30
+    assert "during start-up" in out.stderr
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if any(str(tmp_path) in part for part in (p.info["cmdline"] or []))]
+    assert not left, left
