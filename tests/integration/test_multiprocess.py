@@ -95,6 +95,7 @@ class Writers:
     def __init__(self, proc: ServerProcess, n: int = 4) -> None:
         self.proc = proc
         self.acked: dict[str, int] = {}
+        self.every_ack: list[tuple[str, int]] = []
         self.failures = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -125,10 +126,12 @@ class Writers:
             except grpc.RpcError:
                 with self._lock:
                     self.failures += 1
+                i += 1  # not acknowledged, maybe stored: never sent again (one history row each)
                 time.sleep(0.02)
-                continue  # not acknowledged: may or may not be stored; a later i overwrites it
+                continue
             with self._lock:
                 self.acked[rid] = i
+                self.every_ack.append((rid, i))
             i += 1
         w.close()
 
@@ -140,6 +143,20 @@ class Writers:
                 assert got is not None and got["clicks"] >= clicks, (rid, clicks, got)
         finally:
             w.close()
+
+
+def check_history(proc: ServerProcess, writers: Writers) -> None:
+    """Every acknowledged put of `writers` is in history exactly once (each put is sent once:
+    a failed one is never retried, so a second row would be a duplicate)."""
+    glob = layout.parquet_glob(proc.data_dir / "offline", "g")
+    rows = duckdb.sql(f"SELECT user_id, clicks, tessera_seq FROM read_parquet('{glob}', "
+                      "hive_partitioning=true, union_by_name=true)").fetchall()
+    assert len({r[2] for r in rows}) == len(rows), "duplicated history rows"
+    assert len({(r[0], r[1]) for r in rows}) == len(rows), "duplicated history rows"
+    have = {(r[0], r[1]) for r in rows}
+    missing = [ack for ack in writers.every_ack if ack not in have]
+    assert len(writers.every_ack) > 200
+    assert not missing, f"{len(missing)} acknowledged writes missing from history"
 
 
 def test_two_serving_processes_answer_on_the_same_ports(mp: ServerProcess) -> None:
@@ -196,6 +213,7 @@ def test_kill_9_of_the_writer_keeps_acknowledged_writes_and_writes_resume(
         wait_until(lambda: writers.count() > before + 200, what="writes after the restart")
     writers.check_readable()  # served by the secondaries, across the writer's restart
     assert mp.stop() == 0
+    check_history(mp, writers)
     # And durable: a fresh start on the data dir finds them.
     mp.start()
     writers.check_readable()
@@ -213,14 +231,7 @@ def test_kill_9_of_the_whole_group_keeps_every_acknowledged_write_once(
     mp.start()
     writers.check_readable()
     assert mp.stop() == 0  # the writer flushes every committed row to Parquet at stop
-    glob = layout.parquet_glob(mp.data_dir / "offline", "g")
-    rows = duckdb.sql(f"SELECT user_id, clicks, tessera_seq FROM read_parquet('{glob}', "
-                      "hive_partitioning=true, union_by_name=true)").fetchall()
-    assert len({r[2] for r in rows}) == len(rows), "duplicated history rows"
-    assert len({(r[0], r[1]) for r in rows}) == len(rows), "duplicated history rows"
-    have = {(r[0], r[1]) for r in rows}
-    missing = [(rid, c) for rid, c in writers.acked.items() if (rid, c) not in have]
-    assert not missing, f"{len(missing)} acknowledged writes missing from history"
+    check_history(mp, writers)
 
 
 def test_a_write_token_gives_read_your_writes_across_serving_processes(tmp_path: Path) -> None:
