@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,8 +30,8 @@ _warm = False
 
 
 def ensure_kernels() -> None:
-    """Compile (or load from Numba's cache) every aggregation kernel, once per process; callers
-    block until it is done."""
+    """Compile (or load from Numba's cache) every aggregation kernel and the compiled record
+    validation (core/record_scan.py), once per process; callers block until it is done."""
     global _warm
     if _warm:
         return
@@ -38,6 +39,7 @@ def ensure_kernels() -> None:
         if _warm:
             return
         from tessera.core.aggregation.warmup import warm_up
+        from tessera.core.records import load_compiled_validation
 
         log.info("loading the aggregation kernels (the first start after an install compiles "
                  "them: ~20 s)")
@@ -47,6 +49,10 @@ def ensure_kernels() -> None:
             done.compile_s,
             done.first_run_s,
         )
+        # The compiled record validation too, so the first PutRecord does not wait for it.
+        start = time.perf_counter()
+        load_compiled_validation()
+        log.info("record validation kernel ready in %.2f s", time.perf_counter() - start)
         _warm = True
 
 

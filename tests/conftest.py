@@ -43,10 +43,13 @@ def unique_group_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def aggregation_kernels() -> None:
-    """Compile the aggregation kernels once, in this process, before any server starts: Numba
-    caches them on disk, so every server process the tests start loads them (~0.3 s) instead of
-    compiling them (~20 s each, which a server does before it reports ready)."""
-    from tessera.core.aggregation.warmup import warm_up
+def compiled_kernels() -> None:
+    """Compile every Numba kernel the server loads at start-up once, in this process, before any
+    server starts: the aggregation kernels, the compiled record validation and the history
+    columns decoder. Numba caches them on disk, so every server process the tests start loads
+    them (under a second) instead of compiling them (~35 s after a fresh install, which a
+    server does before it reports ready)."""
+    import tessera.server.history_kernels  # noqa: F401  (compiles its kernels when imported)
+    from tessera.server.aggregates import ensure_kernels
 
-    warm_up()
+    ensure_kernels()
