@@ -19,7 +19,7 @@ from tessera.client import FeatureStoreClient, OfflineStore
 from tests.integration.test_aggregations import FEATURES
 from tests.serverproc import ServerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("aggregation_kernels")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("compiled_kernels")]
 
 AGGREGATIONS: list[dict[str, Any]] = [
     {"name": "n_3s", "function": "count", "window": "3s"},

@@ -14,7 +14,7 @@ from tessera.client import FeatureStoreClient
 from tessera.core.errors import InvalidRequestError
 from tests.serverproc import ServerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("aggregation_kernels")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("compiled_kernels")]
 
 FEATURES = {
     "user_id": "String",

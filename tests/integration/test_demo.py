@@ -7,7 +7,7 @@ import pytest
 from tessera.server.demo import run_demo
 from tests.serverproc import ServerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("aggregation_kernels")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("compiled_kernels")]
 
 
 def test_the_demo_runs_and_can_run_again(

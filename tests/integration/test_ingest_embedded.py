@@ -100,7 +100,7 @@ def test_embedded_sink_writes_into_the_store_and_follows_added_features(
 
 
 def test_tessera_serve_consumes_topics_configured_in_settings(
-    kafka: KafkaBroker, tmp_path: Path, aggregation_kernels: None
+    kafka: KafkaBroker, tmp_path: Path, compiled_kernels: None
 ) -> None:
     """The embedded consumer inside a real `tessera serve` process, configured by TESSERA_INGEST:
     records land online, in their group's aggregations and in history with their Kafka source,
