@@ -33,6 +33,7 @@ from typing import Any
 from tessera.core.schema import FeatureGroup, show_name
 from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
+from tessera.server.compaction import local_compactor
 from tessera.server.front import start_front
 from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
@@ -176,8 +177,8 @@ async def _start(
 
     if stop.is_set():
         return None
-    front = await start_front(settings, roles, registry, store, offline, ready_file,
-                              spill=settings.data_dir / "tmp" / "duckdb")
+    front = await start_front(settings, roles, registry, store, local_compactor(offline),
+                              ready_file, spill=settings.data_dir / "tmp" / "duckdb")
 
     if settings.ingest is not None:
         # Imported only when configured: running a consumer needs the `ingest` extra.

@@ -9,11 +9,13 @@ result changes. The flusher's lock is held meanwhile, so no new file lands in a 
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
 import re
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,20 @@ class CompactionResult:
     files_before: int
     files_after: int
     rows: int
+
+
+#: Compacts a group's partitions holding at least N files: in this process
+#: (`local_compactor`), or in the writer process of --workers N (`WriterClient.compact_group`).
+Compactor = Callable[[FeatureGroup, int], Awaitable[CompactionResult]]
+
+
+def local_compactor(writer: ParquetOfflineWriter) -> Compactor:
+    """Compaction in this process, which owns `writer` and its flusher (a thread each time)."""
+
+    async def compact(group: FeatureGroup, min_files: int) -> CompactionResult:
+        return await asyncio.to_thread(compact_group, writer, group, min_files)
+
+    return compact
 
 
 def exchange(a: Path, b: Path) -> None:

@@ -6,7 +6,8 @@ messages never competes with the serving processes' interpreters.
 supervisor once the serving processes serve. Roles: the online store (`ProcessOnlineStore`:
 writes through the writer process, a secondary in `<data_dir>/run/secondary-consumer`), the
 registry (`RemoteRegistry` over that secondary), then the consumers (`run_consumers` with the
-`EmbeddedSink`, as in the single process), then the ready file. Offsets are committed only
+`EmbeddedSink`, as in the single process), the metrics endpoint (server/process_metrics.py),
+then the ready file. Offsets are committed only
 once the writer acknowledged a batch; while the writer is down the sink fails with
 StorageError and consumption pauses, nothing committed. SIGTERM: the consumers drain and
 commit, then the store closes. A consumer that fails exits the process with 1 (the supervisor
@@ -27,6 +28,7 @@ from tessera.ingest import run_consumers
 from tessera.ingest.metrics import IngestMetrics
 from tessera.server import metrics
 from tessera.server.ingest_sink import EmbeddedSink
+from tessera.server.process_metrics import CONSUMER, MetricsEndpoint, endpoint_path
 from tessera.server.registry_client import RemoteRegistry
 from tessera.server.roles import (
     IngestRole,
@@ -35,8 +37,7 @@ from tessera.server.roles import (
     RoleFailedError,
     Roles,
 )
-from tessera.server.serving import run_dir
-from tessera.server.settings import Settings
+from tessera.server.settings import Settings, run_dir
 
 log = logging.getLogger("tessera.server.consumer_process")
 
@@ -61,6 +62,9 @@ async def consume(settings: Settings, ready_file: Path) -> None:
         ingest_metrics = IngestMetrics(metrics.REGISTRY)
         await roles.start(IngestRole(
             lambda ev: run_consumers(config, sink, ev, ingest_metrics), config))
+        # Its ingest metrics reach /metrics through this (server/process_metrics.py).
+        await roles.start(MetricsEndpoint(
+            endpoint_path(run_dir(settings.data_dir), CONSUMER), metrics.REGISTRY))
         await roles.start(ReadyFileRole(ready_file))
         death = asyncio.ensure_future(roles.wait_for_death())
         stopping = asyncio.ensure_future(stop.wait())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core.catalog import Catalog
+from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
-from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.registry import Registry
 from tessera.server.roles import ClosingRole, GrpcRole, HttpRole, ReadinessRole, Roles
 from tessera.server.settings import Settings
@@ -57,10 +58,11 @@ def _pid_handler() -> grpc.GenericRpcHandler:
 
 async def start_front(
     settings: Settings, roles: Roles, registry: Registry, store: OnlineStore,
-    offline: ParquetOfflineWriter | None, ready_file: Path | None, spill: Path,
-    reuse_port: bool = False,
+    compact: Compactor | None, ready_file: Path | None, spill: Path,
+    reuse_port: bool = False, scrape: Callable[[], Awaitable[bytes]] | None = None,
 ) -> Front:
-    """Start the catalog, SQL workers, HTTP and gRPC (not readiness: see `Front`)."""
+    """Start the catalog, SQL workers, HTTP and gRPC (not readiness: see `Front`). `compact`
+    and `scrape`: see `create_app`."""
     s = settings.server
     shutil.rmtree(spill, ignore_errors=True)  # a killed process's spill files
     spill.mkdir(parents=True)
@@ -76,8 +78,8 @@ async def start_front(
 
     readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
     sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
-    app = create_app(registry, is_ready=lambda: readiness.ready, offline=offline, catalog=catalog,
-                     sql_workers=sql_workers, sql_settings=settings.sql)
+    app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
+                     sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape)
     if reuse_port:
         pid = str(os.getpid()).encode()
 

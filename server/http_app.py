@@ -23,9 +23,8 @@ from tessera.core.catalog import Catalog
 from tessera.core.errors import StorageError, TesseraError
 from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
-from tessera.server.compaction import compact_group
+from tessera.server.compaction import Compactor
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
-from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.registry import Registry
 from tessera.server.settings import SqlSettings
 from tessera.server.sql_worker import SqlWorkers
@@ -49,13 +48,16 @@ def _error(status: int, message: str, details: Any = None) -> JSONResponse:
 def create_app(
     registry: Registry,
     is_ready: Callable[[], bool],
-    offline: ParquetOfflineWriter | None = None,
+    compact: Compactor | None = None,
     catalog: Catalog | None = None,
     sql_workers: SqlWorkers | None = None,
     sql_settings: SqlSettings | None = None,
+    scrape: Callable[[], Awaitable[bytes]] | None = None,
 ) -> FastAPI:
-    """The app. `catalog` (the server's own) reports groups without a SQL view in /readyz;
-    `sql_workers` run `POST /v1/sql` (see `http_sql`)."""
+    """The app. `compact` runs `POST .../compact` (None: no offline store, 503); `catalog`
+    (the server's own) reports groups without a SQL view in /readyz; `sql_workers` run
+    `POST /v1/sql` (see `http_sql`); `scrape` renders /metrics (None: this process's registry;
+    with --workers N, every process's: server/process_metrics.py)."""
     app = FastAPI(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
@@ -144,10 +146,9 @@ def create_app(
         """Merge each offline partition's small files into one, clustered by record id and
         event time. Query results do not change."""
         group = registry.describe(name)
-        if offline is None:
+        if compact is None:
             raise StorageError("this server has no offline store")
-        result = await asyncio.to_thread(compact_group, offline, group, min_files)
-        return dataclasses.asdict(result)
+        return dataclasses.asdict(await compact(group, min_files))
 
     register_sql_routes(app, sql_workers, sql_settings or SqlSettings())
     offline_health = OfflineHealth(catalog, registry)
@@ -169,7 +170,9 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus_metrics() -> Response:
-        """Prometheus metrics: request counts and latency histograms per RPC and route."""
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics: request counts and latency histograms per RPC and route; with
+        --workers N, every process's, each sample labelled with its `process`."""
+        body = generate_latest(metrics.REGISTRY) if scrape is None else await scrape()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -9,7 +9,9 @@ stopped in reverse:
    (`RemoteRegistry`, server/registry_client.py: reads from that secondary, mutations in the
    writer process), and the aggregation kernels (loaded before serving, as in the single
    process);
-2. the front (server/front.py): offline catalog, SQL workers (the `sql` settings per serving
+2. the metrics endpoint (server/process_metrics.py: the other processes' /metrics read it;
+   this process's /metrics reads theirs);
+3. the front (server/front.py): offline catalog, SQL workers (the `sql` settings per serving
    process), HTTP and gRPC on the shared ports (SO_REUSEPORT), then readiness: the ready file
    `F` names this process's pid, which tells the supervisor it serves.
 
@@ -27,20 +29,22 @@ import sys
 from pathlib import Path
 
 from tessera.core.errors import StorageError
+from tessera.core.schema import FeatureGroup
 from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
+from tessera.server.compaction import CompactionResult
 from tessera.server.front import start_front
+from tessera.server.process_metrics import (
+    MetricsEndpoint,
+    ServiceMetrics,
+    endpoint_path,
+    serving_name,
+)
 from tessera.server.registry_client import RemoteRegistry
 from tessera.server.roles import ProcessStoreRole, RoleFailedError, Roles
-from tessera.server.settings import Settings
+from tessera.server.settings import Settings, run_dir
 
 log = logging.getLogger("tessera.server.serving")
-
-
-def run_dir(data_dir: Path) -> Path:
-    """Where the supervisor and its children keep their run-time files (settings, ready
-    files, secondaries): scratch, rebuilt at every start."""
-    return data_dir / "run"
 
 
 async def serve(settings: Settings, index: int, ready_file: Path) -> None:
@@ -86,11 +90,20 @@ async def _start(
     await asyncio.to_thread(ensure_kernels)
     if stop.is_set():
         return False
-    # No offline writer here: compaction swaps folders under the flusher's lock, which lives in
-    # the writer process, so `POST .../compact` is not served by serving processes yet.
+    # Seen by the other processes' scrapes; this process's scrapes gather theirs.
+    await roles.start(MetricsEndpoint(
+        endpoint_path(scratch, serving_name(index)), metrics.REGISTRY))
+    service_metrics = ServiceMetrics.for_serving(settings, scratch, index, metrics.REGISTRY)
+    writer = store.writer
+
+    async def compact(group: FeatureGroup, min_files: int) -> CompactionResult:
+        # In the writer process: compaction swaps folders under the flusher's lock, there.
+        return await asyncio.wrap_future(writer.compact_group(group.name, min_files))
+
     front = await start_front(
-        settings, roles, registry, store, None, ready_file,
+        settings, roles, registry, store, compact, ready_file,
         spill=data_dir / "tmp" / f"duckdb-{index}", reuse_port=True,
+        scrape=service_metrics.scrape,
     )
     if stop.is_set():
         return False

@@ -83,3 +83,9 @@ class Settings(BaseSettings):
     @property
     def offline_root(self) -> Path:
         return self.offline_store.root or self.data_dir / "offline"
+
+
+def run_dir(data_dir: Path) -> Path:
+    """Where `tessera serve --workers N`'s supervisor and children keep their run-time files
+    (settings, ready files, secondaries, metrics endpoints): scratch, rebuilt at every start."""
+    return data_dir / "run"

@@ -65,10 +65,13 @@ SIGTERM / SIGINT: serving processes first (readiness off, in-flight calls drain 
 acknowledges every write it received, flushes history, syncs and closes RocksDB); exit 0. A
 child that does not stop in time is killed (the exit is then 1).
 
-Not yet in this layout: /metrics answers for the process that served the scrape (nothing is
-aggregated across processes, and the writer's and consumer's metrics are not exposed);
-`POST /v1/feature-groups/{name}/compact` answers 503 (compaction's lock lives with the
-flusher in the writer process); history is still a thread of the writer, not a process.
+One service, not N servers: `GET /metrics`, answered by any serving process, shows every
+process's metrics, each sample labelled `process` (writer, serving-<i>, consumer): every child
+serves its registry on <data_dir>/run/metrics/<process>.sock and the answering process gathers
+them (server/process_metrics.py). `POST /v1/feature-groups/{name}/compact` runs in the writer
+process, where the flusher's lock is (`CompactGroup` on writer.sock).
+
+Not yet in this layout: history is still a thread of the writer, not a process.
 """
 
 from __future__ import annotations
@@ -90,8 +93,7 @@ from pathlib import Path
 
 from tessera.server.child import SUPERVISOR_PID
 from tessera.server.roles import bind_tcp
-from tessera.server.serving import run_dir
-from tessera.server.settings import Settings
+from tessera.server.settings import Settings, run_dir
 from tessera.server.writer_ipc import reachable, socket_path
 
 log = logging.getLogger("tessera.server.supervisor")

@@ -28,12 +28,14 @@ from pydantic import ValidationError
 from tessera.core.errors import StorageError
 from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import writer_ipc as ipc
+from tessera.server.compaction import CompactionResult
 from tessera.server.store import Committed, Op
 
 log = logging.getLogger(__name__)
 
 # what a reply resolves its future with
-_COMMIT, _COUNT, _STATS, _GROUP, _SEQ, _MARKS = "commit", "count", "stats", "group", "seq", "marks"
+_COMMIT, _COUNT, _STATS, _GROUP, _SEQ, _MARKS, _COMPACTION = (
+    "commit", "count", "stats", "group", "seq", "marks", "compaction")
 
 
 def _settle(fut: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -121,6 +123,12 @@ class WriterClient:
     def quarantined_groups(self) -> Future[dict[str, str]]:
         return self._request(_MARKS, lambda rid, _: ipc.frame(ipc.encoder.encode(
             ipc.QuarantinedGroups(rid))))
+
+    def compact_group(self, name: str, min_files: int) -> Future[CompactionResult]:
+        """Compact the group's offline partitions in the writer process (its errors as the
+        single process raises them: FeatureGroupNotFoundError, StorageError, ...)."""
+        return self._request(_COMPACTION, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.CompactGroup(rid, ipc.name_to_wire(name), min_files))))
 
     def _request(self, kind: str, encode: Any) -> Future[Any]:
         fut: Future[Any] = Future()
@@ -212,6 +220,12 @@ class WriterClient:
             _settle(fut, Committed(ipc.results_from_wire(reply.results), reply.seq))
         elif kind is _STATS:
             _settle(fut, reply.stats)
+        elif kind is _COMPACTION:
+            try:
+                _settle(fut, CompactionResult(**reply.stats))
+            except TypeError as exc:  # a writer of another version
+                _settle(fut, exc=StorageError(
+                    f"the writer process answered an unreadable compaction result: {exc}"))
         elif kind is _GROUP:
             try:
                 group = ipc.model_from_wire(FeatureGroup, reply.group)

@@ -12,6 +12,9 @@ Puts and deletes ride in two lists, with `order` saying how they interleave when
 them. A put's aggregation event is sent apart: its group's `AggregationPlan` once per connection
 (`WirePlan`, numbered by the client), then per put only the plan number and the inputs.
 
+`CompactGroup` runs an offline compaction (`POST /v1/feature-groups/{name}/compact` answered by
+a serving process) where the flusher and its lock live; the reply carries the result's counts.
+
 Registry mutations (CreateFeatureGroup, UpdateFeatureGroup, DeleteFeatureGroup) carry the
 pydantic models as JSON, and their replies the group as JSON and the primary's seq after the
 change: the caller waits for its secondary to reach it, then reloads its registry view.
@@ -154,8 +157,18 @@ class QuarantinedGroups(msgspec.Struct, array_like=True, tag=8):
     id: int
 
 
+class CompactGroup(msgspec.Struct, array_like=True, tag=9):
+    """Compact the group's offline partitions holding at least `min_files` files (validated by
+    the sender: 2..10000), in the writer process, where the flusher's lock is. Reply: `stats`,
+    the `CompactionResult` fields."""
+
+    id: int
+    name: bytes  # `name_to_wire`
+    min_files: int
+
+
 Request = (Submit | DropGroup | PurgeExpired | Stats | CreateFeatureGroup | UpdateFeatureGroup
-           | DeleteFeatureGroup | QuarantinedGroups)
+           | DeleteFeatureGroup | QuarantinedGroups | CompactGroup)
 
 
 class WireError(msgspec.Struct, array_like=True):
@@ -170,7 +183,7 @@ class Reply(msgspec.Struct, array_like=True):
     results: list[bool | WireError] = []
     #: The whole request failed (nothing of it was written).
     error: WireError | None = None
-    #: PurgeExpired: the index entries done; Stats: the counters.
+    #: PurgeExpired: the index entries done; Stats: the counters; CompactGroup: its result.
     count: int = 0
     stats: dict[str, int] = {}
     #: CreateFeatureGroup / UpdateFeatureGroup: the group as JSON.

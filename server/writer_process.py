@@ -15,7 +15,11 @@ Who owns what:
   processes share WriteBatches and fsyncs), the `FeatureGroupRegistry` (every create, update,
   delete; its hooks publish and retire offline folders and drop a deleted group's records:
   server/store_hooks.py), the TTL purger, and the outbox -> Parquet flusher
-  (server/outbox.py), as a thread.
+  (server/outbox.py), as a thread; and offline compaction (`CompactGroup`), which swaps
+  partition folders under the flusher's lock.
+- Its metrics (group commits, outbox, offline rows, TTL purge, storage errors, late aggregate
+  events) are served on its metrics endpoint, <data_dir>/run/metrics/writer.sock, which the
+  serving process answering /metrics reads (server/process_metrics.py).
 - Serving and consumer processes never write RocksDB. They send `Submit` / `DropGroup` /
   `PurgeExpired` and the registry requests (`CreateFeatureGroup`, `UpdateFeatureGroup`,
   `DeleteFeatureGroup`, `QuarantinedGroups`) over the socket (protocol: server/writer_ipc.py),
@@ -36,7 +40,8 @@ Who owns what:
 
 Start-up, in order (roles, server/roles.py): the online store (RocksDB, the writer thread);
 the registry and every group's offline folder published (a failing one quarantined); the
-history flusher (it first flushes what the last run left); the TTL purger; the socket (ready
+history flusher (it first flushes what the last run left); the TTL purger; the metrics
+endpoint; the socket (ready
 once it accepts). Shutdown (SIGTERM / SIGINT, or a role died) stops them in reverse: the socket
 stops accepting and reading, every request already received is answered (queued writes
 committed), then the purger stops, the flusher writes every committed row to Parquet, and
@@ -71,6 +76,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -89,11 +95,14 @@ from pydantic import ValidationError
 from tessera.core.aggregation.plan import AggregationPlan
 from tessera.core.errors import InvalidRequestError, StorageError
 from tessera.core.schema import FeatureGroupDefinition, FeatureGroupUpdate
+from tessera.server import metrics
 from tessera.server import writer_ipc as ipc
 from tessera.server.aggregates import ensure_kernels
+from tessera.server.compaction import compact_group
 from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
 from tessera.server.outbox import OutboxFlusher
+from tessera.server.process_metrics import WRITER, MetricsEndpoint, endpoint_path
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.roles import (
     HistoryRole,
@@ -102,7 +111,7 @@ from tessera.server.roles import (
     Roles,
     TtlPurgeRole,
 )
-from tessera.server.settings import Settings
+from tessera.server.settings import Settings, run_dir
 from tessera.server.store import Committed
 from tessera.server.store_hooks import StoreHooks, publish_groups
 
@@ -159,6 +168,9 @@ class _Connection:
                     self._answer_later(
                         msg.id, self._server.purger.submit(store.purge_expired, msg.at_us,
                                                            msg.limit))
+                elif isinstance(msg, ipc.CompactGroup):  # long: apart from everything else
+                    self._answer_later(msg.id, self._server.compactions.submit(
+                        self._server.compact_group, msg))
                 elif isinstance(msg, ipc.Stats):
                     stats: Future[Any] = Future()
                     stats.set_result(self._server.stats())
@@ -230,10 +242,15 @@ class WriterServer:
     a Unix socket."""
 
     def __init__(self, store: RocksDBOnlineStore, path: Path,
-                 registry: FeatureGroupRegistry | None = None) -> None:
+                 registry: FeatureGroupRegistry | None = None,
+                 offline: ParquetOfflineWriter | None = None) -> None:
         self.store = store
         self.path = path
         self.registry = registry
+        self.offline = offline
+        #: Compactions run for seconds or minutes (they take the flusher's lock per partition):
+        #: one at a time, apart from the registry's and the purger's threads.
+        self.compactions = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-compact")
         #: purge_expired blocks until its commit: run apart, so the connection keeps reading.
         self.purger = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-purge")
         #: Registry mutations block (a sync write, the offline folder, a delete's drop and
@@ -262,6 +279,14 @@ class WriterServer:
     def stats(self) -> dict[str, int]:
         return {"commits": self.store.commits, "committed_ops": self.store.committed_ops,
                 "requests": self.requests, "seq": self.store.visible_seq()}
+
+    def compact_group(self, msg: ipc.CompactGroup) -> dict[str, int]:
+        """Run one compaction (on `compactions`): the single process's `compact_group`, here
+        where the flusher's lock is; its result's counts."""
+        if self.registry is None or self.offline is None:
+            raise StorageError("this writer process serves no offline store")
+        group = self.registry.describe(ipc.name_from_wire(msg.name))
+        return dataclasses.asdict(compact_group(self.offline, group, msg.min_files))
 
     def registry_request(self, msg: ipc.Request) -> ipc.Reply:
         """Run one registry request (on `registry_ops`); its reply, id filled in later. The
@@ -319,6 +344,7 @@ class WriterServer:
         for conn in conns:
             conn.reader.join()
         self.purger.shutdown(wait=True)
+        self.compactions.shutdown(wait=True)  # a compaction running finishes, then history
         self.registry_ops.shutdown(wait=True)  # a delete's drop goes through the store
         self.store.close()  # commits and acknowledges everything queued
         for conn in conns:
@@ -372,12 +398,21 @@ async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = Tr
         if warm_kernels:  # in the background: the first commit with aggregates waits for them
             threading.Thread(target=ensure_kernels, name="tessera-kernels", daemon=True).start()
         await roles.start(HistoryRole(flusher, store))
-        await roles.start(TtlPurgeRole(TtlPurger(
-            store, settings.online_store.ttl_purge_interval_s,
-            settings.online_store.ttl_purge_batch)))
+        purger = TtlPurger(store, settings.online_store.ttl_purge_interval_s,
+                           settings.online_store.ttl_purge_batch)
+        await roles.start(TtlPurgeRole(purger))
+        # Scraped by the serving process answering /metrics (server/process_metrics.py), with
+        # what this process counts itself: too-late aggregate events, storage errors.
+        metrics.GROUP_COMMITS.set_function(lambda: store.commits)
+        metrics.GROUP_COMMIT_OPS.set_function(lambda: store.committed_ops)
+        metrics.TTL_PURGED.set_function(lambda: purger.purged)
+        metrics.OUTBOX_PENDING.set_function(flusher.pending)
+        metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
+        await roles.start(MetricsEndpoint(
+            endpoint_path(run_dir(settings.data_dir), WRITER), metrics.REGISTRY))
         if stop.is_set():
             return
-        server = WriterServer(store, ipc.socket_path(settings.data_dir), registry)
+        server = WriterServer(store, ipc.socket_path(settings.data_dir), registry, offline)
         await roles.start(WriterServerRole(server))
         log.info("writer process ready on %s", server.path)
         death = asyncio.ensure_future(roles.wait_for_death())

@@ -17,7 +17,8 @@ from tessera.client import (
 )
 from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
-from tests.integration.wire_helpers import Wire
+from tessera.proto.v1 import feature_store_pb2_grpc as pb_grpc
+from tests.integration.wire_helpers import Wire, channels_on_each, metric_total
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -26,11 +27,8 @@ IDS = [f"u{i}" for i in range(100)]
 
 
 def _deadline_answers(w: Wire, method: str) -> float:
-    prefix = f'tessera_grpc_requests_total{{code="DEADLINE_EXCEEDED",method="{method}"}} '
-    for line in w.http.get("/metrics").text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[1])
-    return 0.0
+    return metric_total(w.http.get("/metrics").text, "tessera_grpc_requests_total",
+                        code="DEADLINE_EXCEEDED", method=method) or 0.0
 
 
 @pytest.fixture
@@ -48,6 +46,29 @@ def slow_read(server: ServerProcess, unique_group_name: str) -> pb.BatchGetRecor
                                     record_identifiers=IDS, feature_names=["clicks", "name"])
         for _ in range(100)
     ])
+
+
+class Busy:
+    """One connection to each serving process (--workers N: found by pid; the SDK's connection
+    is on one of them, which one is the kernel's choice), to make every process busy at once
+    with a slow read: whichever process the SDK's next read lands on is busy."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        if server.workers == 1:
+            channel = grpc.insecure_channel(server.grpc_target)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            self.channels = [channel]
+        else:
+            self.channels = list(channels_on_each(server.grpc_target, server.workers).values())
+        assert len(self.channels) == server.workers, "a serving process got no connection"
+
+    def start(self, read: pb.BatchGetRecordRequest) -> list[grpc.Future]:  # type: ignore[type-arg]
+        return [pb_grpc.FeatureStoreStub(ch).BatchGetRecord.future(read, timeout=30)
+                for ch in self.channels]
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()
 
 
 def test_server_answers_deadline_exceeded_for_a_read_past_its_deadline(
@@ -77,15 +98,16 @@ def test_server_answers_deadline_exceeded_for_a_read_past_its_deadline(
 def test_sdk_raises_deadline_exceeded_when_the_deadline_is_spent(
     server: ServerProcess, slow_read: pb.BatchGetRecordRequest, unique_group_name: str
 ) -> None:
-    w = Wire(server.grpc_target, server.http_url)
+    busy = Busy(server)
     with FeatureStoreClient(grpc=server.grpc_target, http=None, timeout_s=0.05) as fs:
         fs.get_record(unique_group_name, "u1")  # connected
-        busy = w.stub.BatchGetRecord.future(slow_read, timeout=30)  # the server is busy...
+        calls = busy.start(slow_read)  # every serving process is busy...
         time.sleep(0.01)
         with pytest.raises(DeadlineExceededError, match="GetRecord did not complete within"):
             fs.get_record(unique_group_name, "u1")  # ...past this read's deadline
-        busy.result()
-    w.close()
+        for call in calls:
+            call.result()
+    busy.close()
     with FeatureStoreClient(grpc=server.grpc_target, http=None, timeout_s=10) as fs:
         assert fs.get_record(unique_group_name, "u1")["clicks"] == 1  # time enough: answered
 
@@ -98,17 +120,18 @@ def test_async_sdk_raises_deadline_exceeded_when_the_deadline_is_spent(
             grpc=server.grpc_target, http=None, timeout_s=0.05
         ) as fs:
             await fs.get_record(unique_group_name, "u1")  # connected
-            busy = w.stub.BatchGetRecord.future(slow_read, timeout=30)
+            calls = busy.start(slow_read)  # every serving process is busy
             await asyncio.sleep(0.01)
             with pytest.raises(DeadlineExceededError, match="GetRecord did not complete"):
                 await fs.get_record(unique_group_name, "u1")
-            busy.result()
+            for call in calls:
+                call.result()
         async with AsyncFeatureStoreClient(grpc=server.grpc_target, http=None) as fs:
             got = await fs.get_record(unique_group_name, "u1")
             assert got is not None and got["clicks"] == 1
 
-    w = Wire(server.grpc_target, server.http_url)
+    busy = Busy(server)
     try:
         asyncio.run(main())
     finally:
-        w.close()
+        busy.close()

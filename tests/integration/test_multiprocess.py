@@ -24,8 +24,10 @@ import pytest
 from tessera.core import offline_layout as layout
 from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
-from tessera.server.front import PID_HEADER, PROCESS_SERVICE
-from tests.integration.wire_helpers import Wire
+from tessera.proto.v1 import feature_store_pb2_grpc as pb_grpc
+from tessera.server.front import PID_HEADER
+from tests.integration.wire_helpers import Wire, metric_total, pid_of
+from tests.integration.wire_helpers import channels_on_each as on_each
 from tests.kafka_fixtures import session_broker
 from tests.serverproc import ServerProcess
 
@@ -51,25 +53,9 @@ def start(proc: ServerProcess) -> ServerProcess:
     return proc
 
 
-def pid_of(channel: grpc.Channel) -> int:
-    """The pid of the serving process this channel's connection landed on."""
-    return int(channel.unary_unary(f"/{PROCESS_SERVICE}/Pid")(b"", timeout=10))
-
-
-def channels_on_each(proc: ServerProcess, tries: int = 64) -> dict[int, grpc.Channel]:
-    """One channel per serving process (the kernel spreads new connections over them)."""
-    found: dict[int, grpc.Channel] = {}
-    for i in range(tries):
-        # a channel option of its own: grpc shares subchannels (connections) otherwise
-        ch = grpc.insecure_channel(proc.grpc_target, options=[("tessera.test.channel", i)])
-        pid = pid_of(ch)
-        if pid in found:
-            ch.close()
-        else:
-            found[pid] = ch
-        if len(found) == 2:
-            break
-    return found
+def channels_on_each(proc: ServerProcess) -> dict[int, grpc.Channel]:
+    """One channel per serving process, by pid."""
+    return on_each(proc.grpc_target, proc.workers)
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
@@ -179,6 +165,93 @@ def test_two_serving_processes_answer_on_the_same_ports(mp: ServerProcess) -> No
         if http_pids == serving:
             break
     assert http_pids == serving
+
+
+def scrape_answered_by(proc: ServerProcess, pid: int, tries: int = 64) -> str:
+    """A /metrics exposition answered by the serving process `pid` (x-tessera-pid)."""
+    for _ in range(tries):
+        with httpx.Client(base_url=proc.http_url) as c:  # a new connection each time
+            r = c.get("/metrics")
+            assert r.status_code == 200, r.text
+            if int(r.headers[PID_HEADER]) == pid:
+                return r.text
+    raise AssertionError(f"no scrape landed on serving process {pid} in {tries} connections")
+
+
+def per_process(text: str, sample: str, **labels: str) -> dict[str, float]:
+    """Each process's value of one series in a --workers N exposition."""
+    out: dict[str, float] = {}
+    for process in ("writer", "serving-1", "serving-2"):
+        value = metric_total(text, sample, **labels, process=process)
+        if value is not None:
+            out[process] = value
+    return out
+
+
+def test_a_call_served_by_one_process_is_counted_in_a_scrape_answered_by_the_other(
+    mp: ServerProcess,
+) -> None:
+    start(mp)
+    (a, ch_a), (b, ch_b) = channels_on_each(mp).items()
+    stub_a = pb_grpc.FeatureStoreStub(ch_a)
+    stub_b = pb_grpc.FeatureStoreStub(ch_b)
+    stub_a.PutRecord(pb.PutRecordRequest(feature_group_name="g", record=to_record(
+        {"user_id": "u1", "ts": T0, "clicks": 1})), timeout=10)
+    get = pb.GetRecordRequest(feature_group_name="g", record_identifier="u1")
+    ok_gets = {"sample": "tessera_grpc_requests_total", "code": "OK", "method": "GetRecord"}
+    before_b = per_process(scrape_answered_by(mp, b), **ok_gets)
+    for _ in range(3):
+        stub_a.GetRecord(get, timeout=10)  # served by A only
+    after_b = per_process(scrape_answered_by(mp, b), **ok_gets)
+    # B's answer counts A's three calls, under A's process label and nowhere else
+    grown = {p: v - before_b.get(p, 0.0) for p, v in after_b.items() if v != before_b.get(p)}
+    assert list(grown.values()) == [3.0], (before_b, after_b)
+    label_a = next(iter(grown))
+    for _ in range(5):
+        stub_b.GetRecord(get, timeout=10)  # served by B
+    after_a = per_process(scrape_answered_by(mp, a), **ok_gets)
+    assert after_a[label_a] == after_b[label_a]  # A's own series: unchanged by B's calls
+    assert sum(after_a.values()) == sum(after_b.values()) + 5  # B's calls, seen from A
+    # the writer's metrics are in every scrape: it committed the put
+    text = scrape_answered_by(mp, a)
+    commits = metric_total(text, "tessera_online_group_commits", process="writer")
+    assert commits is not None and commits >= 1
+    assert metric_total(text, "tessera_records_written_total", feature_group="g",
+                        outcome="applied") == 1.0
+    for process in ("writer", "serving-1", "serving-2"):
+        assert metric_total(text, "tessera_metrics_process_up", process=process) == 1.0
+    assert metric_total(text, "tessera_metrics_processes_unreachable") == 0.0
+    ch_a.close()
+    ch_b.close()
+
+
+def test_a_process_that_does_not_answer_is_skipped_and_counted_in_the_scrape(
+    mp: ServerProcess,
+) -> None:
+    start(mp)
+    # every process gathered once: each serving process learned the writer's quarantined
+    # groups for the registry's version (its gauge asks the writer when the version moves)
+    text = httpx.get(f"{mp.http_url}/metrics", timeout=10).text
+    assert metric_total(text, "tessera_metrics_processes_unreachable") == 0.0
+    writer = mp.info()["writer_pid"]
+    os.kill(writer, signal.SIGSTOP)  # alive (not restarted) but silent
+    try:
+        with httpx.Client(base_url=mp.http_url, timeout=10) as c:
+            started = time.monotonic()
+            r = c.get("/metrics")
+            took_s = time.monotonic() - started
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    assert r.status_code == 200, r.text
+    assert took_s < 5, f"the scrape waited {took_s:.1f} s for a silent process"
+    assert metric_total(r.text, "tessera_metrics_process_up", process="writer") == 0.0
+    assert metric_total(r.text, "tessera_metrics_processes_unreachable") == 1.0
+    assert metric_total(r.text, "tessera_online_group_commits", process="writer") is None
+    assert metric_total(r.text, "tessera_http_requests_total", method="POST",
+                        route="/v1/feature-groups", status="201") == 1.0  # start()'s create
+    # back: gathered again
+    text = httpx.get(f"{mp.http_url}/metrics", timeout=10).text
+    assert metric_total(text, "tessera_metrics_process_up", process="writer") == 1.0
 
 
 def test_kill_9_of_a_serving_process_loses_no_write_and_it_is_restarted(

@@ -4,7 +4,6 @@ consistent_after on reads (raw gRPC and the SDKs, sync and asyncio)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from tessera.core.tokens import decode_token, encode_token
 from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.proto.v1 import feature_store_pb2_grpc as pb_grpc
-from tests.integration.wire_helpers import Wire, rpc_error
+from tests.integration.wire_helpers import Wire, metric_total, rpc_error
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -49,12 +48,8 @@ def _put(wire: Wire, group: str, user: str, clicks: int, ts: float = T0) -> pb.P
 
 
 def _consistent_reads(wire: Wire, method: str, outcome: str) -> float:
-    text = wire.http.get("/metrics").text
-    pattern = (
-        rf'^tessera_consistent_reads_total\{{method="{method}",outcome="{outcome}"\}} (\S+)$'
-    )
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return metric_total(wire.http.get("/metrics").text, "tessera_consistent_reads_total",
+                        method=method, outcome=outcome) or 0.0
 
 
 def _future_token(wire: Wire, group: str) -> str:

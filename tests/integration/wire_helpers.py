@@ -6,10 +6,12 @@ from typing import Any
 
 import grpc
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.proto.v1 import feature_store_pb2_grpc as pb_grpc
+from tessera.server.front import PROCESS_SERVICE
 
 USERS_FEATURES = [
     {"feature_name": "user_id", "feature_type": "String"},
@@ -100,3 +102,40 @@ def rpc_error(call: Any) -> grpc.RpcError:
     except grpc.RpcError as exc:
         return exc
     raise AssertionError("expected the call to fail with a gRPC error")
+
+
+def metric_total(text: str, sample: str, **labels: str) -> float | None:
+    """The sum of the samples named `sample` with exactly `labels` in a /metrics exposition,
+    over every `process` unless `labels` names one (--workers N labels each process's samples;
+    --workers 1 does not); None when there is no such sample."""
+    by_process = "process" in labels
+    found = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and labels == (
+            s.labels if by_process else {k: v for k, v in s.labels.items() if k != "process"})
+    ]
+    return sum(found) if found else None
+
+
+def pid_of(channel: grpc.Channel) -> int:
+    """The pid of the serving process this channel's connection landed on (--workers N)."""
+    return int(channel.unary_unary(f"/{PROCESS_SERVICE}/Pid")(b"", timeout=10))
+
+
+def channels_on_each(grpc_target: str, processes: int, tries: int = 64) -> dict[int, grpc.Channel]:
+    """One channel per serving process of --workers `processes` (the kernel spreads new
+    connections over them), by pid."""
+    found: dict[int, grpc.Channel] = {}
+    for i in range(tries):
+        # a channel option of its own: grpc shares subchannels (connections) otherwise
+        ch = grpc.insecure_channel(grpc_target, options=[("tessera.test.channel", i)])
+        pid = pid_of(ch)
+        if pid in found:
+            ch.close()
+        else:
+            found[pid] = ch
+        if len(found) == processes:
+            break
+    return found
