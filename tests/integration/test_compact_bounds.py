@@ -29,3 +29,9 @@ def test_compact_accepts_min_files_in_bounds(wire: Wire, unique_group_name: str)
                               params={"min_files": min_files})
         assert resp.status_code == 200, resp.text
         assert resp.json()["partitions_compacted"] == 0
+
+
+def test_compact_of_an_unknown_group_is_not_found(wire: Wire, unique_group_name: str) -> None:
+    resp = wire.http.post(f"/v1/feature-groups/{unique_group_name}/compact")
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["error"]["code"] == "NotFound"

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def proc(tmp_path: Path) -> Iterator[ServerProcess]:
-    p = ServerProcess(tmp_path / "data", extra_env=FAST_FLUSH).start()
+def proc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """One process, or `--workers N` when a test parametrizes it (indirect) with N."""
+    workers = getattr(request, "param", 1)
+    p = ServerProcess(tmp_path / "data", extra_env=FAST_FLUSH, workers=workers).start()
     yield p
     p.kill()
 
@@ -170,6 +172,8 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing_in_history(tmp_path: Pat
         proc.stop()
 
 
+@pytest.mark.parametrize("proc", [pytest.param(1, id="workers1"), pytest.param(2, id="workers2")],
+                         indirect=True)  # with --workers 2: in the writer process, over IPC
 def test_compaction_merges_files_without_changing_results(proc: ServerProcess) -> None:
     w = Wire(proc.grpc_target, proc.http_url)
     w.create_group("compact")
