@@ -282,22 +282,38 @@ def run_embedded(kafka: KafkaBroker, topic: str, n: int, work: Path) -> dict[str
 
 
 def run_steady(kafka: KafkaBroker, server: ServerProcess, rate: int, seconds: float,
-               work: Path) -> dict[str, Any]:
-    topic = kafka.create_topic(kafka.unique("bench-steady"), PARTITIONS)
-    kafka.create_topic(f"{topic}.dlq")
-    port = free_port()
-    proc = IngestProcess(ingest_args(kafka, server, topic, kafka.unique("bench"), port),
-                         work / "ingest-steady.log").start()
+               work: Path, embedded_topic: str | None = None) -> dict[str, Any]:
+    """`embedded_topic`: a topic the server's embedded consumer already reads (TESSERA_INGEST)
+    into GROUP; without it, a fresh topic and a `python -m tessera.ingest` process."""
+    proc: IngestProcess | None = None
+    if embedded_topic is None:
+        topic = kafka.create_topic(kafka.unique("bench-steady"), PARTITIONS)
+        kafka.create_topic(f"{topic}.dlq")
+        port = free_port()
+        proc = IngestProcess(ingest_args(kafka, server, topic, kafka.unique("bench"), port),
+                             work / "ingest-steady.log").start()
+    else:
+        topic = embedded_topic
     fs = FeatureStoreClient(grpc=server.grpc_target, http=None, timeout_s=5)
     latencies_ms: list[float] = []
     produced = 0
+    own: dict[str, float | None] | None = None
     try:
-        deadline = time.monotonic() + 60
-        while "ingest: assigned" not in proc.log():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"consumer not assigned\n{proc.log()}")
-            time.sleep(0.05)
         producer = kafka.producer(**{"linger.ms": 1})
+        deadline = time.monotonic() + 60
+        if proc is not None:
+            while "ingest: assigned" not in proc.log():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"consumer not assigned\n{proc.log()}")
+                time.sleep(0.05)
+        else:  # the embedded consumer is assigned once a first event is readable
+            producer.produce(topic, key=b"warm", value=json.dumps(
+                {**event(0, ts=time.time()), "user_id": "warm"}).encode())
+            producer.flush(10)
+            while fs.get_record(GROUP, "warm", features=["ts"]) is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the embedded consumer did not start\n{server.log()}")
+                time.sleep(0.05)
         probes: list[tuple[str, float]] = []
         probe_lock = threading.Lock()
         done = threading.Event()
@@ -350,10 +366,12 @@ def run_steady(kafka: KafkaBroker, server: ServerProcess, rate: int, seconds: fl
         achieved = i / (time.perf_counter() - start)
         done.set()
         probe_thread.join(60)
-        samples = scrape(port)
-        own = histogram_quantiles(samples, "tessera_ingest_freshness_seconds", (0.5, 0.99))
+        if proc is not None:
+            samples = scrape(port)
+            own = histogram_quantiles(samples, "tessera_ingest_freshness_seconds", (0.5, 0.99))
     finally:
-        proc.stop()
+        if proc is not None:
+            proc.stop()
         fs.close()
     lat = np.array(latencies_ms)
     return {
