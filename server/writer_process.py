@@ -403,6 +403,8 @@ async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = Tr
         await roles.start(TtlPurgeRole(purger))
         # Scraped by the serving process answering /metrics (server/process_metrics.py), with
         # what this process counts itself: too-late aggregate events, storage errors.
+        metrics.FEATURE_GROUPS.set_function(lambda: len(registry.list()))
+        metrics.FEATURE_GROUPS_QUARANTINED.set_function(lambda: len(registry.quarantined()))
         metrics.GROUP_COMMITS.set_function(lambda: store.commits)
         metrics.GROUP_COMMIT_OPS.set_function(lambda: store.committed_ops)
         metrics.TTL_PURGED.set_function(lambda: purger.purged)

@@ -9,12 +9,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tessera.client import FeatureStoreClient
 from tessera.core.schema import FeatureGroup
@@ -172,8 +174,18 @@ def _rename_in_registry(data_dir: Path, old: str, new: str) -> None:
 
 
 def _metric(http: httpx.Client, name: str) -> float:
-    line = next(x for x in http.get("/metrics").text.splitlines() if x.startswith(name + " "))
-    return float(line.split()[1])
+    """The gauge `name`: with --workers N each process reports its view of the registry (the
+    writer's, the owner's; the serving processes' secondaries catch up within milliseconds),
+    so the value once every process agrees."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = http.get("/metrics").text
+        values = {s.value for family in text_string_to_metric_families(text)
+                  for s in family.samples if s.name == name}
+        if len(values) == 1:
+            return values.pop()
+        assert time.monotonic() < deadline, f"the processes disagree on {name}: {values}"
+        time.sleep(0.05)
 
 
 def test_a_data_dir_with_groups_of_the_older_rule_opens_and_the_fix_works(
