@@ -33,3 +33,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.ingest_bench
 	$(BIN)/python -m benchmarks.aggregation_bench
+	$(BIN)/python -m benchmarks.scaling_bench

@@ -71,8 +71,8 @@ PLAIN, ONLINE, AGG = "scale_plain", "scale_online", "scale_agg"
 CONCURRENCIES = (1, 16, 64)
 TARGETS = {"get_ratio_w2_w1_c16_c64": 1.6, "get_p99_ms_c1": 1.0, "bulk_records_per_s": 100_000,
            "agg_ratio": 0.8, "kafka_records_per_s": 50_000, "freshness_p99_ms": 500.0}
-FULL = {"read_records": 100_000, "rounds": 4, "segment_s": 4.0, "warmup_s": 1.0,
-        "write_records": 200_000, "write_rounds": 3, "kafka_events": 500_000, "kafka_rounds": 2,
+FULL = {"read_records": 100_000, "rounds": 3, "segment_s": 4.0, "warmup_s": 1.0,
+        "write_records": 100_000, "write_rounds": 3, "kafka_events": 500_000, "kafka_rounds": 2,
         "steady_s": 20.0}
 QUICK = {"read_records": 20_000, "rounds": 2, "segment_s": 2.0, "warmup_s": 0.5,
          "write_records": 50_000, "write_rounds": 2, "kafka_events": 100_000, "kafka_rounds": 1,
@@ -564,7 +564,7 @@ def bench_kafka(workers: list[int], mode: dict[str, Any], work: Path) -> dict[st
                         raise verify.CheckFailed(f"kafka workers {k}: {res['check']}")
                     out["runs"].setdefault(x.name, []).append(res)
                     _say(f"kafka round {r + 1} {x.name}: {res['records_per_s']:,.0f} records/s")
-                    if r == 0:
+                    if r == mode["kafka_rounds"] - 1:  # last: its events are the newest
                         st = ingest_bench.run_steady(kafka, x.server, 10_000, mode["steady_s"],
                                                      work, embedded_topic=steady[k])
                         out["steady"][x.name] = st
@@ -678,8 +678,10 @@ def main(argv: list[str] | None = None) -> int:
             for e in echoes:
                 e.stop()
             echoes = []
+            _save(result, a.out)
         if "writes" not in a.skip:
             result["writes"] = bench_writes(subjects, mode, work, result["profile"])
+            _save(result, a.out)
         for x in subjects:
             x.stop()
         subjects = []
@@ -699,6 +701,12 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(_table(result), indent=1))
     print(f"report: {a.out} ({result['elapsed_s']} s)")
     return 0
+
+
+def _save(result: dict[str, Any], out: Path) -> None:
+    """The report so far (rewritten whole at the end)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def bulk_records(x: Tessera, group: str, n: int) -> float:
