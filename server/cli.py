@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8080; 0 = any free)")
     serve.add_argument("--workers", type=int,
                        help="serving processes sharing the ports, in front of a writer process "
-                            "(default 1: one process; TESSERA_SERVER__WORKERS)")
+                            "(default: the number of cores; 1: one process, for laptops and "
+                            "tests; TESSERA_SERVER__WORKERS)")
     serve.add_argument("--offline-flush-interval-s", type=float,
                        help="most seconds before a write reaches the offline store (default 30)")
     serve.add_argument("--ready-file", type=Path,

@@ -3,6 +3,7 @@ sections with '__', e.g. TESSERA_SERVER__GRPC_PORT=50052). Embedded defaults nee
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +16,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+MAX_WORKERS = 256
+
+
+def default_workers() -> int:
+    """`server.workers` unless set: the number of cores (at least 1, at most MAX_WORKERS)."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
@@ -23,7 +32,8 @@ class ServerSettings(_Section):
     shutdown_grace_s: float = 10.0
     # Serving processes accepting gRPC and HTTP on the same ports (SO_REUSEPORT), in front of
     # one writer process (server/supervisor.py); 1: everything in one process (server/app.py).
-    workers: int = Field(1, ge=1, le=256)
+    # Default: one per core.
+    workers: int = Field(default_factory=default_workers, ge=1, le=MAX_WORKERS)
 
 
 class OnlineStoreSettings(_Section):

@@ -1,7 +1,8 @@
 """`tessera serve --workers N`: the supervisor and the process layout. Read this first.
 
-With `--workers 1` (the default) Tessera is one process (server/app.py). With N >= 2 the
-process `tessera serve` started is a supervisor that serves nothing itself:
+With `--workers 1` Tessera is one process (server/app.py). With N >= 2 (the default on a
+machine of several cores: one serving process per core) the process `tessera serve` started
+is a supervisor that serves nothing itself:
 
     tessera serve --workers N   (supervisor: picks the ports, starts, watches, restarts, stops)
      |
@@ -162,7 +163,11 @@ class Supervisor:
 
     def _start(self) -> Ports:
         s = self.settings.server
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the data dir is a file, not writable, ...
+            raise SupervisorError(
+                f"cannot use the data directory {self.settings.data_dir}: {exc}") from exc
         for stale in self.run_dir.glob("serving-*.json"):
             stale.unlink()
         try:

@@ -68,6 +68,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
             proc)
     try:
         assert (cwd / "tessera-data" / "online").is_dir()  # the default data dir
+        # the default layout: one serving process per core (one process on a single core)
+        cores = os.cpu_count() or 1
+        assert len(ports.get("serving_pids", [ports["pid"]])) == cores, ports
         out = c.ok("demo", *c.where())
         assert "demo:" in out
         yield c

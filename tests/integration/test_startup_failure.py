@@ -26,11 +26,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(data_dir: Path, grpc_port: int = 0, http_port: int = 0) -> tuple[int, str, float]:
+def _serve(data_dir: Path, grpc_port: int = 0, http_port: int = 0,
+           workers: int = 1) -> tuple[int, str, float]:
+    """`tessera serve`, one process unless told (--workers N: test_multiprocess.py)."""
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(data_dir),
-         "--grpc-port", str(grpc_port), "--http-port", str(http_port)],
+         "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+         "--workers", str(workers)],
         capture_output=True, text=True, timeout=EXIT_WITHIN_S + 10,
     )
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
@@ -45,13 +48,20 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def test_data_dir_that_is_a_file_exits_non_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "message"), [
+    pytest.param(1, "cannot open the online store", id="workers1"),
+    pytest.param(2, "cannot use the data directory", id="workers2"),
+])
+def test_data_dir_that_is_a_file_exits_non_zero(
+    tmp_path: Path, workers: int, message: str
+) -> None:
     data = tmp_path / "data"
     data.write_text("not a directory")
-    code, out, took = _serve(data)
+    code, out, took = _serve(data, workers=workers)
     assert code != 0, out
     assert took < EXIT_WITHIN_S
-    assert "cannot open the online store" in out
+    assert message in out
+    assert "Traceback" not in out
 
 
 def test_corrupt_rocksdb_exits_non_zero(tmp_path: Path) -> None:
@@ -116,7 +126,7 @@ def test_a_role_that_dies_stops_the_server_with_a_non_zero_exit(tmp_path: Path) 
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "tessera.server", "serve", "--data-dir", str(tmp_path / "data"),
-         "--grpc-port", "0", "--http-port", "0"],
+         "--grpc-port", "0", "--http-port", "0", "--workers", "1"],
         capture_output=True, text=True, timeout=EXIT_WITHIN_S + 10,
         env={**os.environ, "TESSERA_INGEST": json.dumps(ingest)},
     )
