@@ -425,6 +425,10 @@ def test_the_consumer_process_ingests_and_resumes_after_kill_9(tmp_path: Path) -
 
         produce(0, 100)
         wait_until(lambda: w.get("g", "u99") is not None, what="the first messages")
+        # the consumer process's metrics are in /metrics, whichever serving process answers
+        wait_until(lambda: metric_total(
+            w.http.get("/metrics").text, "tessera_ingest_records_total", topic=topic,
+            feature_group="g", process="consumer") == 100, what="the consumer's metrics")
         os.kill(consumer[0], signal.SIGKILL)
         produce(100, 100)
         wait_until(lambda: proc.info()["consumer_pids"] != consumer, what="the restart")
