@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessera.core.schema import FeatureGroup, show_name
 from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
 from tessera.server.compaction import local_compactor
 from tessera.server.front import start_front
 from tessera.server.offline_writer import ParquetOfflineWriter
-from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
+from tessera.server.online_store import TtlPurger
 from tessera.server.outbox import OutboxFlusher
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.roles import (
@@ -48,27 +47,9 @@ from tessera.server.roles import (
     TtlPurgeRole,
 )
 from tessera.server.settings import Settings
+from tessera.server.store_hooks import StoreHooks, publish_groups
 
 log = logging.getLogger("tessera.server")
-
-
-class _StoreHooks:
-    """Keeps the stores in step with the registry."""
-
-    def __init__(
-        self, store: RocksDBOnlineStore, offline: ParquetOfflineWriter, flusher: OutboxFlusher
-    ) -> None:
-        self._store, self._offline, self._flusher = store, offline, flusher
-
-    def group_changed(self, group: FeatureGroup) -> None:
-        self._offline.publish_group(group)
-
-    def group_deleted(self, group: FeatureGroup) -> None:
-        # Every write queued before the delete commits first; then its history is flushed and
-        # set aside, so a new group of the same name starts with an empty history.
-        self._store.drop_group(group.feature_group_id).result()
-        self._flusher.flush_all()
-        self._offline.retire_group(group)
 
 
 @dataclass(frozen=True)
@@ -146,20 +127,11 @@ async def _start(
         interval_s=settings.offline_store.flush_interval_s,
         max_rows=settings.offline_store.flush_max_rows,
     )
-    registry.hooks = _StoreHooks(store, offline, flusher)
-    groups = registry.list()
-    for group in groups:  # one group's folder must not keep the others (or the server) down
-        try:
-            offline.publish_group(group)
-        except Exception as exc:
-            registry.quarantine(group.name, f"its offline folder cannot be published: {exc}")
-    for name, reason in registry.quarantined().items():
-        log.warning("feature group %s is quarantined: %s; it keeps serving; delete it, or stop "
-                    "the server and run `tessera groups rename` (README, Limits)",
-                    show_name(name), reason)
+    registry.hooks = StoreHooks(store, offline, flusher)
+    publish_groups(registry, offline)
     metrics.FEATURE_GROUPS_QUARANTINED.set_function(lambda: len(registry.quarantined()))
     # Before serving: no request pays a compilation, whichever group gets aggregations later
-    # (loaded from Numba's cache in ~0.3 s; compiled once after an install, ~20 s).
+    # (loaded from Numba's cache in under a second; compiled once after an install, ~35 s).
     await asyncio.to_thread(ensure_kernels)
     if stop.is_set():
         return None
