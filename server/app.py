@@ -79,14 +79,10 @@ async def serve(
         if ports is not None:
             if on_ready is not None:
                 waits.append(asyncio.ensure_future(_drive(on_ready, ports)))
-            death = asyncio.ensure_future(roles.wait_for_death())
-            stopping = asyncio.ensure_future(stop.wait())
-            waits += [death, stopping]
-            await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if death.done():
-                role, reason = death.result()
-                died = (role.name, reason)
-                log.error("the %s died (%s): stopping the server", role.name, reason)
+            dead = await roles.run_until(stop)
+            if dead is not None:
+                died = (dead[0].name, dead[1])
+                log.error("the %s died (%s): stopping the server", *died)
     finally:
         for w in waits:
             w.cancel()

@@ -66,15 +66,10 @@ async def consume(settings: Settings, ready_file: Path) -> None:
         await roles.start(MetricsEndpoint(
             endpoint_path(run_dir(settings.data_dir), CONSUMER), metrics.REGISTRY))
         await roles.start(ReadyFileRole(ready_file))
-        death = asyncio.ensure_future(roles.wait_for_death())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if death.done():
-            role, reason = death.result()
-            died = f"the {role.name} died: {reason}"
+        dead = await roles.run_until(stop)
+        if dead is not None:
+            died = f"the {dead[0].name} died: {dead[1]}"
             log.error("%s: stopping the consumer process", died)
-        death.cancel()
-        stopping.cancel()
     finally:
         failures = await roles.stop_all()
     if died is not None:

@@ -86,6 +86,17 @@ class Roles:
         self._started.append(role)
         return role
 
+    async def run_until(self, stop: asyncio.Event) -> tuple[Role, str] | None:
+        """Wait until `stop` is set (None) or a started role dies (that role and why)."""
+        death = asyncio.ensure_future(self.wait_for_death())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
+            return death.result() if death.done() else None
+        finally:
+            death.cancel()
+            stopping.cancel()
+
     async def wait_for_death(self) -> tuple[Role, str]:
         """The first started role that dies, and why (waits forever if none does)."""
         tasks = {asyncio.ensure_future(r.died()): r for r in self._started}

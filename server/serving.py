@@ -56,15 +56,10 @@ async def serve(settings: Settings, index: int, ready_file: Path) -> None:
     died: str | None = None
     try:
         if await _start(settings, index, roles, ready_file, stop):
-            death = asyncio.ensure_future(roles.wait_for_death())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if death.done():
-                role, reason = death.result()
-                died = f"the {role.name} died: {reason}"
+            dead = await roles.run_until(stop)
+            if dead is not None:
+                died = f"the {dead[0].name} died: {dead[1]}"
                 log.error("%s: stopping this serving process", died)
-            death.cancel()
-            stopping.cancel()
     finally:
         failures = await roles.stop_all()
     if died is not None:

@@ -417,15 +417,10 @@ async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = Tr
         server = WriterServer(store, ipc.socket_path(settings.data_dir), registry, offline)
         await roles.start(WriterServerRole(server))
         log.info("writer process ready on %s", server.path)
-        death = asyncio.ensure_future(roles.wait_for_death())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([death, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if death.done():
-            role, reason = death.result()
-            died = (role.name, reason)
-            log.error("the %s died (%s): stopping the writer process", role.name, reason)
-        death.cancel()
-        stopping.cancel()
+        dead = await roles.run_until(stop)
+        if dead is not None:
+            died = (dead[0].name, dead[1])
+            log.error("the %s died (%s): stopping the writer process", *died)
     finally:
         log.info("writer process stopping: draining queued writes, flushing history")
         failures = await roles.stop_all()
