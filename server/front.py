@@ -79,7 +79,8 @@ async def start_front(
     readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
     sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
     app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
-                     sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape)
+                     sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
+                     store=store)
     if reuse_port:
         pid = str(os.getpid()).encode()
 

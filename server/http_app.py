@@ -29,6 +29,7 @@ from tessera.server.registry import Registry
 from tessera.server.settings import SqlSettings
 from tessera.server.sql_worker import SqlWorkers
 from tessera.server.storage_health import storage_failure
+from tessera.server.store import OnlineStore
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,13 @@ def create_app(
     sql_workers: SqlWorkers | None = None,
     sql_settings: SqlSettings | None = None,
     scrape: Callable[[], Awaitable[bytes]] | None = None,
+    store: OnlineStore | None = None,
 ) -> FastAPI:
     """The app. `compact` runs `POST .../compact` (None: no offline store, 503); `catalog`
     (the server's own) reports groups without a SQL view in /readyz; `sql_workers` run
     `POST /v1/sql` (see `http_sql`); `scrape` renders /metrics (None: this process's registry;
-    with --workers N, every process's: server/process_metrics.py)."""
+    with --workers N, every process's: server/process_metrics.py); `store` is the online store
+    the REST runtimes read and write (the same one the gRPC servicer uses; None: none of them)."""
     app = FastAPI(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
