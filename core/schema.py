@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tessera.core.aggregation.spec import AggregationConfig, AggregationDefinition
-from tessera.core.errors import ConflictError, InvalidRequestError
+from tessera.core.errors import ConflictError, InvalidRequestError, NotFoundError
 
 if TYPE_CHECKING:
     from tessera.core.aggregation.plan import AggregationPlan
@@ -41,6 +42,14 @@ MAX_FEATURES = 2500
 MAX_VECTOR_DIMENSION = 8192
 MAX_DESCRIPTION_CHARS = 128
 MAX_TAGS = 50
+#: Feature metadata bounds (SageMaker's UpdateFeatureMetadata): a description of up to 255
+#: characters, up to 25 key/value parameters of 1-255 characters each.
+MAX_FEATURE_DESCRIPTION_CHARS = 255
+MAX_FEATURE_PARAMETERS = 25
+MAX_PARAMETER_CHARS = 255
+PARAMETER_RULE = (
+    f"1-{MAX_PARAMETER_CHARS} characters: letters, digits, spaces and _ . : / = + -"
+)
 
 
 class ScalarType(StrEnum):
@@ -124,6 +133,10 @@ class FeatureDefinition(_Model):
     feature_type: ScalarType
     collection_type: CollectionType | None = None
     collection_config: CollectionConfig | None = None
+    #: Feature metadata (searchable, never used by the store): a description and key/value
+    #: parameters such as {"owner": "growth", "pii": "false"}.
+    description: str | None = None
+    parameters: dict[str, str] = {}
 
     @classmethod
     def of(cls, name: str, type_text: str) -> FeatureDefinition:
@@ -216,6 +229,10 @@ class FeatureGroupDefinition(_Model):
     #: Windowed aggregation features (tessera.core.aggregation): fixed when the group is made.
     aggregations: list[AggregationDefinition] = []
     aggregation_config: AggregationConfig | None = None
+    #: Settings accepted for compatibility that Tessera keeps and shows but does not act on, as
+    #: sent (SageMaker's RoleArn, ThroughputConfig, OfflineStoreConfig.S3StorageConfig, KMS key
+    #: ids: server/sagemaker_control.py); JSON values only.
+    compat_config: dict[str, Any] = {}
 
     def check(self) -> None:
         """Validate everything a schema must satisfy; raise InvalidRequestError naming the field.
@@ -373,7 +390,39 @@ def check_feature_definitions(
             )
         given[key] = name
         types[name] = d.type()
+        check_feature_metadata(name, d.description, d.parameters)
     return types
+
+
+def check_feature_metadata(
+    feature: str, description: str | None, parameters: Mapping[str, str]
+) -> None:
+    """Refuse a feature description past 255 characters, more than 25 parameters, or a
+    parameter key or value breaking `PARAMETER_RULE` (InvalidRequestError naming it)."""
+    if description is not None and len(description) > MAX_FEATURE_DESCRIPTION_CHARS:
+        raise InvalidRequestError(
+            f"feature '{feature}': description has {len(description)} characters; "
+            f"the limit is {MAX_FEATURE_DESCRIPTION_CHARS}"
+        )
+    if len(parameters) > MAX_FEATURE_PARAMETERS:
+        raise InvalidRequestError(
+            f"feature '{feature}' would have {len(parameters)} parameters; "
+            f"the limit is {MAX_FEATURE_PARAMETERS}"
+        )
+    for k, v in parameters.items():
+        for what, text in (("key", k), ("value", v)):
+            if not _is_parameter_text(text):
+                raise InvalidRequestError(
+                    f"feature '{feature}': parameter {what} {show_name(text)} is not valid; "
+                    f"allowed: {PARAMETER_RULE}"
+                )
+
+
+def _is_parameter_text(text: str) -> bool:
+    # SageMaker's pattern `[\p{L}\p{Z}\p{N}_.:/=+\-]*`: Unicode letters, separators, numbers.
+    return 1 <= len(text) <= MAX_PARAMETER_CHARS and all(
+        c in "_.:/=+-" or unicodedata.category(c)[0] in "LZN" for c in text
+    )
 
 
 def _check_key_feature(
@@ -391,11 +440,86 @@ def _check_key_feature(
         )
 
 
+class FeatureMetadataUpdate(_Model):
+    """A change of one feature's metadata: `description` replaces the description (None: kept;
+    "": cleared), `parameter_additions` sets parameters, `parameter_removals` removes keys (a
+    key not set is ignored)."""
+
+    description: str | None = None
+    parameter_additions: dict[str, str] = {}
+    parameter_removals: list[str] = []
+
+    def apply(self, feature: FeatureDefinition) -> FeatureDefinition:
+        """The feature with this change made; InvalidRequestError for a key both added and
+        removed, or metadata past its bounds (`check_feature_metadata`)."""
+        name = feature.feature_name
+        both = sorted(set(self.parameter_additions) & set(self.parameter_removals))
+        if both:
+            raise InvalidRequestError(
+                f"feature '{name}': parameter {', '.join(both)} is both added and removed"
+            )
+        for removal in self.parameter_removals:
+            if not _is_parameter_text(removal):
+                raise InvalidRequestError(
+                    f"feature '{name}': parameter key {show_name(removal)} is not valid; "
+                    f"allowed: {PARAMETER_RULE}"
+                )
+        parameters = {
+            k: v for k, v in feature.parameters.items() if k not in self.parameter_removals
+        }
+        parameters.update(self.parameter_additions)
+        description = feature.description
+        if self.description is not None:
+            description = self.description or None
+        check_feature_metadata(name, description, parameters)
+        return feature.model_copy(update={"description": description, "parameters": parameters})
+
+
 class FeatureGroupUpdate(_Model):
-    """PATCH body: features can be added (a new schema version), never removed or retyped."""
+    """PATCH body: features can be added (a new schema version), never removed or retyped; the
+    description, the online store's default TTL (applies to records written after the change)
+    and features' metadata can be changed (`feature_metadata`: feature name -> change);
+    `compat_config` entries replace those of the definition's (see there)."""
 
     feature_additions: list[FeatureDefinition] = []
     description: str | None = None
+    ttl_duration: TtlDuration | None = None
+    feature_metadata: dict[str, FeatureMetadataUpdate] = {}
+    compat_config: dict[str, Any] = {}
+
+    def apply(self, d: FeatureGroupDefinition, group_name: str) -> FeatureGroupDefinition:
+        """The definition `d` with this update made (not yet `check()`ed); NotFoundError for
+        metadata of a feature the group (with its additions) does not have."""
+        features = [*d.feature_definitions, *self.feature_additions]
+        by_name = {f.feature_name: i for i, f in enumerate(features)}
+        for name, change in self.feature_metadata.items():
+            i = by_name.get(name)
+            if i is None:
+                raise NotFoundError(
+                    f"feature {show_name(name)} is not in group '{group_name}'; "
+                    f"known: {', '.join(by_name)}"
+                )
+            features[i] = change.apply(features[i])
+        online = d.online_store_config
+        if self.ttl_duration is not None:
+            online = online.model_copy(update={"ttl_duration": self.ttl_duration})
+        return d.model_copy(
+            update={
+                "feature_definitions": features,
+                "description": self.description if self.description is not None
+                else d.description,
+                "online_store_config": online,
+                "compat_config": {**d.compat_config, **self.compat_config},
+            }
+        )
+
+
+class FeatureTimes(_Model):
+    """When a feature was added to its group and when its definition or metadata last changed
+    (seconds since the epoch)."""
+
+    creation_time: float
+    last_modified_time: float
 
 
 class FeatureGroup(_Model):
@@ -406,10 +530,21 @@ class FeatureGroup(_Model):
     version: int = 1
     creation_time: float
     last_modified_time: float
+    #: Per feature; a group stored before these were kept has none: `times_of` falls back.
+    feature_times: dict[str, FeatureTimes] = {}
 
     @property
     def name(self) -> str:
         return self.definition.feature_group_name
+
+    def times_of(self, feature: str) -> FeatureTimes:
+        """The feature's times (the group's creation time when none were recorded)."""
+        times = self.feature_times.get(feature)
+        if times is None:
+            return FeatureTimes(
+                creation_time=self.creation_time, last_modified_time=self.creation_time
+            )
+        return times
 
     def describe(self) -> dict[str, object]:
         """The JSON shape of DescribeFeatureGroup."""

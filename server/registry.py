@@ -49,6 +49,7 @@ from tessera.core.schema import (
     FeatureGroup,
     FeatureGroupDefinition,
     FeatureGroupUpdate,
+    FeatureTimes,
     check_feature_definitions,
     fold_name,
     show_name,
@@ -103,7 +104,8 @@ class Registry(Protocol):
         """ConflictError (exists, in any case), InvalidRequestError, StorageError."""
 
     def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
-        """Add features or change the description: a new version when features are added."""
+        """Add features, change the description, the default TTL or features' metadata: a new
+        version when features are added. NotFoundError for metadata of an unknown feature."""
 
     def delete(self, name: str) -> None:
         """Delete the group (also a quarantined one) with its records; retire its history."""
@@ -310,11 +312,13 @@ class FeatureGroupRegistry(RegistryView):
                 raw_id = self._cf.get(NEXT_ID)
             group_id = _ID.unpack(raw_id)[0] if raw_id else 1
             now = time.time()
+            times = FeatureTimes(creation_time=now, last_modified_time=now)
             group = FeatureGroup(
                 definition=definition,
                 feature_group_id=group_id,
                 creation_time=now,
                 last_modified_time=now,
+                feature_times={fd.feature_name: times for fd in definition.feature_definitions},
             )
             schema = CompiledSchema.of(group)
             wb = rocksdict.WriteBatch(raw_mode=True)
@@ -340,21 +344,22 @@ class FeatureGroupRegistry(RegistryView):
                 existing=[f.feature_name for f in d.feature_definitions],
                 aggregations=[a.name for a in d.aggregations],
             )
-            new_def = d.model_copy(
-                update={
-                    "feature_definitions": [*d.feature_definitions, *update.feature_additions],
-                    "description": (
-                        update.description if update.description is not None else d.description
-                    ),
-                }
-            )
+            new_def = update.apply(d, name)
             new_def = FeatureGroupDefinition.model_validate(new_def.model_dump())
             new_def.check()
+            now = time.time()
+            times = dict(group.feature_times)
+            for fd in update.feature_additions:
+                times[fd.feature_name] = FeatureTimes(creation_time=now, last_modified_time=now)
+            for feature in update.feature_metadata:
+                created = times.get(feature, group.times_of(feature)).creation_time
+                times[feature] = FeatureTimes(creation_time=created, last_modified_time=now)
             new = group.model_copy(
                 update={
                     "definition": new_def,
                     "version": group.version + (1 if update.feature_additions else 0),
-                    "last_modified_time": time.time(),
+                    "last_modified_time": now,
+                    "feature_times": times,
                 }
             )
             schema = CompiledSchema.of(new)
