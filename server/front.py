@@ -26,6 +26,7 @@ from tessera.core.catalog import Catalog
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
+from tessera.server.http_fast import FastRouter
 from tessera.server.registry import Registry
 from tessera.server.roles import ClosingRole, GrpcRole, HttpRole, ReadinessRole, Roles
 from tessera.server.settings import Settings
@@ -78,9 +79,15 @@ async def start_front(
 
     readiness = ReadinessRole(health, ["", FEATURE_STORE], ready_file, ports)
     sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
+    # One service for both APIs: the HTTP runtimes answer what the gRPC servicer would.
+    service = FeatureStoreService(registry, store)
+    fast = FastRouter(
+        max_body_bytes=s.grpc_max_message_bytes,
+        response_headers=[(PID_HEADER.encode(), str(os.getpid()).encode())] if reuse_port else [],
+    )
     app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
                      sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
-                     store=store)
+                     store=store, service=service, fast=fast)
     if reuse_port:
         pid = str(os.getpid()).encode()
 
@@ -91,7 +98,7 @@ async def start_front(
             return response
 
     http = await roles.start(HttpRole(
-        uvicorn.Config(app, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
+        uvicorn.Config(fast, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
                        access_log=False),
         s.host, s.http_port, reuse_port=reuse_port,
     ))
@@ -105,7 +112,7 @@ async def start_front(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    grpc_server.add_generic_rpc_handlers(handlers(FeatureStoreService(registry, store)))
+    grpc_server.add_generic_rpc_handlers(handlers(service))
     if reuse_port:
         grpc_server.add_generic_rpc_handlers([_pid_handler()])
     health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)

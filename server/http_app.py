@@ -24,6 +24,8 @@ from tessera.core.errors import StorageError, TesseraError
 from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
 from tessera.server import metrics
 from tessera.server.compaction import Compactor
+from tessera.server.grpc_service import FeatureStoreService
+from tessera.server.http_fast import ERROR_CODES, FastRouter
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
 from tessera.server.registry import Registry
 from tessera.server.settings import SqlSettings
@@ -33,8 +35,7 @@ from tessera.server.store import OnlineStore
 
 log = logging.getLogger(__name__)
 
-_CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable",
-          413: "TooLarge", 504: "Timeout"}
+_CODES = ERROR_CODES
 
 
 def _error(status: int, message: str, details: Any = None) -> JSONResponse:
@@ -55,12 +56,17 @@ def create_app(
     sql_settings: SqlSettings | None = None,
     scrape: Callable[[], Awaitable[bytes]] | None = None,
     store: OnlineStore | None = None,
+    service: FeatureStoreService | None = None,
+    fast: FastRouter | None = None,
 ) -> FastAPI:
     """The app. `compact` runs `POST .../compact` (None: no offline store, 503); `catalog`
     (the server's own) reports groups without a SQL view in /readyz; `sql_workers` run
     `POST /v1/sql` (see `http_sql`); `scrape` renders /metrics (None: this process's registry;
     with --workers N, every process's: server/process_metrics.py); `store` is the online store
-    the REST runtimes read and write (the same one the gRPC servicer uses; None: none of them)."""
+    the REST runtimes read and write (the same one the gRPC servicer uses; None: none of them);
+    `service` is the gRPC servicer's FeatureStoreService, `fast` the HTTP fast path in front of
+    the app (server/http_fast.py): the app becomes its fallback and the runtimes register
+    their routes into it (given both)."""
     app = FastAPI(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
@@ -178,4 +184,6 @@ def create_app(
         body = generate_latest(metrics.REGISTRY) if scrape is None else await scrape()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    if fast is not None:
+        fast.app = app
     return app

@@ -1,0 +1,304 @@
+"""The HTTP fast path: a pure-ASGI router in front of the FastAPI app for the hot runtime routes.
+
+FastAPI pays, per request, for its routing, dependency solving, pydantic validation and
+Starlette's request/response objects; a runtime route (a record read or write) needs none of
+that: its body is parsed once by msgspec (or protobuf) and validated by the same code as the
+gRPC API. `FastRouter` matches a request's method and path template exactly, hands the handler
+the raw body bytes and sends back the bytes it returns; a request that matches no fast route
+(the control plane, /metrics, /docs, ...) goes on to the FastAPI app unchanged.
+
+Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
+
+    async def get_thing(req: FastRequest) -> FastResponse:
+        name = req.params["name"]                 # path parameter, percent-decoded
+        limit = req.query_one("limit")            # str | None (first value)
+        accept = req.header(b"accept")            # bytes | None (header names lower-case)
+        doc = msgspec.json.decode(req.body)       # the raw body (bytes)
+        return json_response(200, {"name": name})  # or FastResponse(status, headers, body)
+
+    router.add("GET", "/v1/things/{name}", get_thing)
+    router.add("POST", "/Batch", batch, errors=aws_errors, max_body_bytes=1 << 20)
+
+- `template`: literal segments and whole-segment parameters `{name}`; a parameter matches one
+  non-empty segment (an encoded `/`, `%2F`, stays inside it). Literals compare exactly (case
+  matters; `records:batchGet` is one literal segment). The first route registered for a
+  method and path wins; a path that matches with another method falls through to FastAPI (which
+  answers 404 / 405 as before).
+- `handler(req)` returns a `FastResponse` (status, headers, body), or an awaitable of one: a read
+  that needs no I/O can answer without a coroutine. `content-length` is added by the router.
+- `errors(req, exc)` turns an exception raised by the handler into the response (default:
+  `tessera_errors`: a TesseraError's status and Tessera's body `{"error": {"code", "message"}}`;
+  a disk or I/O failure 503; anything else 500 with a request id, traceback to the log). A
+  body over `max_body_bytes` (default: the router's) is refused before the handler runs with
+  `BodyTooLargeError` (HTTP 413), through the same `errors`, so each API answers in its own
+  error shape.
+- Every fast request is counted and timed like the FastAPI routes (metrics.HTTP_REQUESTS and
+  HTTP_LATENCY, labelled with the method and the route template) and carries the router's
+  `response_headers` (e.g. x-tessera-pid in a serving process of --workers N).
+
+Wiring: server/front.py builds the router (with the serving process's response headers and
+body limit) and the `FeatureStoreService` the gRPC servicer uses, and passes both to
+`create_app` (server/http_app.py), which makes its FastAPI app the router's `app` and registers
+the runtimes' routes (each runtime module has a `register(router, app, service, registry)`
+that also adds its paths to the FastAPI OpenAPI schema). The HTTP server serves the router.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote
+
+import msgspec
+
+from tessera.core.errors import InvalidRequestError, TesseraError
+from tessera.server import metrics
+from tessera.server.storage_health import storage_failure
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+#: The `code` of Tessera's HTTP error body, by status (the FastAPI app uses the same).
+ERROR_CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable",
+               413: "TooLarge", 504: "Timeout"}
+JSON: Headers = [(b"content-type", b"application/json")]
+PROTOBUF: Headers = [(b"content-type", b"application/x-protobuf")]
+#: The default largest request body of a fast route (a route may set its own).
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+class BodyTooLargeError(InvalidRequestError):
+    """The request body is larger than the route accepts: HTTP 413."""
+
+    http_status = 413
+
+
+class FastRequest:
+    """What a fast handler gets: the method, the matched route template, its path parameters,
+    the raw query string, the raw headers (names lower-case, as ASGI gives them) and the body."""
+
+    __slots__ = ("method", "route", "params", "query_string", "headers", "body", "_query")
+
+    def __init__(self, method: str, route: str, params: dict[str, str], query_string: bytes,
+                 headers: Headers, body: bytes) -> None:
+        self.method, self.route, self.params = method, route, params
+        self.query_string, self.headers, self.body = query_string, headers, body
+        self._query: dict[str, list[str]] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower-case bytes), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query parameters, each with its values in order (blank values kept)."""
+        if self._query is None:
+            out: dict[str, list[str]] = {}
+            if self.query_string:
+                for key, value in parse_qsl(self.query_string.decode("latin-1"),
+                                            keep_blank_values=True):
+                    out.setdefault(key, []).append(value)
+            self._query = out
+        return self._query
+
+    def query_one(self, name: str) -> str | None:
+        """The first value of query parameter `name`, or None."""
+        if not self.query_string:
+            return None
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+class FastResponse(NamedTuple):
+    status: int
+    headers: Headers
+    body: bytes
+
+
+Handler = Callable[[FastRequest], "FastResponse | Awaitable[FastResponse]"]
+ErrorMapper = Callable[[FastRequest, Exception], FastResponse]
+
+
+def json_response(status: int, content: Any, headers: Headers | None = None) -> FastResponse:
+    """`content` as JSON (msgspec: dicts, lists, str, int, float, bool, None, bytes as base64)."""
+    return FastResponse(status, JSON if headers is None else JSON + headers,
+                        _encode_json(content))
+
+
+def error_response(status: int, message: str) -> FastResponse:
+    """Tessera's HTTP error: `{"error": {"code": ..., "message": ...}}` with `status`."""
+    # A message may quote a lone surrogate sent in JSON: escaped, it still encodes as UTF-8.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    body = {"error": {"code": ERROR_CODES.get(status, "Internal"), "message": message}}
+    return FastResponse(status, JSON, _encode_json(body))
+
+
+def tessera_errors(req: FastRequest, exc: Exception) -> FastResponse:
+    """The default `ErrorMapper`: Tessera's error body with the status of the error class."""
+    if isinstance(exc, TesseraError):
+        return error_response(exc.http_status, exc.message)
+    request_id = uuid.uuid4().hex[:16]
+    log.error("%s %s failed (request id %s)", req.method, req.route, request_id, exc_info=exc)
+    if storage_failure(exc):  # disk full, I/O error: retryable, like a StorageError
+        return error_response(503, f"storage unavailable (disk full or I/O error); retry later; "
+                                   f"request id {request_id}")
+    return error_response(500, f"internal error; request id {request_id}")
+
+
+class _Route:
+    __slots__ = ("method", "template", "segments", "handler", "errors", "max_body_bytes",
+                 "latency", "counters")
+
+    def __init__(self, method: str, template: str, handler: Handler, errors: ErrorMapper,
+                 max_body_bytes: int) -> None:
+        if not template.startswith("/"):
+            raise ValueError(f"route template {template!r} must start with '/'")
+        segments: list[str | None] = []
+        names: list[str] = []
+        for seg in template[1:].split("/"):
+            if seg.startswith("{") and seg.endswith("}") and seg[1:-1].isidentifier():
+                names.append(seg[1:-1])
+                segments.append(None)
+            elif "{" in seg or "}" in seg:
+                raise ValueError(f"route template {template!r}: a parameter is a whole segment")
+            else:
+                segments.append(seg)
+        self.method, self.template, self.handler = method, template, handler
+        it = iter(names)
+        #: (literal, None) or (None, parameter name) per segment.
+        self.segments = tuple((s, None if s is not None else next(it)) for s in segments)
+        self.errors, self.max_body_bytes = errors, max_body_bytes
+        self.latency = metrics.HTTP_LATENCY.labels(method, template)
+        self.counters: dict[int, Any] = {}
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        params: dict[str, str] = {}
+        for part, (literal, name) in zip(parts, self.segments, strict=True):
+            if name is None:
+                if part != literal:
+                    return None
+            elif part:
+                params[name] = unquote(part) if "%" in part else part
+            else:
+                return None
+        return params
+
+    def count(self, status: int) -> None:
+        counter = self.counters.get(status)
+        if counter is None:
+            counter = self.counters[status] = metrics.HTTP_REQUESTS.labels(
+                self.method, self.template, str(status))
+        counter.inc()
+
+
+class FastRouter:
+    """The ASGI app: fast routes first, then `app` (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 response_headers: Headers | None = None) -> None:
+        #: Where every request no fast route matches goes (create_app sets the FastAPI app).
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.response_headers: Headers = list(response_headers or [])
+        # By (method, number of path segments): a request looks only at routes of its shape.
+        self._routes: dict[tuple[str, int], list[_Route]] = {}
+
+    def add(self, method: str, template: str, handler: Handler, *,
+            errors: ErrorMapper = tessera_errors, max_body_bytes: int | None = None) -> None:
+        """Answer `method template` with `handler` (see the module docstring)."""
+        route = _Route(method.upper(), template, handler, errors,
+                       self.max_body_bytes if max_body_bytes is None else max_body_bytes)
+        self._routes.setdefault((route.method, len(route.segments)), []).append(route)
+
+    def routes(self) -> list[tuple[str, str]]:
+        """The fast routes, as (method, template), in registration order per shape."""
+        return [(r.method, r.template) for rs in self._routes.values() for r in rs]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path")
+            path = raw.decode("latin-1") if raw else scope["path"]
+            parts = path[1:].split("/")
+            candidates = self._routes.get((scope["method"], len(parts)))
+            if candidates:
+                for route in candidates:
+                    params = route.match(parts)
+                    if params is not None:
+                        await self._serve(route, params, scope, receive, send)
+                        return
+        if self.app is None:
+            raise RuntimeError("the fast router has no app to pass unmatched requests to")
+        await self.app(scope, receive, send)
+
+    async def _serve(self, route: _Route, params: dict[str, str], scope: Scope,
+                     receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        headers: Headers = scope["headers"]
+        req = FastRequest(route.method, route.template, params, scope.get("query_string", b""),
+                          headers, b"")
+        try:
+            body = await _read_body(headers, receive, route.max_body_bytes)
+            if body is None:  # the client went away
+                return
+            req.body = body
+            result = route.handler(req)
+            response = result if isinstance(result, tuple) else await result
+        except Exception as exc:
+            try:
+                response = route.errors(req, exc)
+            except Exception as inner:
+                response = tessera_errors(req, inner)
+        status, out_headers, out = response
+        all_headers = [*out_headers, *self.response_headers,
+                       (b"content-length", str(len(out)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": all_headers})
+        await send({"type": "http.response.body", "body": out})
+        route.count(status)
+        route.latency.observe(time.perf_counter() - start)
+
+
+async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | None:
+    """The request body; BodyTooLargeError past `limit` bytes (refused on its content-length
+    before reading it, when it has one); None when the client disconnected."""
+    for key, value in headers:
+        if key == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise InvalidRequestError(f"content-length {value!r} is not a number") from None
+            if declared > limit:
+                raise BodyTooLargeError(
+                    f"the request body is {declared} bytes; at most {limit} are accepted")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(
+                    f"the request body is over {limit} bytes; at most {limit} are accepted")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
