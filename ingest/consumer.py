@@ -3,9 +3,12 @@
 The loop: gather messages into a batch (by size and time), decode and validate them, write the
 good ones through the sink until durable, send the bad ones to the dead-letter topic and wait
 for the broker's acknowledgement, and only then commit offset+1 of each partition (explicit,
-synchronous commits; auto-commit is off). At least once: a crash replays from the last commit,
-which is harmless online (event-time ordering) and de-duplicable offline (each row's source is
-"kafka:<topic>/<partition>/<offset>").
+synchronous commits; auto-commit is off). One batch is written at a time, in the order the
+batches were gathered (per-partition order); while it is in flight the loop decodes and
+validates the next one (a pipeline of three: gathering, prepared, in flight), so the CPU work
+of batch k+1 overlaps with the store's acknowledgement of batch k. At least once: a crash
+replays from the last commit, which is harmless online (event-time ordering) and de-duplicable
+offline (each row's source is "kafka:<topic>/<partition>/<offset>").
 
 When the store (or the dead-letter topic) is unavailable, the batch is kept, consumption is
 paused (the partitions stay assigned: `poll` keeps the member in its group), nothing is
@@ -21,7 +24,7 @@ consumer the same way):
   its own writer thread, handed back to the poll thread with its outcome.
 - `SchemaCache` (schemas.py): the group's schema; refreshed by the poll and writer threads.
 - `Batcher` / `Preparer` (batch.py): gathering and validating. Poll thread (the writer thread
-  re-validates a refused batch with the Preparer, only while the loop prepares nothing).
+  re-validates a refused batch with a Preparer of its own).
 The rebalance callbacks run on the poll thread, inside `consume` / `poll`. The runner's thread
 only sets the stop event.
 """
@@ -38,7 +41,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from tessera.ingest.backpressure import Backpressure
-from tessera.ingest.batch import Batcher, Preparer, TopicPartition
+from tessera.ingest.batch import Batcher, PreparedBatch, Preparer, TopicPartition
 from tessera.ingest.config import IngestConfig, TopicConfig
 from tessera.ingest.dlq import SCHEMA, DeadLetterQueue, KafkaMessage, ProducerLike
 from tessera.ingest.metrics import IngestMetrics
@@ -123,7 +126,11 @@ class TopicConsumer:
         self._backpressure = Backpressure(
             topic.topic, config.retry_initial_backoff_s, config.retry_max_backoff_s, metrics
         )
-        self._writer = BatchWriter(topic, sink, self._schemas, self._preparer, metrics)
+        # The writer thread re-validates refused batches while this thread prepares the next.
+        self._writer = BatchWriter(topic, sink, self._schemas,
+                                   Preparer(topic, config.max_message_bytes), metrics)
+        #: The batch prepared while another is in flight: written next.
+        self._next: PreparedBatch | None = None
         self._lag_at = 0.0
         self._m_batch = metrics.batch_duration.labels(topic.topic)
         #: Batches committed by this member (tests, benchmarks).
@@ -185,10 +192,12 @@ class TopicConsumer:
         if self._backpressure.pending is not None:
             self._wait_and_retry(consumer)
             return
+        self._advance()
         writing = self._writer.busy
         room = self._batcher.room()
         if writing and not room:
-            # The next batch is full: wait for the write in flight rather than fetch more.
+            # One batch in flight, the next prepared, the one after full: wait for the write
+            # in flight rather than fetch more.
             self._writer.wait(IDLE_POLL_S)
             return
         # Short polls while a write is in flight, so that its commit follows it closely; the
@@ -196,8 +205,7 @@ class TopicConsumer:
         limit = INFLIGHT_POLL_S if writing else IDLE_POLL_S
         timeout = min(self._batcher.time_left_s(), limit)
         self._accept(consumer.consume(num_messages=max(1, room), timeout=timeout))
-        if not self._writer.busy and self._batcher.due():
-            self._process(self._batcher.take())
+        self._advance()
         now = time.monotonic()
         if now >= self._lag_at:
             self._lag_at = now + LAG_INTERVAL_S
@@ -219,7 +227,17 @@ class TopicConsumer:
                 log.warning("ingest: consumer error on '%s': %s", self._topic.topic, err)
         self._batcher.add(good)
 
-    def _process(self, messages: list[KafkaMessage]) -> None:
+    def _advance(self) -> None:
+        """Prepare the gathered batch once it is due (also while a write is in flight: that
+        is the overlap), and hand the prepared batch to the writer once it is free. Never
+        while a failed batch is held (it goes first)."""
+        if self._next is None and self._batcher.due():
+            self._next = self._prepare(self._batcher.take())
+        if self._next is not None and not self._writer.busy:
+            batch, self._next = self._next, None
+            self._writer.start(batch)
+
+    def _prepare(self, messages: list[KafkaMessage]) -> PreparedBatch:
         started = time.monotonic()
         batch = self._preparer.prepare(messages, self._schemas.current())
         stale = any(d.error_class == SCHEMA for d in batch.dead) and self._schemas.is_stale()
@@ -227,7 +245,7 @@ class TopicConsumer:
         if stale and self._schemas.refresh():
             batch = self._preparer.prepare(messages, self._schemas.current())
         batch.started = started
-        self._writer.start(batch)
+        return batch
 
     def _reap(self, wait_s: float = 0.0) -> None:
         """If the write in flight is over (waiting up to `wait_s`): commit it, or hold it for a
@@ -278,6 +296,13 @@ class TopicConsumer:
     def _forget(self, revoked: set[TopicPartition]) -> None:
         dropped = self._batcher.drop_partitions(revoked)
         dropped += self._backpressure.forget(revoked)
+        prepared = self._next
+        if prepared is not None:
+            before = len(prepared.messages)
+            prepared.drop_partitions(revoked)
+            dropped += before - len(prepared.messages)
+            if prepared.empty:
+                self._next = None
         if dropped:
             log.info("ingest: dropped %d in-flight messages of revoked partitions", dropped)
         self._offsets.revoke(revoked)
@@ -313,15 +338,19 @@ class TopicConsumer:
                     return
                 continue
             if bp.pending is None:
-                if not len(self._batcher):
+                if self._next is None and not len(self._batcher):
                     return
-                self._process(self._batcher.take())
+                if self._next is None:
+                    self._next = self._prepare(self._batcher.take())
+                self._advance()
                 continue
             now = time.monotonic()
             if now >= deadline:
+                prepared = len(self._next.messages) if self._next is not None else 0
                 log.warning(
                     "ingest: stopping with an unwritten batch of %d messages; not committed, "
-                    "it will be read again", len(bp.pending.messages) + len(self._batcher),
+                    "it will be read again",
+                    len(bp.pending.messages) + prepared + len(self._batcher),
                 )
                 return
             time.sleep(max(0.0, min(bp.retry_at, deadline) - now))

@@ -5,8 +5,7 @@ next batch (the sink's wait releases the GIL).
 Threads: the poll loop calls `start`, `outcome`, `wait` and `close`; the batch in flight belongs
 to the writer thread from `start` until its outcome is taken (the loop does not touch it
 meanwhile). The writer thread also re-validates a batch the store refuses: it uses the schema
-cache (which locks) and the loop's Preparer, which the loop never uses while a write is in
-flight (it prepares a batch only when none is).
+cache (which locks) and a Preparer of its own (the loop's is busy preparing the next batch).
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def test_lag_gauges_of_revoked_partitions_are_removed(kind: str) -> None:
         "tessera_ingest_consumer_lag", {"topic": "t", "partition": "0"}) is None
 
 
-def test_the_next_batch_gathers_while_one_is_being_written_and_commits_keep_their_order(
+def test_the_next_batch_is_prepared_while_one_is_being_written_and_commits_keep_their_order(
 ) -> None:
     release = threading.Event()
 
@@ -179,9 +179,51 @@ def test_the_next_batch_gathers_while_one_is_being_written_and_commits_keep_thei
             super().write(schema, records, ttl_s)
 
     h = Harness(Slow)
-    h.feed(*(good(f"u{i}", i, offset=i) for i in range(6)))
-    h.step_until(lambda: len(h.consumer._batcher) == 3)  # the first batch is in flight
-    assert h.kafka.commits == [] and h.kafka.queue == []
+    h.feed(*(good(f"u{i}", i, offset=i) for i in range(9)))
+    # The first batch in flight, the second decoded and validated, the third gathered.
+    h.step_until(lambda: h.consumer._next is not None and len(h.consumer._batcher) == 3)
+    assert [r.source for r in h.consumer._next.records] == [f"kafka:t/0/{i}" for i in (3, 4, 5)]
+    for _ in range(5):  # nothing more is fetched, nothing committed before the first ack
+        h.consumer.step()
+    assert h.kafka.commits == [] and h.kafka.queue == [] and h.sink.written == []
     release.set()
+    h.step_until(lambda: len(h.kafka.commits) == 3)
+    assert h.kafka.commits == [{("t", 0): 3}, {("t", 0): 6}, {("t", 0): 9}]
+    assert h.events == ["write:3", "commit"] * 3
+    assert [r.source for r in h.sink.written] == [f"kafka:t/0/{i}" for i in range(9)]
+
+
+def test_a_failed_write_goes_again_before_the_prepared_batch_and_nothing_is_committed_early(
+) -> None:
+    h = Harness()
+    h.sink.failures = [unavailable(), unavailable()]
+    h.feed(*(good(f"u{i}", i, offset=i) for i in range(6)))
+    h.step_until(lambda: bool(h.kafka.commits))
+    # The first batch failed twice, was retried and committed before the second was written.
+    assert h.events[:6] == ["write-failed", "pause", "write-failed", "write:3", "commit",
+                            "resume"]
     h.step_until(lambda: len(h.kafka.commits) == 2)
     assert h.kafka.commits == [{("t", 0): 3}, {("t", 0): 6}]
+    assert [r.source for r in h.sink.written] == [f"kafka:t/0/{i}" for i in range(6)]
+
+
+def test_a_revoke_drops_the_prepared_batch_of_revoked_partitions() -> None:
+    release = threading.Event()
+
+    class Slow(FakeSink):
+        def write(self, schema: Any, records: Any, ttl_s: Any) -> None:
+            release.wait(5)
+            super().write(schema, records, ttl_s)
+
+    h = Harness(Slow)
+    h.feed(good("a", 1, offset=0), good("b", 2, offset=1), good("c", 3, offset=2),
+           good("d", 4, offset=3), good("e", 5, partition=1, offset=0), good("f", 6, offset=4))
+    h.step_until(lambda: h.consumer._next is not None)
+    release.set()  # the revoke waits for the write in flight and commits it
+    h.kafka.rebalance("revoke", [("t", 0)])
+    assert h.kafka.commits == [{("t", 0): 3}]
+    assert [r.source for r in h.consumer._next.records] == ["kafka:t/1/0"]
+    h.step_until(lambda: len(h.kafka.commits) == 2)
+    assert h.kafka.commits[1] == {("t", 1): 1}
+    assert [r.source for r in h.sink.written] == ["kafka:t/0/0", "kafka:t/0/1", "kafka:t/0/2",
+                                                  "kafka:t/1/0"]
