@@ -479,7 +479,7 @@ class FeatureGroupUpdate(_Model):
     """PATCH body: features can be added (a new schema version), never removed or retyped; the
     description, the online store's default TTL (applies to records written after the change)
     and features' metadata can be changed (`feature_metadata`: feature name -> change);
-    `compat_config` entries replace those of the definition's (see there)."""
+    `compat_config` entries replace those of the definition's, objects merged one level down."""
 
     feature_additions: list[FeatureDefinition] = []
     description: str | None = None
@@ -509,9 +509,18 @@ class FeatureGroupUpdate(_Model):
                 "description": self.description if self.description is not None
                 else d.description,
                 "online_store_config": online,
-                "compat_config": {**d.compat_config, **self.compat_config},
+                "compat_config": _merged(d.compat_config, self.compat_config),
             }
         )
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s entries over `old`'s, objects merged one level down (a changed StorageType keeps
+    the SecurityConfig sent before it)."""
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 class FeatureTimes(_Model):
