@@ -47,7 +47,14 @@ from tessera.server.storage_health import (
 
 # The operations and results are the seam's (server/store.py); re-exported for this module's
 # users, the two the store makes itself kept under their private names.
-from tessera.server.store import Committed, OnlineStore
+from tessera.server.store import (
+    SCAN_MAX_EXAMINED,
+    Committed,
+    OnlineStore,
+    ScanPage,
+    StaleReadError,
+    payload_digest,
+)
 from tessera.server.store import DeleteOp as DeleteOp
 from tessera.server.store import DropGroupOp as _DropGroupOp
 from tessera.server.store import Op as Op
@@ -100,6 +107,37 @@ def _live(raw: bytes | None, at_us: int) -> tuple[memoryview, int | None] | None
             return None
         return memoryview(raw)[HEADER_SIZE:], expires_at_us
     return memoryview(raw)[HEADER_SIZE:], None
+
+
+def scan_records(
+    it: rocksdict.RdictIter, group_id: int, start_after: str | None, limit: int, at_us: int,
+    include_deleted: bool,
+) -> ScanPage:
+    """`OnlineStore.scan` over an iterator of the records column family (the primary's or a
+    secondary's: both read stored values the same way)."""
+    prefix = group_prefix(group_id)
+    n = len(prefix)
+    # The first key after `start_after` is its smallest extension.
+    it.seek(prefix if start_after is None else prefix + start_after.encode() + b"\x00")
+    ids: list[str] = []
+    examined = 0
+    last: str | None = None
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            break
+        if len(ids) >= limit or examined >= SCAN_MAX_EXAMINED:
+            return ScanPage(ids, last)
+        examined += 1
+        last = key[n:].decode()
+        _, expires_at_us, flags = HEADER.unpack_from(it.value())
+        if flags & TOMBSTONE:
+            if include_deleted:
+                ids.append(last)
+        elif not (flags & HAS_EXPIRY and expires_at_us <= at_us):
+            ids.append(last)
+        it.next()
+    return ScanPage(ids, None)
 
 
 def _settle(
@@ -186,6 +224,22 @@ class RocksDBOnlineStore:
             if len(keys) == 1:
                 return [self._rocks.aggregates.get(keys[0])]
             return self._rocks.aggregates.get(keys)  # type: ignore[return-value, arg-type]
+        except Exception as exc:
+            raise _read_error(exc) from exc
+
+    def scan(
+        self, group_id: int, start_after: str | None, limit: int, at_us: int,
+        include_deleted: bool = False,
+    ) -> ScanPage:
+        try:
+            with self._rocks.quiesce:  # no iterator may outlive a reopen
+                it = self._rocks.records.iter()
+                try:
+                    return scan_records(it, group_id, start_after, limit, at_us, include_deleted)
+                finally:
+                    del it
+        except TesseraError:
+            raise
         except Exception as exc:
             raise _read_error(exc) from exc
 
@@ -407,6 +461,13 @@ class RocksDBOnlineStore:
         return stored_et if stored_et > et else -1
 
     def _put(self, wb: rocksdict.WriteBatch, stored: _Stored, op: PutOp, at_us: int) -> OpResult:
+        if op.if_match is not None:
+            hit = _live(stored.get(op.key), at_us)
+            if hit is None or payload_digest(hit[0]) != op.if_match:
+                return StaleReadError(
+                    "the record changed or was deleted since it was read (a concurrent write); "
+                    "read it again"
+                )
         if self._newer_stored(stored, op.key, op.event_time_us, at_us) >= 0:
             return False
         if op.expires_at_us is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tessera.core.errors import PreconditionFailedError, StorageError
 from tessera.server.secondary import CATCH_UP_INTERVAL_S, SecondaryReader
-from tessera.server.store import Committed, Hit, Op
+from tessera.server.store import Committed, Hit, Op, ScanPage
 from tessera.server.writer_client import WriterClient
 from tessera.server.writer_ipc import socket_path
 
@@ -50,6 +50,13 @@ class ProcessOnlineStore:
     def get_aggregates(self, keys: list[bytes]) -> list[bytes | None]:
         self._own_writes()
         return self.reader.get_aggregates(keys)
+
+    def scan(
+        self, group_id: int, start_after: str | None, limit: int, at_us: int,
+        include_deleted: bool = False,
+    ) -> ScanPage:
+        self._own_writes()
+        return self.reader.scan(group_id, start_after, limit, at_us, include_deleted)
 
     def submit(self, ops: list[Op]) -> Future[Committed]:
         return self.writer.submit(ops)

@@ -43,8 +43,9 @@ import rocksdict
 
 from tessera.core.errors import StorageError
 from tessera.server.online_store import _live as live_hit
+from tessera.server.online_store import scan_records
 from tessera.server.rocksdb import AGGREGATES, RECORDS, REGISTRY, open_secondary
-from tessera.server.store import Hit
+from tessera.server.store import Hit, ScanPage
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,20 @@ class SecondaryReader:
             if len(keys) == 1:
                 return [self._aggregates.get(keys[0])]
             return self._aggregates.get(keys)  # type: ignore[return-value, arg-type]
+        except Exception as exc:
+            raise _read_error(exc) from exc
+
+    def scan(
+        self, group_id: int, start_after: str | None, limit: int, at_us: int,
+        include_deleted: bool = False,
+    ) -> ScanPage:
+        """`OnlineStore.scan` as of the last catch-up."""
+        try:
+            it = self._records.iter()
+            try:
+                return scan_records(it, group_id, start_after, limit, at_us, include_deleted)
+            finally:
+                del it
         except Exception as exc:
             raise _read_error(exc) from exc
 

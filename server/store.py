@@ -14,6 +14,11 @@ The semantics every implementation keeps (SageMaker Feature Store's):
 - a record past its expiry reads as absent; `purge_expired` reclaims it;
 - every accepted put of a group with aggregations is an event folded into its aggregates,
   durably with the commit that acknowledges it;
+- a put with `if_match` applies only if the stored record is still the live one whose payload
+  has that digest (`payload_digest`); otherwise its result is StaleReadError and it writes
+  nothing (UpdateRecord's read-merge-write: concurrent updates never lose each other's
+  features, the loser reads again);
+- `scan` lists a group's records in key order, a page at a time (ListRecords);
 - every commit is acknowledged with its sequence number (`Committed.seq`, RocksDB's own sequence
   number of the primary right after the commit's WriteBatch): later commits have larger ones, and
   a read from a store whose `visible_seq()` is at least `seq` sees the commit's writes. This is
@@ -23,12 +28,13 @@ The semantics every implementation keeps (SageMaker Feature Store's):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from tessera.core.errors import TesseraError
+from tessera.core.errors import ConflictError, TesseraError
 from tessera.server.aggregates import AggregateEvent
 
 
@@ -50,6 +56,9 @@ class PutOp:
     online: bool = True
     #: The put's inputs to its group's aggregation features (None: the group has none).
     aggregate: AggregateEvent | None = None
+    #: Apply only if the stored record is live and its payload has this digest
+    #: (`payload_digest`), else StaleReadError; None: unconditional.
+    if_match: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,30 @@ class DropGroupOp:
     """Remove every record and aggregate of a group. Made by the store's own `drop_group`."""
 
     group_id: int
+
+
+def payload_digest(payload: bytes | memoryview) -> bytes:
+    """The digest a conditional put (`PutOp.if_match`) names the record it was computed from by."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+class StaleReadError(ConflictError):
+    """A conditional put's record changed (or went) since it was read: read it again."""
+
+
+#: The most stored entries one `scan` page examines (deleted and expired ones are skipped but
+#: count): a page's cost is bounded even over a range of tombstones.
+SCAN_MAX_EXAMINED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of a group's records, in key order."""
+
+    record_ids: list[str]
+    #: The last record id examined: the next page starts after it (None: the group's range is
+    #: done). A page may be short, or empty, and still have a next one.
+    resume_after: str | None
 
 
 #: Every operation the writer applies. Callers submit PutOp and DeleteOp; the store makes the
@@ -145,4 +178,13 @@ class OnlineStore(Protocol):
 
     def purge_expired(self, at_us: int, limit: int) -> int:
         """Delete up to `limit` records expired at `at_us`; how many index entries were done."""
+        ...
+
+    def scan(
+        self, group_id: int, start_after: str | None, limit: int, at_us: int,
+        include_deleted: bool = False,
+    ) -> ScanPage:
+        """Up to `limit` record ids of a group, in key order, after `start_after` (None: from
+        the first), that read as present at `at_us` (and soft-deleted ones when
+        `include_deleted`; expired ones never); at most SCAN_MAX_EXAMINED entries examined."""
         ...
