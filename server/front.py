@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -85,23 +84,12 @@ async def start_front(
         max_body_bytes=s.grpc_max_message_bytes,
         response_headers=[(PID_HEADER.encode(), str(os.getpid()).encode())] if reuse_port else [],
     )
-    app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
-                     sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
-                     store=store, service=service, fast=fast)
-    if reuse_port:
-        pid = str(os.getpid()).encode()
-
-        @app.middleware("http")
-        async def _answered_by(request, call_next):  # type: ignore[no-untyped-def]
-            response = await call_next(request)
-            response.headers[PID_HEADER] = pid.decode()
-            return response
-
-    http = await roles.start(HttpRole(
-        uvicorn.Config(fast, host=s.host, port=s.http_port, log_level="warning", lifespan="off",
-                       access_log=False),
-        s.host, s.http_port, reuse_port=reuse_port,
-    ))
+    # The FastAPI app becomes the router's fallback; the runtimes register into the router.
+    create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
+               sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape, store=store,
+               service=service, fast=fast)
+    http = await roles.start(
+        HttpRole(fast, s.host, s.http_port, reuse_port=reuse_port, grace_s=s.shutdown_grace_s))
     # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.
     await roles.start(ClosingRole("SQL workers", sql_workers.close))
 

@@ -33,8 +33,9 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
   `BodyTooLargeError` (HTTP 413), through the same `errors`, so each API answers in its own
   error shape.
 - Every fast request is counted and timed like the FastAPI routes (metrics.HTTP_REQUESTS and
-  HTTP_LATENCY, labelled with the method and the route template) and carries the router's
-  `response_headers` (e.g. x-tessera-pid in a serving process of --workers N).
+  HTTP_LATENCY, labelled with the method and the route template). Every response, fast or
+  not, carries the router's `response_headers` (x-tessera-pid in a serving process of
+  --workers N).
 
 Wiring: server/front.py builds the router (with the serving process's response headers and
 body limit) and the `FeatureStoreService` the gRPC servicer uses, and passes both to
@@ -242,7 +243,19 @@ class FastRouter:
                         return
         if self.app is None:
             raise RuntimeError("the fast router has no app to pass unmatched requests to")
+        if self.response_headers and scope["type"] == "http":
+            send = self._with_headers(send)
         await self.app(scope, receive, send)
+
+    def _with_headers(self, send: Send) -> Send:
+        extra = self.response_headers
+
+        async def sender(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        return sender
 
     async def _serve(self, route: _Route, params: dict[str, str], scope: Scope,
                      receive: Receive, send: Send) -> None:

@@ -15,22 +15,25 @@ process, consumer processes) under a supervisor. The composition root is server/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
-import uvicorn
+from granian._granian import SocketHolder
+from granian.constants import HTTPModes, Interfaces
+from granian.log import LogLevels
+from granian.server.embed import Server as EmbeddedServer
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from tessera.ingest.config import IngestConfig
+from tessera.server.http_fast import ASGIApp
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
 from tessera.server.outbox import OutboxFlusher
 from tessera.server.process_store import ProcessOnlineStore
@@ -39,6 +42,7 @@ from tessera.server.rocksdb import RocksDB, open_rocksdb
 log = logging.getLogger("tessera.server")
 
 _POLL_S = 0.5  # how often a watch looks at a thread it cannot await
+_HTTP_BACKLOG = 2048  # also granian's bound on requests in flight (its backpressure)
 
 
 class RoleFailedError(Exception):
@@ -259,15 +263,8 @@ class ClosingRole:
         return await _forever()
 
 
-class _EmbeddedHTTPServer(uvicorn.Server):
-    """uvicorn without signal handling of its own: the lifecycle owns SIGTERM / SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind_tcp(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+def bind_tcp(host: str, port: int, reuse_port: bool = False, listen: bool = True,
+             backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on (host, port); OSError (e.g. the port is in use) otherwise.
     `reuse_port`: SO_REUSEPORT, so the serving processes share the port (the kernel spreads
     connections over their listening sockets); `listen=False` only reserves the port (the
@@ -281,7 +278,7 @@ def bind_tcp(host: str, port: int, reuse_port: bool = False, listen: bool = True
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
         if listen:
-            sock.listen(2048)
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -289,36 +286,91 @@ def bind_tcp(host: str, port: int, reuse_port: bool = False, listen: bool = True
     return sock
 
 
+class _EmbeddedGranian(EmbeddedServer):
+    """granian's embedded server (its Rust HTTP/1.1 and HTTP/2 stack, the ASGI app run on this
+    process's event loop, beside grpc.aio) serving a socket bound by `bind_tcp`: bound by us,
+    so a port in use is an OSError at start-up, the port can be 0 and SO_REUSEPORT is ours.
+    granian owns the descriptor from then on (it closes it when it stops)."""
+
+    def __init__(self, app: ASGIApp, fd: int, backlog: int) -> None:
+        super().__init__(
+            app, interface=Interfaces.ASGINL, http=HTTPModes.auto, websockets=False,
+            backlog=backlog,
+            # granian's records go to Tessera's logging (its own console handler stays unused);
+            # errors only: its start-up notice is not one.
+            log_level=LogLevels.error,
+            log_dictconfig={"loggers": {"_granian": {"handlers": [], "propagate": True}}},
+        )
+        self._fd, self._backlog = fd, backlog
+
+    def _init_shared_socket(self) -> None:
+        # What granian's own binding sets (granian/server/common.py), from our descriptor;
+        # its stubs declare neither these attributes nor SocketHolder's constructor.
+        holder: Any = SocketHolder
+        state: Any = self
+        state._ssp, state._shd, state._sfd = None, holder(self._fd, False, self._backlog), self._fd
+
+    def running(self) -> bool:
+        """Whether granian's worker serves (on this loop)."""
+        workers: list[Any] = self.wrks
+        return bool(workers) and bool(workers[0].is_alive())
+
+    def stop_now(self) -> None:
+        """Stop waiting for the requests in flight: cancel the worker."""
+        workers: list[Any] = self.wrks
+        for worker in workers:
+            worker.kill()
+
+
 class HttpRole:
-    """The HTTP control plane (FastAPI on uvicorn)."""
+    """The HTTP server: granian (embedded, on this process's event loop) serving the ASGI app:
+    the fast-path router in front of the FastAPI control plane (server/http_fast.py). Stopping
+    stops accepting, lets the requests in flight finish (up to `grace_s`) and closes idle
+    keep-alive connections."""
 
     name = "HTTP server"
 
-    def __init__(
-        self, config: uvicorn.Config, host: str, port: int, reuse_port: bool = False
-    ) -> None:
-        self._server = _EmbeddedHTTPServer(config)
+    def __init__(self, app: ASGIApp, host: str, port: int, reuse_port: bool = False,
+                 grace_s: float = 10.0) -> None:
+        self._app = app
         self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._grace_s = grace_s
+        self._server: _EmbeddedGranian | None = None
         self._task: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> None:
-        # Bound here, not by uvicorn: its bind failure is a sys.exit that would skip our stops.
-        sock = bind_tcp(self._host, self._port, self._reuse_port)
+        sock = bind_tcp(self._host, self._port, self._reuse_port, backlog=_HTTP_BACKLOG)
         self.port = sock.getsockname()[1]
-        task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
+        try:
+            server = _EmbeddedGranian(self._app, sock.fileno(), _HTTP_BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        sock.detach()  # granian's now
+        task = asyncio.create_task(server.serve())
+        # The socket already listens (connections wait in its backlog); started is when
+        # granian's worker runs.
+        while not server.running():
             if task.done():
-                sock.close()
                 exc = task.exception() if not task.cancelled() else None
                 raise OSError(f"the HTTP server did not start: {exc!r}")
-            await asyncio.sleep(0.01)
-        self._task = task
+            await asyncio.sleep(0.005)
+        self._server, self._task = server, task
 
     async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+        if self._server is None or self._task is None:
+            return
+        stop: Any = self._server.stop  # untyped in granian
+        stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self._grace_s)
+        except TimeoutError:
+            # Requests still running past the grace: stop waiting for them (the worker is
+            # cancelled; the process is on its way out).
+            self._server.stop_now()
+            log.warning("HTTP requests still running %.3gs after the stop; not waiting longer",
+                        self._grace_s)
 
     async def died(self) -> str:
         if self._task is None:

@@ -172,3 +172,9 @@ def test_bad_templates_are_refused() -> None:
         router.add("GET", "/v1/{group}:batchGet", _echo)
     with pytest.raises(ValueError, match="start with"):
         router.add("GET", "v1/x", _echo)
+
+
+def test_responses_that_fall_through_carry_the_response_headers_too() -> None:
+    router, _ = _router(response_headers=[(b"x-tessera-pid", b"42")])
+    status, headers, body = _call(router, "GET", "/healthz")
+    assert (status, headers[b"x-tessera-pid"], body) == (299, b"42", b"fallback")
