@@ -72,7 +72,8 @@ class ProducerLike(Protocol):
 def dead_letter_headers(letter: DeadLetter, failed_at_s: float) -> list[tuple[str, bytes]]:
     """The original headers followed by Tessera's."""
     msg = letter.message
-    reason = letter.reason.encode()[:MAX_REASON_BYTES]
+    # A reason may quote a lone surrogate the message carried (JSON's \ud800 escape).
+    reason = letter.reason.encode("utf-8", "backslashreplace")[:MAX_REASON_BYTES]
     failed_at = datetime.fromtimestamp(failed_at_s, tz=UTC).isoformat(timespec="milliseconds")
     ours = [
         (ERROR_CLASS, letter.error_class.encode()),

@@ -94,7 +94,10 @@ class FastEncoder:
             elif t is str:
                 if kind != _STRING:
                     return None
-                raw = value.encode()
+                try:
+                    raw = value.encode()
+                except UnicodeEncodeError:  # a lone surrogate: the reference path refuses it
+                    return None
                 n = len(raw)
                 size = len(head) + n + (1 if n < 0x80 else len(varint(n)))
                 if size < n_varints:

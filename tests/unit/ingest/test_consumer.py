@@ -13,7 +13,7 @@ import pytest
 from tessera.core.errors import InvalidRequestError
 from tessera.ingest import IngestMetrics, config_from_dict
 from tessera.ingest.consumer import TopicConsumer
-from tessera.ingest.dlq import ERROR_CLASS, SOURCE_OFFSET
+from tessera.ingest.dlq import ERROR_CLASS, ERROR_REASON, SOURCE_OFFSET
 from tests.unit.ingest.fakes import (
     FakeConsumer,
     FakeMessage,
@@ -227,3 +227,24 @@ def test_a_revoke_drops_the_prepared_batch_of_revoked_partitions() -> None:
     assert h.kafka.commits[1] == {("t", 1): 1}
     assert [r.source for r in h.sink.written] == ["kafka:t/0/0", "kafka:t/0/1", "kafka:t/0/2",
                                                   "kafka:t/1/0"]
+
+
+def test_each_bad_message_of_a_batch_is_dead_lettered_with_its_reason_and_the_rest_written(
+) -> None:
+    h = Harness(batch_max_records=6)
+    h.feed(good("a", 1, offset=0),
+           FakeMessage(b'{"user_id": "b", "ts": 1700000000.0, "clicks": "many"}', offset=1),
+           good("c", 3, offset=2),
+           FakeMessage(b'{"user_id": "d\\ud800", "ts": 1700000000.0}', offset=3),
+           FakeMessage(b"\xff\xfe", offset=4),
+           good("f", 6, offset=5))
+    h.step_until(lambda: bool(h.kafka.commits))
+    assert h.events == ["write:3", "dlq-produce", "dlq-produce", "dlq-produce", "dlq-flush",
+                        "commit"]
+    assert [r.source for r in h.sink.written] == ["kafka:t/0/0", "kafka:t/0/2", "kafka:t/0/5"]
+    letters = [dict(p["headers"]) for p in h.producer.produced]
+    assert [(x[SOURCE_OFFSET], x[ERROR_CLASS]) for x in letters] == [
+        (b"1", b"schema"), (b"3", b"schema"), (b"4", b"undecodable")]
+    assert b"'clicks'" in letters[0][ERROR_REASON]
+    assert b"\\ud800" in letters[1][ERROR_REASON]  # the surrogate quoted, escaped
+    assert h.kafka.commits == [{("t", 0): 6}]
