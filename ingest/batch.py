@@ -7,14 +7,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tessera.core.errors import InvalidRequestError, SerializationError
 from tessera.core.records import MAX_RECORD_BYTES, validate_record
 from tessera.core.schema import CompiledSchema
+from tessera.ingest import json_batch
 from tessera.ingest.config import TopicConfig
-from tessera.ingest.decode import Decoder, decoder_for
+from tessera.ingest.decode import Decoded, Decoder, decoder_for
 from tessera.ingest.dlq import OVERSIZED, SCHEMA, UNDECODABLE, DeadLetter, KafkaMessage
 from tessera.ingest.encode import FastEncoder
+from tessera.ingest.json_batch import BatchEncoder
 from tessera.ingest.mapping import WHERE, RecordMapper, record_from_values
 from tessera.ingest.sinks import SinkRecord
 
@@ -114,7 +117,13 @@ class PreparedBatch:
 
 
 class Preparer:
-    """Decodes, maps and validates the messages of one topic."""
+    """Decodes, maps and validates the messages of one topic.
+
+    JSON topics whose features come from the fields of their own names take the whole-batch
+    path (`json_batch.BatchEncoder`: a batch's records validated and encoded in columns); a
+    message it does not accept goes the per-message way (`FastEncoder`, then
+    `validate_record`), which decides and words the reason. Either way each message ends as a
+    record or a dead letter with its reason, in the batch's order."""
 
     def __init__(
         self,
@@ -127,6 +136,9 @@ class Preparer:
         self._ttl_s = topic.ttl_s
         self._max_bytes = max_message_bytes
         self._encoder: FastEncoder | None = None
+        # The whole-batch path: JSON objects (the compiled kernel is loaded now, not on a batch).
+        self._bulk_json = topic.format == "json" and decoder is None and json_batch.load()
+        self._batch_encoder: BatchEncoder | None = None
 
     def _fast(self, schema: CompiledSchema) -> FastEncoder:
         encoder = self._encoder
@@ -134,7 +146,20 @@ class Preparer:
             encoder = self._encoder = FastEncoder(schema, self._ttl_s)
         return encoder
 
+    def _bulk(self, schema: CompiledSchema) -> BatchEncoder | None:
+        """The whole-batch encoder of `schema`, when this topic and schema take that path."""
+        if not self._bulk_json or self._mapper.renames(schema):
+            return None
+        encoder = self._batch_encoder
+        if encoder is None or encoder.schema is not schema:
+            encoder = self._batch_encoder = BatchEncoder(
+                schema, self._ttl_s, self._mapper.ignores_unknown)
+        return encoder if encoder.usable else None
+
     def prepare(self, messages: Sequence[KafkaMessage], schema: CompiledSchema) -> PreparedBatch:
+        bulk = self._bulk(schema)
+        if bulk is not None:
+            return self._prepare_bulk(messages, schema, bulk)
         records: list[SinkRecord] = []
         record_messages: list[KafkaMessage] = []
         dead: list[DeadLetter] = []
@@ -156,12 +181,59 @@ class Preparer:
                 record_messages.append(msg)
         return PreparedBatch(list(messages), schema, records, record_messages, dead, next_offsets)
 
-    def prepare_one(
-        self, msg: KafkaMessage, schema: CompiledSchema, source: str | None = None
-    ) -> SinkRecord | DeadLetter:
-        """The message's record, or why it is refused."""
-        if source is None:
-            source = source_of(msg)
+    def _prepare_bulk(self, messages: Sequence[KafkaMessage], schema: CompiledSchema,
+                      bulk: BatchEncoder) -> PreparedBatch:
+        """`prepare` through the whole-batch encoder: each message decoded, then the decoded
+        objects encoded together; what it leaves (None) goes the per-message way."""
+        n = len(messages)
+        outcomes: list[SinkRecord | DeadLetter | None] = [None] * n
+        sources: list[str] = [""] * n
+        objects: list[dict[str, Any]] = []
+        where: list[int] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        prefixes: dict[TopicPartition, str] = {}
+        decode, max_bytes = self._decode, self._max_bytes
+        for i, msg in enumerate(messages):
+            tp = (msg.topic() or "", msg.partition() or 0)
+            offset = msg.offset() or 0
+            if offset + 1 > next_offsets.get(tp, -1):
+                next_offsets[tp] = offset + 1
+            prefix = prefixes.get(tp)
+            if prefix is None:
+                prefix = prefixes[tp] = f"kafka:{tp[0]}/{tp[1]}/"
+            sources[i] = prefix + str(offset)
+            value = msg.value()
+            if value is None or len(value) > max_bytes:
+                outcomes[i] = self._decoded(msg)  # the dead letter, with its reason
+                continue
+            try:
+                decoded = decode(value)
+            except SerializationError as exc:
+                outcomes[i] = DeadLetter(msg, UNDECODABLE, exc.message)
+                continue
+            if isinstance(decoded, dict):
+                objects.append(decoded)
+                where.append(i)
+            else:  # not from the JSON decoder; here for the type checker
+                outcomes[i] = self._from_decoded(msg, decoded, schema, sources[i])
+        for i, obj, validated in zip(where, objects, bulk.encode(objects), strict=True):
+            if validated is not None:
+                outcomes[i] = SinkRecord(validated, sources[i])
+            else:
+                outcomes[i] = self._from_decoded(messages[i], obj, schema, sources[i])
+        records: list[SinkRecord] = []
+        record_messages: list[KafkaMessage] = []
+        dead: list[DeadLetter] = []
+        for msg, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, SinkRecord):
+                records.append(outcome)
+                record_messages.append(msg)
+            elif outcome is not None:
+                dead.append(outcome)
+        return PreparedBatch(list(messages), schema, records, record_messages, dead, next_offsets)
+
+    def _decoded(self, msg: KafkaMessage) -> Decoded | DeadLetter:
+        """The message's decoded value, or why it cannot be decoded."""
         value = msg.value()
         if value is None:
             return DeadLetter(
@@ -174,9 +246,25 @@ class Preparer:
                 f"the message value is {len(value)} bytes; the limit is {self._max_bytes}",
             )
         try:
-            decoded = self._decode(value)
+            return self._decode(value)
         except SerializationError as exc:
             return DeadLetter(msg, UNDECODABLE, exc.message)
+
+    def prepare_one(
+        self, msg: KafkaMessage, schema: CompiledSchema, source: str | None = None
+    ) -> SinkRecord | DeadLetter:
+        """The message's record, or why it is refused."""
+        if source is None:
+            source = source_of(msg)
+        decoded = self._decoded(msg)
+        if isinstance(decoded, DeadLetter):
+            return decoded
+        return self._from_decoded(msg, decoded, schema, source)
+
+    def _from_decoded(
+        self, msg: KafkaMessage, decoded: Decoded, schema: CompiledSchema, source: str
+    ) -> SinkRecord | DeadLetter:
+        """The record of a decoded message, one message at a time, or why it is refused."""
         try:
             if isinstance(decoded, dict):
                 if self._mapper.reads_message(schema):

@@ -75,6 +75,16 @@ class RecordMapper:
             plan = self._plans[names] = _Plan(fields)
         return plan
 
+    def renames(self, schema: CompiledSchema) -> bool:
+        """Whether any feature comes from elsewhere than the message field of its own name (a
+        mapping, the key, the timestamp): else `flatten` is the decoded object itself, less
+        its unknown fields when those are ignored."""
+        return bool(self._plan(schema).fields)
+
+    @property
+    def ignores_unknown(self) -> bool:
+        return self._ignore_unknown
+
     def reads_message(self, schema: CompiledSchema) -> bool:
         """Whether features come from the message key or timestamp (else they need not be read)."""
         return self._plan(schema).reads_message

@@ -50,6 +50,8 @@ def compiled_kernels() -> None:
     them (under a second) instead of compiling them (~35 s after a fresh install, which a
     server does before it reports ready)."""
     import tessera.server.history_kernels  # noqa: F401  (compiles its kernels when imported)
+    from tessera.ingest import json_batch
     from tessera.server.aggregates import ensure_kernels
 
     ensure_kernels()
+    json_batch.load()  # the Kafka consumer's whole-batch JSON encoding
