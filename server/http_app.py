@@ -28,6 +28,8 @@ from tessera.server.grpc_service import FeatureStoreService
 from tessera.server.http_fast import ERROR_CODES, FastRouter
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
 from tessera.server.registry import Registry
+from tessera.server.sagemaker_runtime import SageMakerRuntime
+from tessera.server.sagemaker_runtime import register as register_sagemaker_runtime
 from tessera.server.settings import SqlSettings
 from tessera.server.sql_worker import SqlWorkers
 from tessera.server.storage_health import storage_failure
@@ -186,4 +188,6 @@ def create_app(
 
     if fast is not None:
         fast.app = app
+        if store is not None:
+            register_sagemaker_runtime(fast, SageMakerRuntime(registry, store))
     return app
