@@ -14,10 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import chain
+from typing import cast
 
 import numpy as np
 
+from tessera.core.aggregation.columns import Events
 from tessera.core.aggregation.inputs import AggregationInput
 from tessera.core.aggregation.plan import AggregationPlan, StreamPlan
 from tessera.core.keys import aggregate_key
@@ -65,49 +68,29 @@ class AggregateEvent:
     inputs: AggregationInput
 
 
-@dataclass
-class _StreamBatch:
-    """One stream's events of one commit: keys in first-seen order, events in seq order."""
-
-    group_name: str
-    stream: StreamPlan
-    keys: dict[bytes, int] = field(default_factory=dict)
-    key_index: list[int] = field(default_factory=list)
-    event_time_us: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-    values: list[tuple[float, ...]] = field(default_factory=list)
-
-
 class CommitAggregates:
-    """Collects a commit's events per (group, stream), then folds them into its WriteBatch."""
+    """A commit's aggregation events, folded into its WriteBatch in one pass.
+
+    `add` keeps each event as it comes (one list append: the writer's loop over ops stays
+    light); `fold` then turns them into columns per (group, stream) (key codes, event times,
+    sequence numbers, source values), reads every touched key's tiles with ONE multi-get, and
+    folds each (group, stream) with one kernel call (`online.fold`: decode, fold, encode)."""
 
     def __init__(self) -> None:
-        self._streams: dict[tuple[int, int], _StreamBatch] = {}
+        self._events: list[tuple[int, AggregateEvent, int, int]] = []
 
     def __bool__(self) -> bool:
-        return bool(self._streams)
+        return bool(self._events)
 
     def add(self, group_id: int, event: AggregateEvent, event_time_us: int, seq: int) -> None:
-        """An accepted put (applied online or older than the stored record: both are events)."""
-        inputs = event.inputs
-        for stream in event.plan.streams:
-            text = inputs.keys[stream.stream_id]
-            if text is None:
-                continue  # a null key feature: the event is in none of this stream's keys
-            batch = self._streams.get((group_id, stream.stream_id))
-            if batch is None:
-                batch = _StreamBatch(event.group_name, stream)
-                self._streams[(group_id, stream.stream_id)] = batch
-            key = aggregate_key(group_id, stream.stream_id, text)
-            batch.key_index.append(batch.keys.setdefault(key, len(batch.keys)))
-            batch.event_time_us.append(event_time_us)
-            batch.seq.append(seq)
-            batch.values.append(inputs.values[stream.stream_id])
+        """An accepted put (applied online or older than the stored record: both are events),
+        in commit (seq) order."""
+        self._events.append((group_id, event, event_time_us, seq))
 
     def discard_groups(self, group_ids: set[int]) -> None:
         """Forget the events of groups dropped in (or before) this commit."""
-        for gid, sid in [k for k in self._streams if k[0] in group_ids]:
-            del self._streams[(gid, sid)]
+        if group_ids:
+            self._events = [e for e in self._events if e[0] not in group_ids]
 
     def fold(
         self,
@@ -116,27 +99,22 @@ class CommitAggregates:
         delete: Callable[[bytes], None],
         commit_us: int,
     ) -> dict[str, int]:
-        """Fold every stream's events into its keys' stored tiles (read with `read`, written
-        with `put` / `delete`); the events dropped as too late, per group name."""
+        """Fold every stream's events into its keys' stored tiles (read with `read`, once for
+        every key of the commit; written with `put` / `delete`); the events dropped as too
+        late, per group name."""
         from tessera.core.aggregation import online
-        from tessera.core.aggregation.columns import Events
 
         ensure_kernels()
+        streams = _stream_columns(self._events, commit_us)
+        keys = [key for batch in streams for key in batch.keys]
+        stored = read(keys) if keys else []
         dropped: dict[str, int] = {}
-        for batch in self._streams.values():
-            keys = list(batch.keys)
-            m = len(batch.key_index)
-            n_sources = batch.stream.n_sources
-            values = np.array(batch.values, dtype=np.float64).reshape(m, n_sources)
-            events = Events(
-                np.array(batch.key_index, dtype=np.int64),
-                np.array(batch.event_time_us, dtype=np.int64),
-                np.full(m, commit_us, dtype=np.int64),
-                np.array(batch.seq, dtype=np.int64),
-                values,
-            )
-            result = online.fold(batch.stream, read(keys), events, commit_us)
-            for key, value in zip(keys, result.values, strict=True):
+        at = 0
+        for batch in streams:
+            k = len(batch.keys)
+            result = online.fold(batch.stream, stored[at : at + k], batch.events, commit_us)
+            at += k
+            for key, value in zip(batch.keys, result.values, strict=True):
                 if value is None:
                     delete(key)
                 else:
@@ -145,6 +123,57 @@ class CommitAggregates:
             if n:
                 dropped[batch.group_name] = dropped.get(batch.group_name, 0) + n
         return dropped
+
+
+@dataclass(frozen=True, eq=False)
+class _StreamColumns:
+    """One (group, stream)'s events of a commit: the distinct keys in first-seen order, the
+    events (in seq order) as columns whose `key` indexes `keys`."""
+
+    group_name: str
+    stream: StreamPlan
+    keys: list[bytes]
+    events: Events
+
+
+def _stream_columns(
+    events: list[tuple[int, AggregateEvent, int, int]], commit_us: int
+) -> list[_StreamColumns]:
+    """A commit's events as columns per (group, stream), groups and streams in first-seen
+    order; a stream's plan is the first event's (one commit holds one version of a group).
+    Every event's write time is the commit's."""
+    by_group: dict[int, list[tuple[int, AggregateEvent, int, int]]] = {}
+    for e in events:
+        by_group.setdefault(e[0], []).append(e)
+    out: list[_StreamColumns] = []
+    for group_id, evs in by_group.items():
+        first = evs[0][1]
+        times = [e[2] for e in evs]
+        seqs = [e[3] for e in evs]
+        inputs = [e[1].inputs for e in evs]
+        for stream in first.plan.streams:
+            sid = stream.stream_id
+            maybe = [i.keys[sid] for i in inputs]
+            rows = [i.values[sid] for i in inputs]
+            st, sq = times, seqs
+            if None in maybe:  # a null key feature: the event is in none of the stream's keys
+                kept = [j for j, t in enumerate(maybe) if t is not None]
+                if not kept:
+                    continue
+                rows = [rows[j] for j in kept]
+                st, sq = [times[j] for j in kept], [seqs[j] for j in kept]
+            texts = cast(list[str], [t for t in maybe if t is not None])
+            codes: dict[str, int] = {}
+            key_codes = [codes.setdefault(t, len(codes)) for t in texts]
+            prefix = aggregate_key(group_id, sid, "")
+            m, s = len(texts), stream.n_sources
+            values = np.fromiter(chain.from_iterable(rows), np.float64, m * s).reshape(m, s)
+            out.append(_StreamColumns(
+                first.group_name, stream, [prefix + text.encode() for text in codes],
+                Events(np.array(key_codes, np.int64), np.array(st, np.int64),
+                       np.full(m, commit_us, np.int64), np.array(sq, np.int64), values),
+            ))
+    return out
 
 
 # --- reads -------------------------------------------------------------------------------------

@@ -2,15 +2,16 @@
 compiled for one signature at start-up (warmup.py):
 
     decode_values  stored values (one buffer, many keys) -> tile state (codec.py's layout)
-    fold_tiles     tile state + a commit's events -> new tile state (the write path)
+    fold_tiles     tile state + a commit's events -> new tile state
     encode_values  tile state -> stored values (one buffer)
+    fold_values    the three above in one call, events in any key order: the write path
     read_values    stored values + now -> every aggregation (the read path, in one call)
     pit_aggregate  history events + (key, t) queries -> every aggregation (the dataset builder)
 
 No Python runs per key or per tile: the write path is decode, fold, encode over all the keys of
-a commit (three calls), the read path one call. Every jitted function and every constant they
-read is in this one file, because Numba's on-disk cache is invalidated only by changes to the
-kernel's own source file.
+a commit's stream (one call, `fold_values`), the read path one call. Every jitted function and
+every constant they read is in this one file, because Numba's on-disk cache is invalidated
+only by changes to the kernel's own source file.
 
 Array shapes (k keys, n tiles, m events, q queries, s sources, R recent rows, w windows,
 a aggregations; CSR offsets `*_off` of k + 1 entries split the rows by key):
@@ -78,6 +79,7 @@ READ_VALUES_SIGNATURE = (U8_1, I64_1, I64, I64, I64, I64, *_PLAN)
 PIT_SIGNATURE = (*_EVENTS, I64_1, I64_1, I64_1, I64, I64, I64, *_PLAN, I64_1)
 DECODE_SIGNATURE = (U8_1, I64_1, I64, I64)
 ENCODE_SIGNATURE = _RW_STATE
+FOLD_VALUES_SIGNATURE = (U8_1, I64_1, *_EVENTS, I64_1, I64, I64, I64, I64, I64, I64)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -924,6 +926,62 @@ def read_values(
         now_us, tile_us, window_tiles, agg_func, agg_source, agg_window, agg_n, list_off,
     )  # fmt: skip
     return values, valid, lists, list_len, bad
+
+
+@kernel
+def fold_values(
+    buf: U8s,
+    off: I64s,
+    e_key: I64s,
+    e_time: I64s,
+    e_write: I64s,
+    e_seq: I64s,
+    e_val: F64s,
+    caps: I64s,
+    tile_us: int,
+    lateness_us: int,
+    retention_tiles: int,
+    commit_us: int,
+    s: int,
+    r: int,
+) -> tuple[U8s, I64s, I64s, int]:
+    """The write path's one call per stream and commit: decode the k stored values in buf,
+    fold the events into them (event i belongs to value e_key[i]; events in commit order, in
+    any key order: a stable counting sort groups them), encode the new values. Returns (new
+    values' buffer, their offsets (an empty value: delete the key), events dropped as too late
+    per key, the first malformed stored value or -1: then nothing is folded)."""
+    k = off.shape[0] - 1
+    tiles, recent, bad = decode_values(buf, off, s, r)
+    if bad >= 0:
+        return np.zeros(0, np.uint8), np.zeros(k + 1, np.int64), np.zeros(k, np.int64), bad
+    t_off, t_id, t_events, t_count, t_hi, t_lo, t_min, t_max = tiles
+    r_len, r_val, r_time, r_seq = recent
+    e_off, order = _group(e_key, k)
+    m = e_key.shape[0]
+    c_time = np.empty(m, np.int64)
+    c_write = np.empty(m, np.int64)
+    c_seq = np.empty(m, np.int64)
+    c_val = np.empty((m, e_val.shape[1]))
+    for i in range(m):
+        j = order[i]
+        c_time[i] = e_time[j]
+        c_write[i] = e_write[j]
+        c_seq[i] = e_seq[j]
+        for c in range(e_val.shape[1]):
+            c_val[i, c] = e_val[j, c]
+    new_tiles, new_recent, dropped = fold_tiles(
+        t_off, t_id, t_events, t_count, t_hi, t_lo, t_min, t_max,
+        r_len, r_val, r_time, r_seq,
+        e_off, c_time, c_write, c_seq, c_val,
+        caps, tile_us, lateness_us, retention_tiles, commit_us,
+    )  # fmt: skip
+    o_off, o_id, o_events, o_count, o_hi, o_lo, o_min, o_max = new_tiles
+    o_rlen, o_rval, o_rtime, o_rseq = new_recent
+    out, out_off = encode_values(
+        o_off, o_id, o_events, o_count, o_hi, o_lo, o_min, o_max,
+        o_rlen, o_rval, o_rtime, o_rseq,
+    )  # fmt: skip
+    return out, out_off, dropped, -1
 
 
 # --- the read path's response encoding ---------------------------------------------------------

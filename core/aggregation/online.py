@@ -2,7 +2,7 @@
 aggregations of stored values as of now. Storage-agnostic: values in, values out.
 
 Write path, per commit and stream: multi-get the touched keys' values, `fold()` (decode, fold,
-encode: three kernel calls for all the keys), put the new values (delete where None) in the
+encode: one kernel call for all the keys), put the new values (delete where None) in the
 same WriteBatch as the records, add `dropped` to a metric. Read path: get ONE value per stream,
 `read()` with now: one kernel call for every aggregation of the stream.
 """
@@ -19,9 +19,9 @@ import numpy.typing as npt
 
 from tessera.core.aggregation import kernels
 from tessera.core.aggregation._arrays import offsets, ro_f64, ro_i64
-from tessera.core.aggregation.codec import TileState, check_bad, decode, pack, unpack
+from tessera.core.aggregation.codec import TileState, check_bad, pack, unpack
 from tessera.core.aggregation.columns import AggregateValues, Events
-from tessera.core.aggregation.kernels import encode_values, fold_tiles, read_values
+from tessera.core.aggregation.kernels import read_values
 from tessera.core.aggregation.plan import StreamPlan
 from tessera.core.wire import length_delimited
 
@@ -42,9 +42,10 @@ def fold(
     commit_us: int | None = None,
 ) -> FoldResult:
     """Fold events, in commit order, into the stored values of the keys they belong to
-    (`events.key[i]` indexes `stored`). `commit_us` (default: the latest write time of the
-    events) evicts tiles no window can reach again; it must not be later than any read that
-    follows. With no events and a `commit_us`, it only evicts (a purge of idle keys)."""
+    (`events.key[i]` indexes `stored`; events of different keys may interleave). `commit_us`
+    (default: the latest write time of the events) evicts tiles no window can reach again; it
+    must not be later than any read that follows. With no events and a `commit_us`, it only
+    evicts (a purge of idle keys). One kernel call (`kernels.fold_values`)."""
     k = len(stored)
     if len(events) and (events.key.min() < 0 or events.key.max() >= k):
         raise ValueError(f"event keys must index the {k} stored values")
@@ -52,12 +53,16 @@ def fold(
         if not len(events):
             return FoldResult(list(stored), np.zeros(k, np.int64))
         commit_us = int(events.write_time_us.max())
-    if len(events) > 1 and np.any(events.key[1:] < events.key[:-1]):
-        events = events.take(np.argsort(events.key, kind="stable"))
-    state = decode(stored, plan.n_sources, plan.recent_capacity)
-    tiles, recent, dropped = fold_tiles(*fold_arguments(plan, state, events, int(commit_us)))
-    buf, off = encode_values(*tiles, *recent)
-    return FoldResult(unpack(buf, off), dropped)
+    s, r = plan.n_sources, plan.recent_capacity
+    buf, off = pack(stored, s, r)
+    out, out_off, dropped, bad = kernels.fold_values(
+        buf, off, ro_i64(events.key), ro_i64(events.event_time_us),
+        ro_i64(events.write_time_us), ro_i64(events.seq), ro_f64(events.values),
+        plan.recent_caps, plan.tile_us, plan.lateness_us, plan.retention_tiles, int(commit_us),
+        s, r,
+    )  # fmt: skip
+    check_bad(bad, stored, s, r)
+    return FoldResult(unpack(out, out_off), dropped)
 
 
 def read(plan: StreamPlan, stored: Sequence[bytes | None], now_us: int) -> AggregateValues:

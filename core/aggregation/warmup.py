@@ -19,6 +19,7 @@ KERNELS: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (
     ("decode_values", kernels.decode_values, kernels.DECODE_SIGNATURE),
     ("fold_tiles", kernels.fold_tiles, kernels.FOLD_SIGNATURE),
     ("encode_values", kernels.encode_values, kernels.ENCODE_SIGNATURE),
+    ("fold_values", kernels.fold_values, kernels.FOLD_VALUES_SIGNATURE),
     ("read_values", kernels.read_values, kernels.READ_VALUES_SIGNATURE),
     ("read_encoded", kernels.read_encoded, kernels.READ_ENCODED_SIGNATURE),
     ("pit_aggregate", kernels.pit_aggregate, kernels.PIT_SIGNATURE),

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tessera.core.aggregation import codec, kernels, offline, online
+from tessera.core.aggregation._arrays import ro_f64, ro_i64
 from tessera.core.aggregation.plan import StreamPlan
 from tests.unit.core.aggregation.reference import (
     PLANS,
@@ -54,6 +55,33 @@ def test_fold_tiles_matches_its_py_func(
     state = codec.decode(stored, plan.n_sources, plan.recent_capacity)
     args = online.fold_arguments(plan, state, cols, commit)
     _same_arrays(kernels.fold_tiles(*args), kernels.fold_tiles.py_func(*args))
+
+
+@SLOW
+@given(plans, streams(), st.data())
+def test_fold_values_matches_its_py_func_and_the_three_kernels(
+    plan: StreamPlan, events: list[Ev], data: st.DataObject
+) -> None:
+    """The write path's one call: its own .py_func, and decode + fold_tiles + encode on the
+    events sorted by key (the counting sort keeps each key's events in input order)."""
+    first, second = _split(events, data.draw(st.integers(0, len(events))))
+    stored: list[bytes | None] = [None, None, None]
+    if first:
+        stored = online.fold(plan, stored, to_columns(first, 2)).values
+    commit = max((e.write_us for e in events), default=0)
+    s, r = plan.n_sources, plan.recent_capacity
+    buf, off = codec.pack(stored, s, r)
+    cols = to_columns(second, 2)
+    args = (buf, off, ro_i64(cols.key), ro_i64(cols.event_time_us), ro_i64(cols.write_time_us),
+            ro_i64(cols.seq), ro_f64(cols.values), plan.recent_caps, plan.tile_us,
+            plan.lateness_us, plan.retention_tiles, commit, s, r)
+    got = kernels.fold_values(*args)
+    _same_arrays(got[:3], kernels.fold_values.py_func(*args)[:3])
+    assert got[3] == -1
+    by_key = to_columns(sorted(second, key=lambda e: e.key), 2)
+    state = codec.decode(stored, s, r)
+    tiles, recent, dropped = kernels.fold_tiles(*online.fold_arguments(plan, state, by_key, commit))
+    _same_arrays(got[:3], (*kernels.encode_values(*tiles, *recent), dropped))
 
 
 @SLOW
