@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core.catalog import Catalog
+from tessera.server import rest_runtime
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
@@ -85,9 +86,10 @@ async def start_front(
         response_headers=[(PID_HEADER.encode(), str(os.getpid()).encode())] if reuse_port else [],
     )
     # The FastAPI app becomes the router's fallback; the runtimes register into the router.
-    create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
-               sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape, store=store,
-               service=service, fast=fast)
+    app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
+                     sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
+                     store=store, service=service, fast=fast)
+    rest_runtime.register(fast, app, service, registry)
     http = await roles.start(
         HttpRole(fast, s.host, s.http_port, reuse_port=reuse_port, grace_s=s.shutdown_grace_s))
     # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.

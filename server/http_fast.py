@@ -38,10 +38,11 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
   --workers N).
 
 Wiring: server/front.py builds the router (with the serving process's response headers and
-body limit) and the `FeatureStoreService` the gRPC servicer uses, and passes both to
-`create_app` (server/http_app.py), which makes its FastAPI app the router's `app` and registers
-the runtimes' routes (each runtime module has a `register(router, app, service, registry)`
-that also adds its paths to the FastAPI OpenAPI schema). The HTTP server serves the router.
+body limit) and the `FeatureStoreService` the gRPC servicer uses, passes both to `create_app`
+(server/http_app.py), which makes its FastAPI app the router's `app`, and registers the
+runtimes' routes: each runtime module has a `register(router, ...)` that also lists its paths
+in the FastAPI OpenAPI schema (e.g. rest_runtime.register). The HTTP server (granian,
+server/roles.py HttpRole) serves the router.
 """
 
 from __future__ import annotations
@@ -286,7 +287,9 @@ class FastRouter:
 
 async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | None:
     """The request body; BodyTooLargeError past `limit` bytes (refused on its content-length
-    before reading it, when it has one); None when the client disconnected."""
+    before reading it, when it has one); None when the client disconnected. A refused body is
+    read and dropped first (up to _DISCARD_MAX bytes), so the client, still sending it, reads
+    the 413 instead of a reset connection."""
     for key, value in headers:
         if key == b"content-length":
             try:
@@ -294,6 +297,7 @@ async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | 
             except ValueError:
                 raise InvalidRequestError(f"content-length {value!r} is not a number") from None
             if declared > limit:
+                await _discard(receive, declared)
                 raise BodyTooLargeError(
                     f"the request body is {declared} bytes; at most {limit} are accepted")
             break
@@ -304,14 +308,33 @@ async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | 
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
+        more = message.get("more_body", False)
         if chunk:
             size += len(chunk)
             if size > limit:
+                if more:
+                    await _discard(receive, size)
                 raise BodyTooLargeError(
                     f"the request body is over {limit} bytes; at most {limit} are accepted")
             chunks.append(chunk)
-        if not message.get("more_body", False):
+        if not more:
             break
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
+
+
+#: The most of a refused body read (and dropped) before answering 413; past it, the answer
+#: goes out at once (and the client may see its connection reset while it sends).
+_DISCARD_MAX = 64 * 1024 * 1024
+
+
+async def _discard(receive: Receive, size: int) -> None:
+    """Read and drop the rest of a body whose size (so far, or declared) is `size`."""
+    while size <= _DISCARD_MAX:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
