@@ -26,6 +26,7 @@ from tessera.core.schema import (
     FeatureDefinition,
     FeatureGroupDefinition,
     FeatureGroupUpdate,
+    FeatureMetadataUpdate,
     OfflineStoreConfig,
     OnlineStoreConfig,
     Tag,
@@ -135,8 +136,12 @@ def create_feature_group(
             ),
         )
     body = definition.model_dump(mode="json", exclude_none=True)
+    # the body of a group without aggregations, metadata or kept settings is as it always was
     if not body["aggregations"]:
-        del body["aggregations"]  # the body of a group without them is as it always was
+        del body["aggregations"]
+    if not body["compat_config"]:
+        del body["compat_config"]
+    _without_empty_parameters(body)
     return AdminCall("POST", FEATURE_GROUPS_PATH, _description, body=body)
 
 
@@ -162,8 +167,42 @@ def update_feature_group(
         "PATCH",
         _group_path(name),
         _description,
-        body=update.model_dump(mode="json", exclude_none=True),
+        body=_without_empty_parameters(update.model_dump(
+            mode="json", exclude_none=True, include={"feature_additions", "description"})),
         feature_group_name=name,
+    )
+
+
+def _without_empty_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with no feature's `parameters: {}`: a body without metadata is as it always was
+    (a server from before feature metadata takes it)."""
+    for key in ("feature_definitions", "feature_additions"):
+        for fd in body.get(key, ()):
+            if not fd["parameters"]:
+                del fd["parameters"]
+    return body
+
+
+def update_feature_metadata(
+    name: str,
+    feature: str,
+    description: str | None = None,
+    parameters: Mapping[str, str | None] | None = None,
+) -> AdminCall[Description]:
+    """PATCH /v1/feature-groups/{name}/features/{feature}: set the description (None: keep it,
+    "": clear it) and parameters (a None value removes the key); answers the group's
+    description. NotFoundError when the group or the feature does not exist."""
+    with _invalid_model():
+        change = FeatureMetadataUpdate(
+            description=description,
+            parameter_additions={k: v for k, v in (parameters or {}).items() if v is not None},
+            parameter_removals=[k for k, v in (parameters or {}).items() if v is None],
+        )
+    return AdminCall(
+        "PATCH",
+        f"{_group_path(name)}/features/{quote(feature, safe='')}",
+        _description,
+        body=change.model_dump(mode="json", exclude_none=True),
     )
 
 

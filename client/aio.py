@@ -116,6 +116,20 @@ class AsyncFeatureStoreClient:
         call = _admin.update_feature_group(name, add_features, description)
         return await self._admin_transport().send(call)
 
+    async def update_feature_metadata(
+        self,
+        name: str,
+        feature: str,
+        description: str | None = None,
+        parameters: Mapping[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Set a feature's metadata: `description` (None keeps it, "" clears it) and
+        `parameters`, key/value pairs searchable like SageMaker's (a None value removes the
+        key). Returns the group's description, where each feature shows its `description`
+        and `parameters`. NotFoundError when the group or the feature does not exist."""
+        call = _admin.update_feature_metadata(name, feature, description, parameters)
+        return await self._admin_transport().send(call)
+
     async def delete_feature_group(self, name: str) -> None:
         """Delete a feature group and its records."""
         await self._admin_transport().send(_admin.delete_feature_group(name))

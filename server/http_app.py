@@ -21,13 +21,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tessera.core.catalog import Catalog
 from tessera.core.errors import StorageError, TesseraError
-from tessera.core.schema import FeatureGroup, FeatureGroupDefinition, FeatureGroupUpdate
+from tessera.core.schema import (
+    FeatureGroup,
+    FeatureGroupDefinition,
+    FeatureGroupUpdate,
+    FeatureMetadataUpdate,
+)
 from tessera.server import metrics
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import FeatureStoreService
 from tessera.server.http_fast import ERROR_CODES, FastRouter
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
 from tessera.server.registry import Registry
+from tessera.server.sagemaker_control import register as register_sagemaker_control
 from tessera.server.sagemaker_runtime import SageMakerRuntime
 from tessera.server.sagemaker_runtime import register as register_sagemaker_runtime
 from tessera.server.settings import SqlSettings
@@ -142,6 +148,15 @@ def create_app(
         group = await asyncio.to_thread(registry.update, name, update)
         return described(group)
 
+    @app.patch("/v1/feature-groups/{name}/features/{feature}", tags=["feature groups"])
+    async def update_feature_metadata(
+        name: str, feature: str, change: FeatureMetadataUpdate
+    ) -> dict[str, Any]:
+        """Change a feature's metadata: `description` ("" clears it), `parameter_additions`
+        (key/value), `parameter_removals` (keys). Answers the group's description."""
+        update = FeatureGroupUpdate(feature_metadata={feature: change})
+        return described(await asyncio.to_thread(registry.update, name, update))
+
     @app.delete("/v1/feature-groups/{name}", status_code=204, tags=["feature groups"])
     async def delete_feature_group(name: str) -> Response:
         """Delete a feature group and every online record of it (also a quarantined group,
@@ -162,6 +177,7 @@ def create_app(
         return dataclasses.asdict(await compact(group, min_files))
 
     register_sql_routes(app, sql_workers, sql_settings or SqlSettings())
+    register_sagemaker_control(app, registry)  # POST /, X-Amz-Target: SageMaker.<Op>
     offline_health = OfflineHealth(catalog, registry)
 
     @app.get("/healthz", tags=["operations"])

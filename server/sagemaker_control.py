@@ -122,9 +122,9 @@ class SageMakerControl:
         return response
 
     def _operation(self, target: str | None) -> Operation:
-        op = (target or "")[len(TARGET_PREFIX):] if (target or "").startswith(
+        target = target or ""
+        found = self.operations.get(target.removeprefix(TARGET_PREFIX)) if target.startswith(
             TARGET_PREFIX) else None
-        found = self.operations.get(op or "")
         if found is None:
             raise AwsError(
                 "UnknownOperationException",
