@@ -34,17 +34,16 @@ def aggregation_input_of_values(
     """The inputs of a record that passed validation, from its values (ints, floats and
     strings of the schema's types; absent or None for a null): `validate_record` collects the
     plan's `input_features` as it checks them, the ingest fast path has them as a dict."""
+    get = values.get
     keys: list[str | None] = []
     numbers: list[tuple[float, ...]] = []
-    for stream in plan.streams:
-        if stream.key is None:
+    for key, sources in plan.input_layout:  # per record: no attribute walk over the plan
+        if key is None:
             keys.append(record_id)
         else:
-            k = values.get(stream.key)
+            k = get(key)
             keys.append(None if k is None else str(k))
-        numbers.append(
-            tuple(_NAN if (v := values.get(s)) is None else float(v) for s in stream.sources)
-        )
+        numbers.append(tuple([_NAN if (v := get(s)) is None else float(v) for s in sources]))
     return AggregationInput(tuple(keys), tuple(numbers))
 
 

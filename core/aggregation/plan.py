@@ -128,6 +128,11 @@ class AggregationPlan:
         return tuple(self.aggregations)
 
     @functools.cached_property
+    def input_layout(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """Per stream: its key feature (None: the record identifier) and its sources."""
+        return tuple((stream.key, stream.sources) for stream in self.streams)
+
+    @functools.cached_property
     def input_features(self) -> frozenset[str]:
         """The features an event's aggregation inputs are read from: sources and keys."""
         names = {s for stream in self.streams for s in stream.sources}
