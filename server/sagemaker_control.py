@@ -100,6 +100,7 @@ class SageMakerControl:
             "DescribeFeatureMetadata": self.describe_feature_metadata,
             "Search": self.search,
         }
+        self._records = _RecordCache()
 
     async def handle(self, request: Request) -> Response:
         """Decode, run the operation (in a thread: registry changes block), encode; every error
@@ -281,16 +282,58 @@ class SageMakerControl:
         quarantined = self.registry.quarantined()
         out = []
         for group in self.registry.list():
-            record = shapes.describe(group, region, quarantined.get(group.name))
-            del record["ThroughputConfig"]  # not in Search's FeatureGroup shape
-            record["Tags"] = shapes.tags_shape(group)
+            failure = quarantined.get(group.name)
+
+            def build(group: FeatureGroup = group, failure: str | None = failure) -> list[Json]:
+                record = shapes.describe(group, region, failure)
+                del record["ThroughputConfig"]  # not in Search's FeatureGroup shape
+                record["Tags"] = shapes.tags_shape(group)
+                return [record]
+
+            (record,) = self._records.get(("FeatureGroup", region, failure), group, build)
             out.append((group.name, record))
+        self._records.keep(self.registry.list())
         return out
 
     def _feature_records(self, region: str) -> list[tuple[str, Json]]:
-        return [(f"{group.name}/{fd.feature_name}", shapes.feature_metadata(group, fd, region))
-                for group in self.registry.list()
-                for fd in group.definition.feature_definitions]
+        out = []
+        for group in self.registry.list():
+
+            def build(group: FeatureGroup = group) -> list[Json]:
+                return [shapes.feature_metadata(group, fd, region)
+                        for fd in group.definition.feature_definitions]
+
+            records = self._records.get(("FeatureMetadata", region, None), group, build)
+            out += [(f"{group.name}/{r['FeatureName']}", r) for r in records]
+        self._records.keep(self.registry.list())
+        return out
+
+
+class _RecordCache:
+    """Search's records of each group, built once per version of the group: a registered
+    FeatureGroup is immutable and replaced on every change, so the object itself is the key's
+    version. Records are never changed once built (they are only read and encoded)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, tuple[str, str, str | None]],
+                            tuple[FeatureGroup, list[Json]]] = {}
+
+    def get(self, kind: tuple[str, str, str | None], group: FeatureGroup,
+            build: Callable[[], list[Json]]) -> list[Json]:
+        key = (group.name, kind)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is group:
+            return entry[1]
+        records = build()
+        self._entries[key] = (group, records)
+        return records
+
+    def keep(self, groups: list[FeatureGroup]) -> None:
+        """Forget the records of groups no longer listed (deleted, or changed since)."""
+        live = {id(g) for g in groups}
+        for key, (group, _) in list(self._entries.items()):
+            if id(group) not in live:
+                self._entries.pop(key, None)
 
 
 def _decode(body: bytes) -> Json:
