@@ -642,13 +642,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _met(ratios: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets against one Feast worker (Tessera --workers 1 is one serving
-    process): throughput >= 10x and p99 <= 1/2 of Feast's, per cell."""
+    process): throughput >= 10x and p99 <= 1/2 of Feast's, per cell. `requests_per_core`: the
+    throughput target judged by server CPU per request instead (requests one core serves), the
+    figure that survives a machine busy with other work."""
     met: dict[str, Any] = {}
     for key, shapes in ratios.items():
         if not key.endswith("_vs_feast_w1"):
             continue
         met[key] = {shape: {c: {
             "throughput": (v["throughput_ratio"] or 0) >= TARGETS["throughput_ratio_per_worker"],
+            "requests_per_core": (v["server_cpu_ratio_feast_over_tessera"] or 0)
+            >= TARGETS["throughput_ratio_per_worker"],
             "p99": (v["p99_ratio_feast_over_tessera"] or 0)
             >= TARGETS["p99_ratio_feast_over_tessera"]}
             for c, v in by_c.items()} for shape, by_c in shapes.items()}
@@ -758,12 +762,13 @@ def _table(r: dict[str, Any]) -> str:
                              f"{v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
                              f"{v.get('server_cpu_us_per_call')} | "
                              f"{v.get('other_processes_cores')}")
-    lines.append("ratios (Tessera / Feast requests/s; Feast p99 / Tessera p99):")
+    lines.append("ratios (Tessera / Feast requests/s; Feast / Tessera server CPU per request; "
+                 "Feast p99 / Tessera p99):")
     for key, shapes in r["ratios"].items():
         for shape, by_c in shapes.items():
             lines.append(f"  {key} {shape}: " + ", ".join(
-                f"c={c} {v['throughput_ratio']}x / {v['p99_ratio_feast_over_tessera']}x"
-                for c, v in by_c.items()))
+                f"c={c} {v['throughput_ratio']}x / {v['server_cpu_ratio_feast_over_tessera']}x"
+                f" / {v['p99_ratio_feast_over_tessera']}x" for c, v in by_c.items()))
     if r.get("skipped"):
         lines.append(f"skipped: {r['skipped']}")
     lines.append(f"noise: {r['noise']}")
