@@ -9,6 +9,7 @@ or Vector collection), online / offline store configs, TTL, description and tags
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -44,6 +45,8 @@ MAX_DESCRIPTION_CHARS = 128
 MAX_TAGS = 50
 #: Feature metadata bounds (SageMaker's UpdateFeatureMetadata): a description of up to 255
 #: characters, up to 25 key/value parameters of 1-255 characters each.
+#: The kept-not-used settings of a group (`compat_config`), as JSON.
+MAX_COMPAT_CONFIG_BYTES = 16 * 1024
 MAX_FEATURE_DESCRIPTION_CHARS = 255
 MAX_FEATURE_PARAMETERS = 25
 MAX_PARAMETER_CHARS = 255
@@ -278,6 +281,12 @@ class FeatureGroupDefinition(_Model):
             )
         if len(self.tags) > MAX_TAGS:
             raise InvalidRequestError(f"{len(self.tags)} tags; the limit is {MAX_TAGS}")
+        compat_bytes = len(json.dumps(self.compat_config))
+        if compat_bytes > MAX_COMPAT_CONFIG_BYTES:
+            raise InvalidRequestError(
+                f"compat_config is {compat_bytes:,} bytes of JSON; the limit is "
+                f"{MAX_COMPAT_CONFIG_BYTES:,}"
+            )
         if self.aggregation_config is not None and not self.aggregations:
             raise InvalidRequestError("aggregation_config is set but aggregations is empty")
         self.aggregation_plan(types)

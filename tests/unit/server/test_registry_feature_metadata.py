@@ -165,3 +165,16 @@ def test_a_group_stored_without_metadata_opens_and_takes_metadata(local: Any) ->
     assert new.definition.feature_definitions[1].parameters == {"unit": "seconds"}
     assert new.times_of("ts").creation_time == 5.0
     assert registry.schema("legacy").group_id == 1
+
+
+def test_kept_settings_are_merged_and_bounded(local: Any) -> None:
+    registry: Registry = local()
+    registry.create(definition(compat_config={"OnlineStoreConfig": {
+        "SecurityConfig": {"KmsKeyId": "k"}}, "RoleArn": "r"}))
+    group = registry.update("users", FeatureGroupUpdate(compat_config={
+        "OnlineStoreConfig": {"StorageType": "Standard"}}))
+    assert group.definition.compat_config == {"OnlineStoreConfig": {
+        "SecurityConfig": {"KmsKeyId": "k"}, "StorageType": "Standard"}, "RoleArn": "r"}
+    with pytest.raises(InvalidRequestError, match="compat_config is 16,512 bytes of JSON; the limit is 16,384"):
+        registry.update("users", FeatureGroupUpdate(compat_config={"x": "y" * 16_400}))
+    assert registry.describe("users") == group
