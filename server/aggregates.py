@@ -19,6 +19,7 @@ from itertools import chain
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from tessera.core.aggregation.columns import Events
 from tessera.core.aggregation.inputs import AggregationInput
@@ -68,24 +69,80 @@ class AggregateEvent:
     inputs: AggregationInput
 
 
+@dataclass(frozen=True, eq=False)
+class AggregateColumns:
+    """The aggregation events of m puts of one group, in columns: what m `AggregateEvent`s say,
+    without an object per put (for a batch of puts, e.g. a PutRecords request's). Per stream of
+    the plan: each put's key text (None: its key feature is null, the put is in none of the
+    stream's keys) and its source values, float64 (m, sources), NaN for null."""
+
+    group_name: str
+    plan: AggregationPlan
+    keys: tuple[Sequence[str | None], ...]
+    values: tuple[npt.NDArray[np.float64], ...]
+
+    def __post_init__(self) -> None:
+        streams = self.plan.streams
+        if len(self.keys) != len(streams) or len(self.values) != len(streams):
+            raise ValueError(f"{len(self.keys)} key and {len(self.values)} value columns for "
+                             f"{len(streams)} streams")
+        m = len(self)
+        for stream, keys, values in zip(streams, self.keys, self.values, strict=True):
+            if len(keys) != m or values.shape != (m, stream.n_sources):
+                raise ValueError(f"stream {stream.stream_id}: {len(keys)} keys and values "
+                                 f"{values.shape} for {m} puts of {stream.n_sources} sources")
+
+    def __len__(self) -> int:
+        return len(self.keys[0]) if self.keys else 0
+
+
+#: A commit's events of one group as `fold` gathers them: per op (group id, event, event time,
+#: seq), or a batch (group id, columns, event times, seqs).
+_OpEvent = tuple[int, AggregateEvent, int, int]
+_BatchEvents = tuple[int, AggregateColumns, npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
+
 class CommitAggregates:
     """A commit's aggregation events, folded into its WriteBatch in one pass.
 
     `add` keeps each event as it comes (one list append: the writer's loop over ops stays
-    light); `fold` then turns them into columns per (group, stream) (key codes, event times,
-    sequence numbers, source values), reads every touched key's tiles with ONE multi-get, and
-    folds each (group, stream) with one kernel call (`online.fold`: decode, fold, encode)."""
+    light), `add_columns` a batch's as columns; `fold` then turns them into columns per (group,
+    stream) (key codes, event times, sequence numbers, source values) in seq order, reads every
+    touched key's tiles with ONE multi-get, and folds each (group, stream) with one kernel call
+    (`online.fold`: decode, fold, encode)."""
 
     def __init__(self) -> None:
-        self._events: list[tuple[int, AggregateEvent, int, int]] = []
+        self._events: list[_OpEvent | _BatchEvents] = []
 
     def __bool__(self) -> bool:
         return bool(self._events)
 
     def add(self, group_id: int, event: AggregateEvent, event_time_us: int, seq: int) -> None:
-        """An accepted put (applied online or older than the stored record: both are events),
-        in commit (seq) order."""
+        """An accepted put (applied online or older than the stored record: both are events)."""
         self._events.append((group_id, event, event_time_us, seq))
+
+    def add_columns(
+        self,
+        group_id: int,
+        columns: AggregateColumns,
+        event_time_us: npt.NDArray[np.int64],
+        seq: npt.NDArray[np.int64],
+        accepted: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
+        """A batch's accepted puts (`accepted`: which of the columns' puts were; None: all),
+        with their event times and seqs (one per put of the columns)."""
+        if accepted is not None and not accepted.all():
+            keep = np.flatnonzero(accepted)
+            if not len(keep):
+                return
+            columns = AggregateColumns(
+                columns.group_name, columns.plan,
+                tuple([keys[i] for i in keep.tolist()] for keys in columns.keys),
+                tuple(values[keep] for values in columns.values),
+            )  # fmt: skip
+            event_time_us, seq = event_time_us[keep], seq[keep]
+        if len(columns):
+            self._events.append((group_id, columns, event_time_us, seq))
 
     def discard_groups(self, group_ids: set[int]) -> None:
         """Forget the events of groups dropped in (or before) this commit."""
@@ -137,43 +194,93 @@ class _StreamColumns:
 
 
 def _stream_columns(
-    events: list[tuple[int, AggregateEvent, int, int]], commit_us: int
+    events: list[_OpEvent | _BatchEvents], commit_us: int
 ) -> list[_StreamColumns]:
     """A commit's events as columns per (group, stream), groups and streams in first-seen
-    order; a stream's plan is the first event's (one commit holds one version of a group).
-    Every event's write time is the commit's."""
-    by_group: dict[int, list[tuple[int, AggregateEvent, int, int]]] = {}
+    order, events in seq order; a stream's plan is the first event's (aggregations never
+    change in a group's life, only their plan object may be rebuilt). Every event's write time
+    is the commit's."""
+    by_group: dict[int, list[_OpEvent | _BatchEvents]] = {}
     for e in events:
         by_group.setdefault(e[0], []).append(e)
     out: list[_StreamColumns] = []
     for group_id, evs in by_group.items():
-        first = evs[0][1]
-        times = [e[2] for e in evs]
-        seqs = [e[3] for e in evs]
-        inputs = [e[1].inputs for e in evs]
+        parts = _group_parts(evs)
+        first = parts[0]
         for stream in first.plan.streams:
             sid = stream.stream_id
-            maybe = [i.keys[sid] for i in inputs]
-            rows = [i.values[sid] for i in inputs]
-            st, sq = times, seqs
-            if None in maybe:  # a null key feature: the event is in none of the stream's keys
-                kept = [j for j, t in enumerate(maybe) if t is not None]
+            texts: list[str | None] = []
+            for part in parts:
+                texts.extend(part.keys[sid])
+            values = np.concatenate([part.values[sid] for part in parts])
+            times = np.concatenate([part.times for part in parts])
+            seqs = np.concatenate([part.seqs for part in parts])
+            if len(parts) > 1 and np.any(seqs[1:] < seqs[:-1]):  # ops and batches interleaved
+                order = np.argsort(seqs, kind="stable")
+                texts = [texts[i] for i in order.tolist()]
+                values, times, seqs = values[order], times[order], seqs[order]
+            if None in texts:  # a null key feature: the event is in none of the stream's keys
+                kept = [j for j, t in enumerate(texts) if t is not None]
                 if not kept:
                     continue
-                rows = [rows[j] for j in kept]
-                st, sq = [times[j] for j in kept], [seqs[j] for j in kept]
-            texts = cast(list[str], [t for t in maybe if t is not None])
-            codes: dict[str, int] = {}
+                texts = [texts[j] for j in kept]
+                values, times, seqs = values[kept], times[kept], seqs[kept]
+            codes: dict[str | None, int] = {}
             key_codes = [codes.setdefault(t, len(codes)) for t in texts]
             prefix = aggregate_key(group_id, sid, "")
-            m, s = len(texts), stream.n_sources
-            values = np.fromiter(chain.from_iterable(rows), np.float64, m * s).reshape(m, s)
             out.append(_StreamColumns(
-                first.group_name, stream, [prefix + text.encode() for text in codes],
-                Events(np.array(key_codes, np.int64), np.array(st, np.int64),
-                       np.full(m, commit_us, np.int64), np.array(sq, np.int64), values),
-            ))
+                first.group_name, stream, [prefix + cast(str, t).encode() for t in codes],
+                Events(np.array(key_codes, np.int64), times,
+                       np.full(len(texts), commit_us, np.int64), seqs, values),
+            ))  # fmt: skip
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """A run of one group's events: per-op events gathered into columns, or a batch's."""
+
+    group_name: str
+    plan: AggregationPlan
+    keys: tuple[Sequence[str | None], ...]
+    values: tuple[npt.NDArray[np.float64], ...]
+    times: npt.NDArray[np.int64]
+    seqs: npt.NDArray[np.int64]
+
+
+def _group_parts(evs: list[_OpEvent | _BatchEvents]) -> list[_Part]:
+    """One group's events as parts in commit order: each batch as it came, each run of per-op
+    events made columns (a list comprehension per column, not a loop per event)."""
+    parts: list[_Part] = []
+    run: list[_OpEvent] = []
+
+    def close_run() -> None:
+        if not run:
+            return
+        first = run[0][1]
+        inputs = [e[1].inputs for e in run]
+        m = len(run)
+        keys = tuple([i.keys[sid] for i in inputs] for sid in range(len(first.plan.streams)))
+        values = tuple(
+            np.fromiter(chain.from_iterable([i.values[s.stream_id] for i in inputs]),
+                        np.float64, m * s.n_sources).reshape(m, s.n_sources)
+            for s in first.plan.streams
+        )  # fmt: skip
+        parts.append(_Part(first.group_name, first.plan, keys, values,
+                           np.array([e[2] for e in run], np.int64),
+                           np.array([e[3] for e in run], np.int64)))
+        run.clear()
+
+    for e in evs:
+        if isinstance(e[1], AggregateEvent):
+            run.append(e)
+        else:
+            close_run()
+            _, cols, times, seqs = e
+            parts.append(_Part(cols.group_name, cols.plan, cols.keys, cols.values,
+                               np.asarray(times, np.int64), np.asarray(seqs, np.int64)))
+    close_run()
+    return parts
 
 
 # --- reads -------------------------------------------------------------------------------------

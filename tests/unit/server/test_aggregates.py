@@ -21,7 +21,7 @@ from tessera.core.aggregation.plan import AggregationPlan
 from tessera.core.aggregation.spec import AggregationDefinition, check
 from tessera.core.keys import aggregate_key
 from tessera.core.schema import FeatureType
-from tessera.server.aggregates import AggregateEvent, CommitAggregates
+from tessera.server.aggregates import AggregateColumns, AggregateEvent, CommitAggregates
 from tessera.server.rocksdb import AGGREGATES, RocksDB, open_rocksdb
 
 S = 1_000_000
@@ -97,14 +97,16 @@ def _random_events(
 
 
 def _expected(
-    plan: AggregationPlan, commits: list[tuple[int, list[tuple[int, AggregationInput, int]]]]
+    plan: AggregationPlan, commits: list[tuple[int, list[tuple[int, AggregationInput, int]]]],
+    seqs: list[list[int]] | None = None,
 ) -> dict[bytes, bytes]:
-    """The stored values after folding every event alone, in seq order, per stream."""
+    """The stored values after folding every event alone, in order, per stream; seqs 1, 2, ...
+    unless given (per commit, per event)."""
     state: dict[bytes, bytes | None] = {}
     seq = 0
-    for commit_us, events in commits:
-        for gid, inputs, event_us in events:
-            seq += 1
+    for c, (commit_us, events) in enumerate(commits):
+        for e, (gid, inputs, event_us) in enumerate(events):
+            seq = seq + 1 if seqs is None else seqs[c][e]
             for stream in plan.streams:
                 text = inputs.keys[stream.stream_id]
                 if text is None:
@@ -204,3 +206,81 @@ def test_discarded_groups_fold_nothing(rocks: RocksDB) -> None:
     assert not empty
     assert db.commit(empty, T0) == {}
     assert db.reads == [1]  # the empty commit read nothing
+
+
+def _columns(plan: AggregationPlan, group: str, events: list[tuple[int, AggregationInput, int]]
+             ) -> AggregateColumns:
+    return AggregateColumns(
+        group, plan,
+        tuple([inputs.keys[s.stream_id] for _, inputs, _ in events] for s in plan.streams),
+        tuple(np.array([inputs.values[s.stream_id] for _, inputs, _ in events],
+                       np.float64).reshape(len(events), s.n_sources) for s in plan.streams),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batches_and_single_puts_of_a_commit_fold_in_seq_order(rocks: RocksDB, seed: int) -> None:
+    """Columns of a batch of puts (`add_columns`) next to single puts of the same groups, seqs
+    interleaved: the same tiles as every event folded alone in seq order; puts a batch refused
+    (`accepted` false) are no events."""
+    rng = random.Random(seed)
+    plan = _plan()
+    db = _Commits(rocks)
+    now = T0
+    accepted_commits = []
+    accepted_seqs: list[list[int]] = []
+    for _ in range(4):
+        now += rng.randrange(0, 30 * MIN)
+        events = _random_events(rng, plan, rng.randrange(2, 50), now)
+        seqs = list(range(1, len(events) + 1))
+        rng.shuffle(seqs)  # which put got which seq: batches and single puts interleave
+        by_seq = dict(zip(seqs, events, strict=True))
+        accepted = {q for q in seqs if rng.random() < 0.8}
+        aggregates = CommitAggregates()
+        batch = sorted(rng.sample(seqs, len(seqs) // 2))
+        for gid in (1, 2):
+            mine = [q for q in batch if by_seq[q][0] == gid]
+            if mine:
+                aggregates.add_columns(
+                    gid, _columns(plan, f"g{gid}", [by_seq[q] for q in mine]),
+                    np.array([by_seq[q][2] for q in mine], np.int64),
+                    np.array([q + 1000 * len(accepted_commits) for q in mine], np.int64),
+                    np.array([q in accepted for q in mine]),
+                )
+        for q in sorted(set(seqs) - set(batch)):
+            if q in accepted:
+                gid, inputs, event_us = by_seq[q]
+                aggregates.add(gid, AggregateEvent(f"g{gid}", plan, inputs), event_us,
+                               q + 1000 * len(accepted_commits))
+        db.commit(aggregates, now)
+        accepted_commits.append((now, [by_seq[q] for q in sorted(accepted)]))
+        accepted_seqs.append([q + 1000 * len(accepted_seqs) for q in sorted(accepted)])
+    want = _expected(plan, accepted_commits, accepted_seqs)
+    assert _state(plan, _stored(rocks)) == _state(plan, want)
+
+
+def test_columns_must_match_the_plans_streams() -> None:
+    plan = _plan()
+    ok = _columns(plan, "g", [(1, AggregationInput(("a", None), ((1.0, 2.0), (1.0,))), T0)])
+    assert len(ok) == 1
+    with pytest.raises(ValueError, match="streams"):
+        AggregateColumns("g", plan, ok.keys[:1], ok.values[:1])
+    with pytest.raises(ValueError, match="stream 1"):
+        AggregateColumns("g", plan, ok.keys, (ok.values[0], np.zeros((1, 2))))
+
+
+def test_interleaved_batch_and_single_puts_of_one_tile_sum_in_seq_order(rocks: RocksDB) -> None:
+    """A float sum depends on the order of its terms: events of one key and tile, split
+    between a batch and single puts, must enter in seq order."""
+    plan = _plan()
+    # Terms whose compensated sum differs (in its last bits) when the odd ones come first.
+    values = [-0.1, -1e16, -0.001, -0.1, -0.1, 0.001, 0.001, 3.0, -1e16, 0.001, 3.0, 7e15]
+    events = [(1, AggregationInput(("a", "s"), ((v, v), (v,))), T0) for v in values]
+    aggregates = CommitAggregates()
+    batch = list(range(0, 12, 2))  # seqs 1, 3, 5, ...: the batch; 2, 4, ...: single puts
+    aggregates.add_columns(1, _columns(plan, "g1", [events[i] for i in batch]),
+                           np.full(len(batch), T0, np.int64), np.array(batch, np.int64) + 1)
+    for i in range(1, 12, 2):
+        aggregates.add(1, AggregateEvent("g1", plan, events[i][1]), T0, i + 1)
+    _Commits(rocks).commit(aggregates, T0)
+    assert _state(plan, _stored(rocks)) == _state(plan, _expected(plan, [(T0, events)]))
