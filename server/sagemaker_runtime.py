@@ -39,11 +39,8 @@ Requests arrive SigV4-signed; they are accepted without checking the signature f
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
@@ -53,26 +50,24 @@ import msgspec
 from tessera.core import eventtime
 from tessera.core.errors import (
     ConflictError,
-    DeadlineExceededError,
     FeatureGroupNotFoundError,
     InvalidRequestError,
     NotFoundError,
-    PreconditionFailedError,
     StorageError,
     TesseraError,
 )
 from tessera.core.keys import normalize_record_id, record_key
 from tessera.core.records import validate_record
-from tessera.core.schema import CompiledSchema, TtlDuration, fold_name
+from tessera.core.schema import CompiledSchema, fold_name
 from tessera.core.tokens import encode_token
 from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server import sagemaker_requests as rq
 from tessera.server.grpc_service import MAX_BATCH_GROUPS, MAX_BATCH_IDS
 from tessera.server.http_fast import JSON, FastRequest, FastResponse, FastRouter, json_response
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import Registry
 from tessera.server.sagemaker_common import AwsError, group_name, validation_error
 from tessera.server.sagemaker_values import FeatureValue, from_record, to_record
-from tessera.server.storage_health import storage_failure
 from tessera.server.store import (
     Committed,
     DeleteOp,
@@ -97,169 +92,8 @@ MAX_UPDATE_ATTEMPTS = 8
 MAX_LIST_RESULTS = 100
 #: The response header carrying a write's read-your-writes token (core/tokens.py).
 WRITE_TOKEN_HEADER = b"x-tessera-write-token"
-TARGET_STORES = ("OnlineStore", "OfflineStore")
-
 _EMPTY_JSON = FastResponse(200, JSON, b"{}")
 _T = TypeVar("_T")
-
-
-# --- request shapes (botocore's service model; unknown members are ignored) -------------------
-
-
-class TtlDurationShape(msgspec.Struct):
-    Unit: str
-    Value: int
-
-
-class PutRecordShape(msgspec.Struct):
-    Record: list[FeatureValue]
-    TargetStores: list[str] | None = None
-    TtlDuration: TtlDurationShape | None = None
-
-
-class UpdateRecordShape(msgspec.Struct):
-    RecordIdentifierValueAsString: str
-    Features: list[FeatureValue]
-    TargetStores: list[str] | None = None
-    TtlDuration: TtlDurationShape | None = None
-
-
-class BatchGetIdentifier(msgspec.Struct, omit_defaults=True):
-    FeatureGroupName: str
-    RecordIdentifiersValueAsString: list[str]
-    FeatureNames: list[str] | None = None
-
-
-class BatchGetRecordShape(msgspec.Struct):
-    Identifiers: list[BatchGetIdentifier]
-    ExpirationTimeResponse: str | None = None
-
-
-class BatchWriteEntry(msgspec.Struct, omit_defaults=True):
-    FeatureGroupName: str
-    Record: list[FeatureValue]
-    TargetStores: list[str] | None = None
-    TtlDuration: TtlDurationShape | None = None
-
-
-class BatchWriteRecordShape(msgspec.Struct):
-    Entries: list[BatchWriteEntry]
-    TtlDuration: TtlDurationShape | None = None
-
-
-class ListRecordsShape(msgspec.Struct):
-    MaxResults: int | None = None
-    NextToken: str | None = None
-    IncludeSoftDeletedRecords: bool | None = None
-
-
-_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
-
-
-def _decode(body: bytes, shape: type[_T]) -> _T:
-    decoder = _DECODERS.get(shape)
-    if decoder is None:
-        decoder = _DECODERS[shape] = msgspec.json.Decoder(shape)
-    try:
-        return decoder.decode(body or b"{}")  # type: ignore[no-any-return]
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        raise validation_error(f"invalid {shape.__name__.removesuffix('Shape')} request: "
-                               f"{exc}") from None
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-def runtime_error(exc: BaseException) -> AwsError:
-    """The one mapping of an error onto the runtime's error shapes. A TesseraError by its class
-    (core/errors.py); anything else is logged with a request id and answered InternalFailure
-    (ServiceUnavailable for a disk or I/O failure: retryable)."""
-    if isinstance(exc, AwsError):
-        return exc
-    if isinstance(exc, TesseraError):
-        if isinstance(exc, NotFoundError):
-            return AwsError("ResourceNotFound", exc.message, 404)
-        if isinstance(exc, PreconditionFailedError):  # no online store, a quarantined group
-            return AwsError("ValidationError", exc.message, 400)
-        if isinstance(exc, ConflictError):
-            return AwsError("ConflictException", exc.message, 409)
-        if isinstance(exc, InvalidRequestError):  # a body over the limit keeps its 413
-            return AwsError("ValidationError", exc.message,
-                            413 if exc.http_status == 413 else 400)
-        if isinstance(exc, StorageError | DeadlineExceededError):
-            return AwsError("ServiceUnavailable", exc.message, 503)
-        return AwsError("InternalFailure", exc.message, 500)
-    request_id = uuid.uuid4().hex[:16]
-    log.error("SageMaker runtime request failed (request id %s)", request_id, exc_info=exc)
-    if storage_failure(exc):
-        return AwsError("ServiceUnavailable",
-                        f"storage unavailable; retry later; request id {request_id}", 503)
-    return AwsError("InternalFailure", f"internal error; request id {request_id}", 500)
-
-
-def aws_errors(req: FastRequest, exc: Exception) -> FastResponse:
-    """The fast router's error mapper for the runtime's routes."""
-    err = runtime_error(exc)
-    return FastResponse(err.status, err.headers(), err.body())
-
-
-def _item_error(exc: BaseException) -> tuple[str, str]:
-    err = runtime_error(exc)
-    return err.code, err.message
-
-
-# --- request fields ---------------------------------------------------------------------------
-
-
-def _required(query: dict[str, list[str]], name: str) -> str:
-    values = query.get(name)
-    if not values:
-        raise validation_error(f"the query parameter {name} is required")
-    return values[0]
-
-
-def _choice(value: str | None, field: str, allowed: Sequence[str], default: str) -> str:
-    if value is None:
-        return default
-    if value not in allowed:
-        raise validation_error(
-            f"{field} {value!r} is not valid; allowed: {', '.join(allowed)}"
-        )
-    return value
-
-
-def _with_expiry(value: str | None) -> bool:
-    return _choice(value, "ExpirationTimeResponse", ("Enabled", "Disabled"),
-                   "Disabled") == "Enabled"
-
-
-def _ttl_s(ttl: TtlDurationShape | None, field: str) -> int | None:
-    """A TtlDuration in seconds (None: the group's default TTL applies)."""
-    if ttl is None:
-        return None
-    try:
-        duration = TtlDuration(unit=ttl.Unit, value=ttl.Value)
-    except ValueError:
-        raise validation_error(
-            f"{field} {{Unit: {ttl.Unit!r}, Value: {ttl.Value}}} is not valid; Unit is one of "
-            "Seconds, Minutes, Hours, Days, Weeks and Value a whole number >= 1"
-        ) from None
-    duration.check(field)
-    return duration.seconds
-
-
-def _targets(values: list[str] | None) -> frozenset[str] | None:
-    """TargetStores (None: the stores the group has)."""
-    if values is None:
-        return None
-    if not values:
-        raise validation_error("TargetStores must name at least one store: "
-                               + " or ".join(TARGET_STORES))
-    for v in values:
-        _choice(v, "TargetStores member", TARGET_STORES, "")
-    return frozenset(values)
-
-
 _OpT = TypeVar("_OpT", PutOp, DeleteOp)
 
 
@@ -279,28 +113,6 @@ def _targeted(schema: CompiledSchema, op: _OpT, targets: frozenset[str] | None) 
 
 def _token_header(committed: Committed) -> list[tuple[bytes, bytes]]:
     return [(WRITE_TOKEN_HEADER, encode_token(committed.seq).encode())]
-
-
-def _next_token(group_id: int, after: str) -> str:
-    raw = msgspec.msgpack.encode((group_id, after))
-    return base64.urlsafe_b64encode(raw).decode("ascii")
-
-
-def _resume_after(token: str, schema: CompiledSchema) -> str:
-    try:
-        group_id, after = msgspec.msgpack.decode(
-            base64.urlsafe_b64decode(token.encode("ascii")), type=tuple[int, str])
-    except (UnicodeEncodeError, binascii.Error, ValueError, msgspec.DecodeError):
-        raise validation_error(
-            f"NextToken {token[:40]!r} is not a token of ListRecords: pass back the NextToken "
-            "of the previous page as it was received"
-        ) from None
-    if group_id != schema.group_id:
-        raise validation_error(
-            f"NextToken was issued for another feature group than '{schema.group_name}' (or "
-            "for one deleted since); start again without it"
-        )
-    return str(after)
 
 
 # --- the runtime ------------------------------------------------------------------------------
@@ -365,27 +177,27 @@ class SageMakerRuntime:
     def get_record(self, req: FastRequest) -> FastResponse:
         schema = self._schema(req.params["FeatureGroupName"])
         query = req.query
-        record_id = _required(query, "RecordIdentifierValueAsString")
-        with_expiry = _with_expiry(req.query_one("ExpirationTimeResponse"))
+        record_id = rq.required(query, "RecordIdentifierValueAsString")
+        expiry = rq.with_expiry(req.query_one("ExpirationTimeResponse"))
         hit = self._reader.get_record(
             schema.group_name, record_id, query.get("FeatureName", ()), now_us())
         if hit is None:
             return _EMPTY_JSON
         payload, expires_at_us = hit
         out: dict[str, Any] = {"Record": from_record(payload)}
-        if with_expiry and expires_at_us is not None:
+        if expiry and expires_at_us is not None:
             out["ExpiresAt"] = eventtime.to_iso(expires_at_us)
         return json_response(200, out)
 
     def batch_get_record(self, req: FastRequest) -> FastResponse:
-        body = _decode(req.body, BatchGetRecordShape)
+        body = rq.decode(req.body, rq.BatchGetRecordShape)
         if not body.Identifiers:
             raise validation_error("Identifiers must hold at least one entry")
-        with_expiry = _with_expiry(body.ExpirationTimeResponse)
+        expiry = rq.with_expiry(body.ExpirationTimeResponse)
         at_us = now_us()
         records: list[dict[str, Any]] = []
         errors: list[dict[str, str]] = []
-        unprocessed: list[BatchGetIdentifier] = []
+        unprocessed: list[rq.BatchGetIdentifier] = []
         for n, entry in enumerate(body.Identifiers):
             name, ids = entry.FeatureGroupName, entry.RecordIdentifiersValueAsString
             if n >= MAX_BATCH_GROUPS:
@@ -409,18 +221,18 @@ class SageMakerRuntime:
                     detail: dict[str, Any] = {"FeatureGroupName": name,
                                               "RecordIdentifierValueAsString": rid,
                                               "Record": from_record(payload)}
-                    if with_expiry and expires_at_us is not None:
+                    if expiry and expires_at_us is not None:
                         detail["ExpiresAt"] = eventtime.to_iso(expires_at_us)
                     records.append(detail)
             for rid, cause in failed:
-                code, message = _item_error(cause)
+                code, message = rq.item_error(cause)
                 errors.append({"FeatureGroupName": name, "RecordIdentifierValueAsString": rid,
                                "ErrorCode": code, "ErrorMessage": message})
         return json_response(200, {"Records": records, "Errors": errors,
                                    "UnprocessedIdentifiers": unprocessed})
 
     def list_records(self, req: FastRequest) -> FastResponse:
-        body = _decode(req.body, ListRecordsShape)
+        body = rq.decode(req.body, rq.ListRecordsShape)
         schema = self._schema(req.params["FeatureGroupName"])
         if not schema.online:
             raise no_online_store(schema)
@@ -428,22 +240,22 @@ class SageMakerRuntime:
         if not 1 <= limit <= MAX_LIST_RESULTS:
             raise validation_error(
                 f"MaxResults {limit} is out of range; allowed: 1-{MAX_LIST_RESULTS}")
-        after = None if body.NextToken is None else _resume_after(body.NextToken, schema)
+        after = None if body.NextToken is None else rq.resume_after(body.NextToken, schema)
         page = self._store.scan(schema.group_id, after, limit, now_us(),
                                 bool(body.IncludeSoftDeletedRecords))
         out: dict[str, Any] = {"RecordIdentifiers": page.record_ids}
         if page.resume_after is not None:
-            out["NextToken"] = _next_token(schema.group_id, page.resume_after)
+            out["NextToken"] = rq.next_token(schema.group_id, page.resume_after)
         return json_response(200, out)
 
     # --- writes --------------------------------------------------------------------------------
 
     async def put_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
-        body = _decode(req.body, PutRecordShape)
+        body = rq.decode(req.body, rq.PutRecordShape)
         schema = self._schema(req.params["FeatureGroupName"])
-        ttl_s = _ttl_s(body.TtlDuration, "TtlDuration")
-        targets = _targets(body.TargetStores)
+        ttl_s = rq.ttl_s(body.TtlDuration, "TtlDuration")
+        targets = rq.targets(body.TargetStores)
         schema, op = self._newest(schema, lambda s: self._put_op(
             s, body.Record, ttl_s, targets, api_us, "Record"))
         committed = await self._commit([op])
@@ -454,39 +266,40 @@ class SageMakerRuntime:
         api_us = now_us()
         schema = self._schema(req.params["FeatureGroupName"])
         query = req.query
-        record_id = normalize_record_id(schema, _required(query, "RecordIdentifierValueAsString"))
-        event_time_us = eventtime.parse(_required(query, "EventTime"), "EventTime")
-        mode = _choice(req.query_one("DeletionMode"), "DeletionMode",
+        record_id = normalize_record_id(schema, rq.required(query, "RecordIdentifierValueAsString"))
+        event_time_us = eventtime.parse(rq.required(query, "EventTime"), "EventTime")
+        mode = rq.choice(req.query_one("DeletionMode"), "DeletionMode",
                        ("SoftDelete", "HardDelete"), "SoftDelete")
         op = delete_op(schema, record_id, event_time_us, mode == "HardDelete", api_us)
-        committed = await self._commit([_targeted(schema, op, _targets(query.get("TargetStores")))])
+        op = _targeted(schema, op, rq.targets(query.get("TargetStores")))
+        committed = await self._commit([op])
         return FastResponse(200, JSON + _token_header(committed), b"")
 
     async def batch_write_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
-        body = _decode(req.body, BatchWriteRecordShape)
+        body = rq.decode(req.body, rq.BatchWriteRecordShape)
         entries = body.Entries
         if not 1 <= len(entries) <= MAX_BATCH_WRITE_ENTRIES:
             raise validation_error(f"Entries holds {len(entries)} entries; allowed: "
                                    f"1-{MAX_BATCH_WRITE_ENTRIES}")
         errors: list[dict[str, Any]] = []
         ops: list[Op] = []
-        placed: list[tuple[BatchWriteEntry, CompiledSchema]] = []
+        placed: list[tuple[rq.BatchWriteEntry, CompiledSchema]] = []
         for i, entry in enumerate(entries):
             try:
                 schema = self._schema(entry.FeatureGroupName)
-                ttl_s = _ttl_s(entry.TtlDuration or body.TtlDuration, f"Entries[{i}].TtlDuration")
-                targets = _targets(entry.TargetStores)
+                ttl_s = rq.ttl_s(entry.TtlDuration or body.TtlDuration, f"Entries[{i}].TtlDuration")
+                targets = rq.targets(entry.TargetStores)
                 schema, op = self._newest(schema, partial(
                     self._put_op, values=entry.Record, ttl_s=ttl_s, targets=targets,
                     api_us=api_us, where=f"Entries[{i}].Record"))
             except (TesseraError, AwsError) as exc:
-                code, message = _item_error(exc)
+                code, message = rq.item_error(exc)
                 errors.append({"Entry": entry, "ErrorCode": code, "ErrorMessage": message})
                 continue
             ops.append(op)
             placed.append((entry, schema))
-        unprocessed: list[BatchWriteEntry] = []
+        unprocessed: list[rq.BatchWriteEntry] = []
         headers: list[tuple[bytes, bytes]] = []
         if ops:
             try:
@@ -497,7 +310,7 @@ class SageMakerRuntime:
                 headers = _token_header(committed)
                 for (entry, schema), result in zip(placed, committed.results, strict=True):
                     if isinstance(result, TesseraError):
-                        code, message = _item_error(result)
+                        code, message = rq.item_error(result)
                         errors.append({"Entry": entry, "ErrorCode": code,
                                        "ErrorMessage": message})
                     else:
@@ -507,15 +320,15 @@ class SageMakerRuntime:
 
     async def update_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
-        body = _decode(req.body, UpdateRecordShape)
+        body = rq.decode(req.body, rq.UpdateRecordShape)
         schema = self._schema(req.params["FeatureGroupName"])
         if not schema.online:
             raise no_online_store(schema)
         if not 1 <= len(body.Features) <= MAX_UPDATE_FEATURES:
             raise validation_error(f"Features holds {len(body.Features)} features; allowed: "
                                    f"1-{MAX_UPDATE_FEATURES}")
-        ttl_s = _ttl_s(body.TtlDuration, "TtlDuration")
-        targets = _targets(body.TargetStores)
+        ttl_s = rq.ttl_s(body.TtlDuration, "TtlDuration")
+        targets = rq.targets(body.TargetStores)
         record_id = normalize_record_id(schema, body.RecordIdentifierValueAsString)
         key = record_key(schema.group_id, record_id)
         for _ in range(MAX_UPDATE_ATTEMPTS):
@@ -592,7 +405,7 @@ def _event_time_us(schema: CompiledSchema, record: pb.Record) -> int:
 
 def register(router: FastRouter, runtime: SageMakerRuntime) -> None:
     """Answer the runtime's routes (botocore's request URIs) from `router`."""
-    add = partial(router.add, errors=aws_errors)
+    add = partial(router.add, errors=rq.aws_errors)
     group = "/FeatureGroup/{FeatureGroupName}"
     add("GET", group, runtime.get_record)
     add("PUT", group, runtime.put_record)
