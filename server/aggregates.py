@@ -22,10 +22,12 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.core.aggregation.columns import Events
-from tessera.core.aggregation.inputs import AggregationInput
+from tessera.core.aggregation.inputs import AggregateColumns, AggregationInput
 from tessera.core.aggregation.plan import AggregationPlan, StreamPlan
 from tessera.core.keys import aggregate_key
 from tessera.proto.v1 import feature_store_pb2 as pb
+
+__all__ = ["AggregateColumns", "AggregateEvent", "CommitAggregates", "ensure_kernels"]
 
 log = logging.getLogger(__name__)
 
@@ -67,33 +69,6 @@ class AggregateEvent:
     group_name: str
     plan: AggregationPlan
     inputs: AggregationInput
-
-
-@dataclass(frozen=True, eq=False)
-class AggregateColumns:
-    """The aggregation events of m puts of one group, in columns: what m `AggregateEvent`s say,
-    without an object per put (for a batch of puts, e.g. a PutRecords request's). Per stream of
-    the plan: each put's key text (None: its key feature is null, the put is in none of the
-    stream's keys) and its source values, float64 (m, sources), NaN for null."""
-
-    group_name: str
-    plan: AggregationPlan
-    keys: tuple[Sequence[str | None], ...]
-    values: tuple[npt.NDArray[np.float64], ...]
-
-    def __post_init__(self) -> None:
-        streams = self.plan.streams
-        if len(self.keys) != len(streams) or len(self.values) != len(streams):
-            raise ValueError(f"{len(self.keys)} key and {len(self.values)} value columns for "
-                             f"{len(streams)} streams")
-        m = len(self)
-        for stream, keys, values in zip(streams, self.keys, self.values, strict=True):
-            if len(keys) != m or values.shape != (m, stream.n_sources):
-                raise ValueError(f"stream {stream.stream_id}: {len(keys)} keys and values "
-                                 f"{values.shape} for {m} puts of {stream.n_sources} sources")
-
-    def __len__(self) -> int:
-        return len(self.keys[0]) if self.keys else 0
 
 
 #: A commit's events of one group as `fold` gathers them: per op (group id, event, event time,

@@ -8,9 +8,12 @@ finds a keyed stream's key in a stored record.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from tessera.core.aggregation.plan import AggregationPlan
 from tessera.proto.v1 import feature_store_pb2 as pb
@@ -26,6 +29,33 @@ class AggregationInput:
 
     keys: tuple[str | None, ...]
     values: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateColumns:
+    """The aggregation events of m puts of one group, in columns: what m `AggregateEvent`s say,
+    without an object per put (for a batch of puts, e.g. a PutRecords request's). Per stream of
+    the plan: each put's key text (None: its key feature is null, the put is in none of the
+    stream's keys) and its source values, float64 (m, sources), NaN for null."""
+
+    group_name: str
+    plan: AggregationPlan
+    keys: tuple[Sequence[str | None], ...]
+    values: tuple[npt.NDArray[np.float64], ...]
+
+    def __post_init__(self) -> None:
+        streams = self.plan.streams
+        if len(self.keys) != len(streams) or len(self.values) != len(streams):
+            raise ValueError(f"{len(self.keys)} key and {len(self.values)} value columns for "
+                             f"{len(streams)} streams")
+        m = len(self)
+        for stream, keys, values in zip(streams, self.keys, self.values, strict=True):
+            if len(keys) != m or values.shape != (m, stream.n_sources):
+                raise ValueError(f"stream {stream.stream_id}: {len(keys)} keys and values "
+                                 f"{values.shape} for {m} puts of {stream.n_sources} sources")
+
+    def __len__(self) -> int:
+        return len(self.keys[0]) if self.keys else 0
 
 
 def aggregation_input_of_values(

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera.core.aggregation import kernels
+from tessera.core.aggregation import kernels, record_inputs
 from tessera.core.aggregation.columns import Events
 from tessera.core.aggregation.plan import StreamPlan
 
@@ -23,6 +23,7 @@ KERNELS: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (
     ("read_values", kernels.read_values, kernels.READ_VALUES_SIGNATURE),
     ("read_encoded", kernels.read_encoded, kernels.READ_ENCODED_SIGNATURE),
     ("pit_aggregate", kernels.pit_aggregate, kernels.PIT_SIGNATURE),
+    ("scan_inputs", record_inputs.scan_inputs, record_inputs.SCAN_SIGNATURE),
 )
 
 
@@ -63,6 +64,7 @@ def _exercise() -> None:
     from tessera.core.aggregation import codec, offline, online
     from tessera.core.aggregation.spec import AggregationDefinition, check
     from tessera.core.schema import FeatureType
+    from tessera.core.values import to_record
 
     plan = check(
         [
@@ -79,6 +81,13 @@ def _exercise() -> None:
     online.read_encoded(plan, result.values, 3_600_000_000, online.encoded_fields(plan, None))
     codec.encode(codec.decode(result.values, plan.n_sources, plan.recent_capacity))
     offline.point_in_time(plan, events, np.zeros(1, np.int64), np.array([3_600_000_000]))
+    payload = to_record({"id": "a", "x": 1.5}).SerializeToString()
+    group = check(
+        [AggregationDefinition(name="n", function="count", window="1h")],
+        {"id": FeatureType.parse("String"), "x": FeatureType.parse("Fractional")},
+        record_identifier="id",
+    )
+    record_inputs.aggregate_columns("g", group, ["a"], payload, np.array([0, len(payload)]))
 
 
 def _events(plan: StreamPlan) -> Events:
