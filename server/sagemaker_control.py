@@ -267,7 +267,7 @@ class SageMakerControl:
         expression = req.get("SearchExpression")
         if expression is not None:
             holds = search.expression_predicate(expression, known)
-            records = [(identity, r) for identity, r in records if holds(r)]
+            records = [ir for ir in records if holds(ir[1])]
         sort_by = field(req, "SortBy", str) or "LastModifiedTime"
         search.check_property(sort_by, known, "SortBy")
         descending = _choice(req, "SortOrder", ("Ascending", "Descending"),
@@ -284,14 +284,14 @@ class SageMakerControl:
         for group in self.registry.list():
             failure = quarantined.get(group.name)
 
-            def build(group: FeatureGroup = group, failure: str | None = failure) -> list[Json]:
+            def build(group: FeatureGroup = group,
+                      failure: str | None = failure) -> list[tuple[str, Json]]:
                 record = shapes.describe(group, region, failure)
                 del record["ThroughputConfig"]  # not in Search's FeatureGroup shape
                 record["Tags"] = shapes.tags_shape(group)
-                return [record]
+                return [(group.name, record)]
 
-            (record,) = self._records.get(("FeatureGroup", region, failure), group, build)
-            out.append((group.name, record))
+            out += self._records.get(("FeatureGroup", region, failure), group, build)
         self._records.keep(self.registry.list())
         return out
 
@@ -299,12 +299,12 @@ class SageMakerControl:
         out = []
         for group in self.registry.list():
 
-            def build(group: FeatureGroup = group) -> list[Json]:
-                return [shapes.feature_metadata(group, fd, region)
+            def build(group: FeatureGroup = group) -> list[tuple[str, Json]]:
+                return [(f"{group.name}/{fd.feature_name}",
+                         shapes.feature_metadata(group, fd, region))
                         for fd in group.definition.feature_definitions]
 
-            records = self._records.get(("FeatureMetadata", region, None), group, build)
-            out += [(f"{group.name}/{r['FeatureName']}", r) for r in records]
+            out += self._records.get(("FeatureMetadata", region, None), group, build)
         self._records.keep(self.registry.list())
         return out
 
@@ -316,10 +316,11 @@ class _RecordCache:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, tuple[str, str, str | None]],
-                            tuple[FeatureGroup, list[Json]]] = {}
+                            tuple[FeatureGroup, list[tuple[str, Json]]]] = {}
 
     def get(self, kind: tuple[str, str, str | None], group: FeatureGroup,
-            build: Callable[[], list[Json]]) -> list[Json]:
+            build: Callable[[], list[tuple[str, Json]]]) -> list[tuple[str, Json]]:
+        """The records (identity, record) of `group` for `kind` (resource, region, failure)."""
         key = (group.name, kind)
         entry = self._entries.get(key)
         if entry is not None and entry[0] is group:

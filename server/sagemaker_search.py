@@ -70,6 +70,37 @@ def values(record: Json, path: str) -> list[Any]:
     return found
 
 
+def accessor(path: str, known: Sequence[str] | None) -> Callable[[Json], list[Any]]:
+    """`values(record, path)` as a function made once per filter: a member of the record (its
+    name as the resource spells it in `known`) or a `Tags.<key>` / `Parameters.<key>` value is
+    one dict lookup per record; other paths walk."""
+    parts = path.split(".")
+    head = parts[0].lower()
+    member = next((k for k in known or () if k.lower() == head), None)
+    if member is None or head in _ALL:
+        return lambda record: values(record, path)
+    if len(parts) == 1:
+
+        def one(record: Json) -> list[Any]:
+            v = record.get(member)
+            if isinstance(v, list):
+                return [x for x in v if x is not None]
+            return [] if v is None else [v]
+
+        return one
+    if head in _KEYED:
+        key = ".".join(parts[1:])
+        return lambda record: [p["Value"] for p in record.get(member) or () if p["Key"] == key]
+    rest = parts[1:]
+
+    def walk(record: Json) -> list[Any]:
+        found: list[Any] = []
+        _walk(record.get(member), rest, found)
+        return found
+
+    return walk
+
+
 def _walk(node: Any, parts: Sequence[str], out: list[Any]) -> None:
     if isinstance(node, list):
         for element in node:
@@ -162,14 +193,25 @@ def filter_predicate(f: Any, known: Sequence[str] | None, where: str) -> Predica
         raise validation(f"{where}: Operator {op} needs a Value")
     if known is not None:
         check_property(name, known, where)
+    get = accessor(name, known)
     if op == "Exists":
-        return lambda r: bool(values(r, name))
+        return lambda r: bool(get(r))
     if op == "NotExists":
-        return lambda r: not values(r, name)
+        return lambda r: not get(r)
     value_text: str = text or ""
+    test = "Equals" if op == "NotEquals" else op
+
+    def holds(record: Json) -> bool:
+        for v in get(record):
+            # a string's Equals is the common case: no conversion
+            if (v == value_text) if (test == "Equals" and type(v) is str) else _holds(
+                    test, v, value_text):
+                return True
+        return False
+
     if op == "NotEquals":
-        return lambda r: not any(_holds("Equals", v, value_text) for v in values(r, name))
-    return lambda r: any(_holds(op, v, value_text) for v in values(r, name))
+        return lambda r: not holds(r)
+    return holds
 
 
 def expression_predicate(expr: Any, known: Sequence[str], where: str = "SearchExpression",
@@ -190,6 +232,8 @@ def expression_predicate(expr: Any, known: Sequence[str], where: str = "SearchEx
     op = field(expr, "Operator", str, False, f"{where}.") or "And"
     if op not in ("And", "Or"):
         raise validation(f"{where}.Operator '{op}' is not valid; allowed: And, Or")
+    if len(parts) == 1:
+        return parts[0]
     if op == "Or":
         return lambda r: any(p(r) for p in parts)
     return lambda r: all(p(r) for p in parts)
