@@ -67,7 +67,7 @@ from tessera.server.http_fast import JSON, FastRequest, FastResponse, FastRouter
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import Registry
 from tessera.server.sagemaker_common import AwsError, group_name, validation_error
-from tessera.server.sagemaker_values import FeatureValue, from_record, to_record
+from tessera.server.sagemaker_values import FeatureValue, record_json, to_record
 from tessera.server.store import (
     Committed,
     DeleteOp,
@@ -184,10 +184,10 @@ class SageMakerRuntime:
         if hit is None:
             return _EMPTY_JSON
         payload, expires_at_us = hit
-        out: dict[str, Any] = {"Record": from_record(payload)}
+        body = b'{"Record":' + record_json(payload)
         if expiry and expires_at_us is not None:
-            out["ExpiresAt"] = eventtime.to_iso(expires_at_us)
-        return json_response(200, out)
+            body += b',"ExpiresAt":"%s"' % eventtime.to_iso(expires_at_us).encode()
+        return FastResponse(200, JSON, body + b"}")
 
     def batch_get_record(self, req: FastRequest) -> FastResponse:
         body = rq.decode(req.body, rq.BatchGetRecordShape)
@@ -220,7 +220,7 @@ class SageMakerRuntime:
                 for rid, (payload, expires_at_us) in read.found:
                     detail: dict[str, Any] = {"FeatureGroupName": name,
                                               "RecordIdentifierValueAsString": rid,
-                                              "Record": from_record(payload)}
+                                              "Record": msgspec.Raw(record_json(payload))}
                     if expiry and expires_at_us is not None:
                         detail["ExpiresAt"] = eventtime.to_iso(expires_at_us)
                     records.append(detail)

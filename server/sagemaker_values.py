@@ -22,7 +22,6 @@ vectors as float32 in their shortest form.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -129,30 +128,46 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 64 else text[:64] + "...")
 
 
-def from_record(payload: bytes | memoryview) -> list[dict[str, Any]]:
-    """SageMaker's Record (a list of FeatureValue objects) of a stored wire record; features
-    without a value (an aggregation with no events) are left out, as SageMaker leaves out
-    features it has no value for."""
+_encode = msgspec.json.encode
+#: Per feature name: the JSON text that opens its FeatureValue, for a scalar and for a list
+#: (feature names are ASCII letters, digits, '-' and '_': nothing to escape).
+_OPENERS: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _openers(name: str) -> tuple[bytes, bytes]:
+    found = _OPENERS.get(name)
+    if found is None:
+        head = b'{"FeatureName":' + _encode(name)
+        found = (head + b',"ValueAsString":', head + b',"ValueAsStringList":')
+        if len(_OPENERS) < 100_000:
+            _OPENERS[name] = found
+    return found
+
+
+def record_json(payload: bytes | memoryview) -> bytes:
+    """SageMaker's Record (a JSON array of FeatureValue objects) of a stored wire record, as
+    JSON text; features without a value (an aggregation with no events) are left out, as
+    SageMaker leaves out features it has no value for."""
     record = pb.Record.FromString(bytes(payload))
-    out: list[dict[str, Any]] = []
+    parts: list[bytes] = []
     for fv in record.features:
         kind = fv.WhichOneof("value")
         if kind is None:
             continue
-        name = fv.feature_name
+        scalar, listed = _openers(fv.feature_name)
         if kind == "string_value":
-            out.append({"FeatureName": name, "ValueAsString": fv.string_value})
+            parts.append(scalar + _encode(fv.string_value) + b"}")
         elif kind == "int_value":
-            out.append({"FeatureName": name, "ValueAsString": str(fv.int_value)})
+            parts.append(b'%s"%d"}' % (scalar, fv.int_value))
         elif kind == "float_value":
-            out.append({"FeatureName": name, "ValueAsString": repr(fv.float_value)})
+            parts.append(b'%s"%s"}' % (scalar, repr(fv.float_value).encode()))
         elif kind == "vector_value":
             vec = np.frombuffer(fv.vector_value, dtype="<f4")
-            out.append({"FeatureName": name, "ValueAsStringList": vec.astype(str).tolist()})
+            parts.append(listed + _encode(vec.astype(str).tolist()) + b"}")
         elif kind == "float_list":
-            out.append({"FeatureName": name,
-                        "ValueAsStringList": [repr(x) for x in fv.float_list.values]})
+            parts.append(listed + _encode([repr(x) for x in fv.float_list.values]) + b"}")
+        elif kind == "string_list":
+            parts.append(listed + _encode(list(fv.string_list.values)) + b"}")
         else:
-            values = getattr(fv, kind).values
-            out.append({"FeatureName": name, "ValueAsStringList": [str(x) for x in values]})
-    return out
+            parts.append(listed + _encode([str(x) for x in fv.int_list.values]) + b"}")
+    return b"[" + b",".join(parts) + b"]"
