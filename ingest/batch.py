@@ -204,7 +204,7 @@ class Preparer:
             sources[i] = prefix + str(offset)
             value = msg.value()
             if value is None or len(value) > max_bytes:
-                outcomes[i] = self._decoded(msg)  # the dead letter, with its reason
+                outcomes[i] = self._refused(msg, value)
                 continue
             try:
                 decoded = decode(value)
@@ -235,20 +235,24 @@ class Preparer:
     def _decoded(self, msg: KafkaMessage) -> Decoded | DeadLetter:
         """The message's decoded value, or why it cannot be decoded."""
         value = msg.value()
-        if value is None:
-            return DeadLetter(
-                msg, UNDECODABLE, "the message has no value (a tombstone); deletes are not ingested"
-            )
-        if len(value) > self._max_bytes:
-            return DeadLetter(
-                msg,
-                OVERSIZED,
-                f"the message value is {len(value)} bytes; the limit is {self._max_bytes}",
-            )
+        if value is None or len(value) > self._max_bytes:
+            return self._refused(msg, value)
         try:
             return self._decode(value)
         except SerializationError as exc:
             return DeadLetter(msg, UNDECODABLE, exc.message)
+
+    def _refused(self, msg: KafkaMessage, value: bytes | None) -> DeadLetter:
+        """Why a value that is None or over the size limit is not decoded."""
+        if value is None:
+            return DeadLetter(
+                msg, UNDECODABLE, "the message has no value (a tombstone); deletes are not ingested"
+            )
+        return DeadLetter(
+            msg,
+            OVERSIZED,
+            f"the message value is {len(value)} bytes; the limit is {self._max_bytes}",
+        )
 
     def prepare_one(
         self, msg: KafkaMessage, schema: CompiledSchema, source: str | None = None

@@ -13,10 +13,9 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import Counter as Tally
 from collections.abc import Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -85,9 +84,10 @@ class IngestMetrics:
         )
 
 
-def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
     """Observe every value, one bucket increment per bucket rather than per value (a batch's
-    records all become durable at once: ~1.5 us per observe adds up at 50,000 records/s).
+    records all become durable at once: ~1.5 us per observe adds up at 50,000 records/s); the
+    buckets are found for the whole batch at once (`bisect_left` of each value, as `observe`).
 
     Uses prometheus_client's Histogram internals (`_upper_bounds`, `_buckets`, `_sum`); falls
     back to observe() if they are not there."""
@@ -96,8 +96,13 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     total = getattr(histogram, "_sum", None)
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
         for v in values:
-            histogram.observe(v)
+            histogram.observe(float(v))
         return
-    for index, count in Tally(bisect_left(bounds, v) for v in values).items():
-        buckets[index].inc(count)
-    total.inc(sum(values))
+    array = np.asarray(values, dtype=np.float64)
+    if not array.size:
+        return
+    counts = np.bincount(np.searchsorted(np.asarray(bounds, np.float64), array, side="left"),
+                         minlength=len(bounds))
+    for index in np.flatnonzero(counts).tolist():
+        buckets[index].inc(int(counts[index]))
+    total.inc(sum(array.tolist()))  # summed in order, as one observe() after another

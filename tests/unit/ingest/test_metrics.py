@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
 from tessera.ingest.metrics import observe_many
@@ -26,3 +27,8 @@ def test_observe_many_matches_observe_one_by_one() -> None:
         h1.labels("a").observe(v)
     observe_many(h2.labels("a"), values)
     assert samples(one) == samples(many)
+    array = CollectorRegistry()  # the writer hands a NumPy array of a batch's freshness
+    h3 = Histogram("f", "f", ["g"], buckets=bounds, registry=array)
+    observe_many(h3.labels("a"), np.array(values))
+    observe_many(h3.labels("a"), np.array([]))
+    assert samples(one) == samples(array)
