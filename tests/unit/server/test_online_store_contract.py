@@ -29,6 +29,7 @@ from tessera.core.schema import (
 )
 from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server import online_store
 from tessera.server.aggregates import read_features
 from tessera.server.online_store import RocksDBOnlineStore
 from tessera.server.process_store import ProcessOnlineStore
@@ -355,16 +356,23 @@ def scan_all(store: OnlineStore, limit: int, at: int = NOW, include_deleted: boo
 def test_scan_lists_a_groups_live_records_in_key_order_a_page_at_a_time(
     store: OnlineStore,
 ) -> None:
-    write(store, *[put(f"r{i}", 1) for i in (3, 1, 4, 0, 2)], put("r9", 1, group=2),
-          put("other", 1, group=0))
+    committed = commit(store, *[put(f"r{i}", 1) for i in (3, 1, 4, 0, 2)], put("r9", 1, group=2),
+                       put("other", 1, group=0))
+    assert store.wait_visible(committed.seq, timeout_s=5.0)
     assert scan_all(store, limit=2) == [["r0", "r1"], ["r2", "r3"], ["r4"]]
     assert scan_all(store, limit=5) == [["r0", "r1", "r2", "r3", "r4"]]
     assert scan_all(store, limit=100, group=2) == [["r9"]]
     assert scan_all(store, limit=10, group=7) == [[]]
+    # A page resumes after an id that is a prefix of others.
+    write(store, put("a", 1, group=3), put("a\x00", 1, group=3), put("ab", 1, group=3),
+          put("b", 1, group=3))
+    page = store.scan(3, "a", 10, NOW)
+    assert page.record_ids == ["a\x00", "ab", "b"] and page.resume_after is None
+    assert store.scan(3, "zzz", 10, NOW).record_ids == []
 
 
 def test_scan_skips_deleted_and_expired_records_unless_soft_deleted_are_asked_for(
-    store: OnlineStore,
+    store: OnlineStore, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     write(store, put("a", 1), put("b", 1), put("c", 1, expires=50), put("d", 1), put("e", 1))
     write(store, delete("b", 2, hard=False), delete("d", 2, hard=True))
@@ -373,19 +381,12 @@ def test_scan_skips_deleted_and_expired_records_unless_soft_deleted_are_asked_fo
     assert scan_all(store, limit=10, at=60, include_deleted=True) == [["a", "b", "e"]]
     # Skipped entries still move the page on: a page may be short.
     assert scan_all(store, limit=1, at=60) == [["a"], ["e"]]
-
-
-def test_scan_resumes_after_a_record_id_that_is_a_prefix_of_others(store: OnlineStore) -> None:
-    write(store, put("a", 1), put("a\x00", 1), put("ab", 1), put("b", 1))
-    page = store.scan(G, "a", 10, NOW)
-    assert page.record_ids == ["a\x00", "ab", "b"] and page.resume_after is None
-    assert store.scan(G, "zzz", 10, NOW).record_ids == []
-
-
-def test_scan_sees_a_write_once_acknowledged(store: OnlineStore) -> None:
-    committed = commit(store, put("new", 1))
-    assert store.wait_visible(committed.seq, timeout_s=5.0)
-    assert scan_all(store, limit=10) == [["new"]]
+    # A page examines a bounded number of entries, so a run of tombstones ends it early.
+    monkeypatch.setattr(online_store, "SCAN_MAX_EXAMINED", 2)
+    write(store, delete("a", 2, hard=False))
+    page = store.scan(G, None, 10, 60)
+    assert page.record_ids == [] and page.resume_after == "b"
+    assert scan_all(store, limit=10, at=60) == [[], ["e"]]
 
 
 # --- conditional puts (UpdateRecord) -------------------------------------------------------------
@@ -394,32 +395,21 @@ def test_scan_sees_a_write_once_acknowledged(store: OnlineStore) -> None:
 def test_a_conditional_put_applies_only_over_the_record_it_was_computed_from(
     store: OnlineStore,
 ) -> None:
-    write(store, put("a", 5, b"v5"))
+    write(store, put("a", 5, b"v5"), put("gone", 5, b"v5"), delete("gone", 6, hard=False))
     seen = payload_digest(b"v5")
     assert write(store, replace(put("a", 6, b"v6"), if_match=seen)) == [True]
     assert read(store, "a") == b"v6"
     (stale,) = write(store, replace(put("a", 7, b"v7"), if_match=seen))
     assert isinstance(stale, StaleReadError) and "read it again" in stale.message
     assert read(store, "a") == b"v6"
-
-
-def test_of_two_conditional_puts_from_one_read_only_the_first_applies(
-    store: OnlineStore,
-) -> None:
-    write(store, put("a", 5, b"v5"))
-    seen = payload_digest(b"v5")
-    first, second = write(store, replace(put("a", 5, b"x"), if_match=seen),
-                          replace(put("a", 5, b"y"), if_match=seen))
+    # Of two computed from one read, in one commit, only the first applies.
+    seen = payload_digest(b"v6")
+    first, second = write(store, replace(put("a", 6, b"x"), if_match=seen),
+                          replace(put("a", 6, b"y"), if_match=seen))
     assert first is True and isinstance(second, StaleReadError)
     assert read(store, "a") == b"x"
-
-
-def test_a_conditional_put_over_a_deleted_or_missing_record_is_refused(
-    store: OnlineStore,
-) -> None:
-    write(store, put("a", 5, b"v5"), delete("a", 6, hard=False))
-    (result,) = write(store, replace(put("a", 7, b"v7"), if_match=payload_digest(b"v5")))
-    assert isinstance(result, StaleReadError)
-    (result,) = write(store, replace(put("nobody", 7, b"v7"), if_match=payload_digest(b"v5")))
-    assert isinstance(result, StaleReadError)
-    assert read(store, "a") is None and read(store, "nobody") is None
+    # Over a deleted or a missing record: refused, nothing written.
+    for rid in ("gone", "nobody"):
+        (result,) = write(store, replace(put(rid, 7, b"v7"), if_match=payload_digest(b"v5")))
+        assert isinstance(result, StaleReadError)
+        assert read(store, rid) is None
