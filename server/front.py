@@ -89,7 +89,7 @@ async def start_front(
     app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
                      sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
                      store=store, service=service, fast=fast)
-    rest_runtime.register(fast, app, service, registry)
+    rest_runtime.register(fast, app, service, registry, store)
     http = await roles.start(
         HttpRole(fast, s.host, s.http_port, reuse_port=reuse_port, grace_s=s.shutdown_grace_s))
     # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.

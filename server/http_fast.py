@@ -18,6 +18,7 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
 
     router.add("GET", "/v1/things/{name}", get_thing)
     router.add("POST", "/Batch", batch, errors=aws_errors, max_body_bytes=1 << 20)
+    router.add("DELETE", "/v1/things/{name}", delete_thing, body=False)
 
 - `template`: literal segments and whole-segment parameters `{name}`; a parameter matches one
   non-empty segment (an encoded `/`, `%2F`, stays inside it). Literals compare exactly (case
@@ -26,6 +27,7 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
   answers 404 / 405 as before).
 - `handler(req)` returns a `FastResponse` (status, headers, body), or an awaitable of one: a read
   that needs no I/O can answer without a coroutine. `content-length` is added by the router.
+  `body=False`: the route takes no body (the router does not wait for one; `req.body` is b"").
 - `errors(req, exc)` turns an exception raised by the handler into the response (default:
   `tessera_errors`: a TesseraError's status and Tessera's body `{"error": {"code", "message"}}`;
   a disk or I/O failure 503; anything else 500 with a request id, traceback to the log). A
@@ -163,10 +165,10 @@ def tessera_errors(req: FastRequest, exc: Exception) -> FastResponse:
 
 class _Route:
     __slots__ = ("method", "template", "segments", "handler", "errors", "max_body_bytes",
-                 "latency", "counters")
+                 "body", "latency", "counters")
 
     def __init__(self, method: str, template: str, handler: Handler, errors: ErrorMapper,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, body: bool) -> None:
         if not template.startswith("/"):
             raise ValueError(f"route template {template!r} must start with '/'")
         segments: list[str | None] = []
@@ -183,7 +185,7 @@ class _Route:
         it = iter(names)
         #: (literal, None) or (None, parameter name) per segment.
         self.segments = tuple((s, None if s is not None else next(it)) for s in segments)
-        self.errors, self.max_body_bytes = errors, max_body_bytes
+        self.errors, self.max_body_bytes, self.body = errors, max_body_bytes, body
         self.latency = metrics.HTTP_LATENCY.labels(method, template)
         self.counters: dict[int, Any] = {}
 
@@ -220,10 +222,11 @@ class FastRouter:
         self._routes: dict[tuple[str, int], list[_Route]] = {}
 
     def add(self, method: str, template: str, handler: Handler, *,
-            errors: ErrorMapper = tessera_errors, max_body_bytes: int | None = None) -> None:
+            errors: ErrorMapper = tessera_errors, max_body_bytes: int | None = None,
+            body: bool = True) -> None:
         """Answer `method template` with `handler` (see the module docstring)."""
         route = _Route(method.upper(), template, handler, errors,
-                       self.max_body_bytes if max_body_bytes is None else max_body_bytes)
+                       self.max_body_bytes if max_body_bytes is None else max_body_bytes, body)
         self._routes.setdefault((route.method, len(route.segments)), []).append(route)
 
     def routes(self) -> list[tuple[str, str]]:
@@ -265,10 +268,11 @@ class FastRouter:
         req = FastRequest(route.method, route.template, params, scope.get("query_string", b""),
                           headers, b"")
         try:
-            body = await _read_body(headers, receive, route.max_body_bytes)
-            if body is None:  # the client went away
-                return
-            req.body = body
+            if route.body:
+                body = await _read_body(headers, receive, route.max_body_bytes)
+                if body is None:  # the client went away
+                    return
+                req.body = body
             result = route.handler(req)
             response = result if isinstance(result, tuple) else await result
         except Exception as exc:

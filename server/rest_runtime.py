@@ -17,10 +17,13 @@ application/x-protobuf` makes PUT take a PutRecordRequest's bytes (its group is 
 `Accept: application/x-protobuf` makes any route answer the gRPC response message's bytes
 (GetRecordResponse, PutRecordResponse, BatchGetRecordResponse, DeleteRecordResponse).
 
-Every route is the gRPC RPC of the same name, through the same `FeatureStoreService`: the
-request is turned into the RPC's request message and the RPC's response bytes into JSON, so
-validation, newer-schema retries, read-your-writes (`consistent_after`: the `write_token` of a
-write, through whichever serving process) and the store are the gRPC API's. Errors are
+Every route is the gRPC RPC of the same name over the same registry and store: writes and
+reads with `consistent_after` (the `write_token` of a write, through whichever serving
+process) go through the servicer's `FeatureStoreService` (the request turned into the RPC's
+message, its response bytes into JSON), other reads through its `OnlineReader`
+(server/reads.py), so validation, newer-schema retries and read-your-writes are the gRPC
+API's. A read answers from the stored record's bytes: the protobuf answer is spliced as the
+gRPC one is (server/wire.py), the JSON one decodes the record once. Errors are
 Tessera's HTTP error body with the status of the error class (http_fast.tessera_errors); a
 malformed body is 422 and a body over MAX_BODY_BYTES 413.
 """
@@ -39,16 +42,21 @@ from tessera.core import eventtime
 from tessera.core.errors import InvalidRequestError, NotFoundError, error_for_grpc_code
 from tessera.core.keys import normalize_record_id
 from tessera.core.values import fill_value
+from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server import wire
 from tessera.server.grpc_service import MAX_BATCH_IDS, FeatureStoreService
 from tessera.server.http_fast import (
     PROTOBUF,
     FastRequest,
     FastResponse,
     FastRouter,
+    Handler,
     tessera_errors,
 )
+from tessera.server.reads import OnlineReader
 from tessera.server.registry import Registry
+from tessera.server.store import OnlineStore, now_us
 
 #: The largest request body the REST runtime takes (a record of large vectors fits).
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -58,7 +66,7 @@ RECORDS = "/v1/feature-groups/{group}/records"
 BATCH_GET = "/v1/feature-groups/{group}/records:batchGet"
 
 _PROTOBUF = b"application/x-protobuf"
-_LISTS = ("int_list", "float_list", "string_list")
+_SCALARS = frozenset(("int_value", "float_value", "string_value"))
 
 
 # --- bodies (msgspec: decoded and typed in one pass; also their OpenAPI schemas) --------------
@@ -129,14 +137,12 @@ def record_json(record: pb.Record) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fv in record.features:
         kind = fv.WhichOneof("value")
-        if kind is None:
-            continue
-        if kind == "vector_value":
-            out[fv.feature_name] = np.frombuffer(fv.vector_value, dtype="<f4").tolist()
-        elif kind in _LISTS:
-            out[fv.feature_name] = list(getattr(fv, kind).values)
-        else:
+        if kind in _SCALARS:
             out[fv.feature_name] = getattr(fv, kind)
+        elif kind == "vector_value":
+            out[fv.feature_name] = np.frombuffer(fv.vector_value, dtype="<f4").tolist()
+        elif kind is not None:
+            out[fv.feature_name] = list(getattr(fv, kind).values)
     return out
 
 
@@ -155,6 +161,11 @@ def _wire_record(values: dict[str, Any]) -> pb.Record:
     return record
 
 
+def _stored(payload: memoryview) -> pb.Record:
+    """A stored record's bytes as a Record (upb parses any buffer: no copy to bytes)."""
+    return pb.Record.FromString(payload)  # type: ignore[arg-type]
+
+
 def _iso(expires_at_us: int | None) -> str | None:
     return None if expires_at_us is None else eventtime.to_iso(expires_at_us)
 
@@ -163,26 +174,43 @@ def _iso(expires_at_us: int | None) -> str | None:
 
 
 class RestRuntime:
-    """The route handlers over the gRPC servicer's `FeatureStoreService` and registry."""
+    """The route handlers over the gRPC servicer's `FeatureStoreService` and registry. A read
+    without `consistent_after` is the servicer's read itself (server/reads.py's `OnlineReader`,
+    answered without a coroutine); a read with one goes through the servicer's RPC (it waits
+    for the write, as the gRPC API does); writes are the servicer's RPCs."""
 
-    def __init__(self, service: FeatureStoreService, registry: Registry) -> None:
+    def __init__(self, service: FeatureStoreService, registry: Registry, store: OnlineStore
+                 ) -> None:
         self._service, self._registry = service, registry
+        self._reader = OnlineReader(registry, store)
 
-    async def get_record(self, req: FastRequest) -> FastResponse:
+    def get_record(self, req: FastRequest) -> FastResponse | Awaitable[FastResponse]:
         group, record_id = req.params["group"], req.params["record_id"]
         features: list[str] = []
-        for value in req.query.get("features", ()) if req.query_string else ():
-            features.extend(f for f in value.split(",") if f)
+        token = ""
+        if req.query_string:
+            for value in req.query.get("features", ()):
+                features.extend(f for f in value.split(",") if f)
+            token = req.query_one("consistent_after") or ""
+        if token:
+            return self._get_record_after(req, group, record_id, features, token)
+        hit = self._reader.get_record(group, record_id, features, now_us())
+        if hit is None:
+            raise _absent(group, record_id)
+        payload, expires_at_us = hit
+        if _wants_protobuf(req):
+            return FastResponse(200, PROTOBUF, wire.get_record_response(payload, expires_at_us))
+        return _json(RecordBody(record_json(_stored(payload)), _iso(expires_at_us)))
+
+    async def _get_record_after(self, req: FastRequest, group: str, record_id: str,
+                                features: list[str], token: str) -> FastResponse:
         message = pb.GetRecordRequest(
             feature_group_name=group, record_identifier=record_id, feature_names=features,
-            expiration_time_response=True,
-            consistent_after=req.query_one("consistent_after") or "",
+            expiration_time_response=True, consistent_after=token,
         ).SerializeToString()
         data = await _answer(self._service.get_record(message))
         if not data:
-            raise NotFoundError(
-                f"record '{record_id}' of feature group '{group}' does not exist (never "
-                "written, deleted or expired)")
+            raise _absent(group, record_id)
         if _wants_protobuf(req):
             return FastResponse(200, PROTOBUF, data)
         response = pb.GetRecordResponse.FromString(data)
@@ -208,13 +236,30 @@ class RestRuntime:
         data = await self._service.put_record(message.SerializeToString())
         return _write_result(req, pb.PutRecordResponse, data)
 
-    async def batch_get_record(self, req: FastRequest) -> FastResponse:
+    def batch_get_record(self, req: FastRequest) -> FastResponse | Awaitable[FastResponse]:
         group = req.params["group"]
         body = _decode_json(_decode_batch, req.body)
-        ids = [str(rid) for rid in body.record_ids]
+        ids = [rid if isinstance(rid, str) else str(rid) for rid in body.record_ids]
         if len(ids) > MAX_BATCH_IDS:
             raise InvalidRequestError(
                 f"record_ids has {len(ids)} ids; at most {MAX_BATCH_IDS} per request")
+        if body.consistent_after:
+            return self._batch_get_record_after(req, group, ids, body)
+        read = self._reader.batch_get_record(group, ids, body.features, now_us())
+        if read.errors:  # the group, a feature or an id is refused: the request is
+            raise read.errors[0][1]
+        if _wants_protobuf(req):
+            group_enc = length_delimited(1, group.encode())
+            return FastResponse(200, PROTOBUF, b"".join(
+                wire.batch_result_detail(group_enc, rid, payload, expires_at_us)
+                for rid, (payload, expires_at_us) in read.found))
+        records = [BatchRecord(rid, record_json(_stored(payload)),
+                               _iso(expires_at_us))
+                   for rid, (payload, expires_at_us) in read.found]
+        return _json(BatchGetResult(records, self._missing(group, ids, records)))
+
+    async def _batch_get_record_after(self, req: FastRequest, group: str, ids: list[str],
+                                      body: BatchGetBody) -> FastResponse:
         message = pb.BatchGetRecordRequest(
             identifiers=[pb.BatchGetRecordIdentifier(
                 feature_group_name=group, record_identifiers=ids, feature_names=body.features)],
@@ -222,7 +267,7 @@ class RestRuntime:
         ).SerializeToString()
         data = await _answer(self._service.batch_get_record(message))
         response = pb.BatchGetRecordResponse.FromString(data)
-        if response.errors:  # the group, a feature or an id is refused: the request is
+        if response.errors:
             first = response.errors[0]
             raise error_for_grpc_code(first.error_code, first.error_message)
         if _wants_protobuf(req):
@@ -232,11 +277,16 @@ class RestRuntime:
                         _iso(r.expires_at_us if r.HasField("expires_at_us") else None))
             for r in response.records
         ]
+        return _json(BatchGetResult(records, self._missing(group, ids, records)))
+
+    def _missing(self, group: str, ids: list[str], records: list[BatchRecord]) -> list[str]:
+        """The ids asked (canonical form, once each) that were not found."""
         found = {r.record_id for r in records}
+        if len(found) == len(ids):
+            return []
         schema = self._registry.schema(group)
-        missing = [c for c in dict.fromkeys(normalize_record_id(schema, rid) for rid in ids)
-                   if c not in found]
-        return _json(BatchGetResult(records, missing))
+        return [c for c in dict.fromkeys(normalize_record_id(schema, rid) for rid in ids)
+                if c not in found]
 
     async def delete_record(self, req: FastRequest) -> FastResponse:
         group, record_id = req.params["group"], req.params["record_id"]
@@ -251,6 +301,11 @@ class RestRuntime:
         ).SerializeToString()
         data = await self._service.delete_record(message)
         return _write_result(req, pb.DeleteRecordResponse, data)
+
+
+def _absent(group: str, record_id: str) -> NotFoundError:
+    return NotFoundError(f"record '{record_id}' of feature group '{group}' does not exist "
+                         "(never written, deleted or expired)")
 
 
 async def _answer(result: bytes | Awaitable[bytes]) -> bytes:
@@ -285,17 +340,19 @@ def _decode_proto(kind: type[pb.PutRecordRequest], body: bytes, name: str) -> pb
 
 
 def register(router: FastRouter, app: FastAPI, service: FeatureStoreService,
-             registry: Registry) -> None:
-    """Add the REST runtime's routes to `router` and its paths to `app`'s OpenAPI schema."""
-    rest = RestRuntime(service, registry)
-    for method, template, handler in (
-        ("GET", RECORD, rest.get_record),
-        ("DELETE", RECORD, rest.delete_record),
-        ("PUT", RECORDS, rest.put_record),
-        ("POST", BATCH_GET, rest.batch_get_record),
-    ):
+             registry: Registry, store: OnlineStore) -> None:
+    """Add the REST runtime's routes to `router` and its paths to `app`'s OpenAPI schema
+    (`service`, `registry` and `store`: the gRPC servicer's)."""
+    rest = RestRuntime(service, registry, store)
+    handlers: list[tuple[str, str, Handler, bool]] = [
+        ("GET", RECORD, rest.get_record, False),
+        ("DELETE", RECORD, rest.delete_record, False),
+        ("PUT", RECORDS, rest.put_record, True),
+        ("POST", BATCH_GET, rest.batch_get_record, True),
+    ]
+    for method, template, handler, body in handlers:
         router.add(method, template, handler, errors=tessera_errors,
-                   max_body_bytes=MAX_BODY_BYTES)
+                   max_body_bytes=MAX_BODY_BYTES, body=body)
     _document(app)
 
 
