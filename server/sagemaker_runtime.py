@@ -26,7 +26,11 @@ Semantics where SageMaker leaves a choice:
   the writer refuse it, and the update reads again (at most MAX_UPDATE_ATTEMPTS times), so
   concurrent updates never lose each other's features. The features must include the event
   time feature; one older than the stored record's is a ConflictException.
-- ListRecords lists a group's online records in key order (the identifiers' text order).
+  The merged record is a put like any other: the offline store gets it whole, and a group's
+  aggregations count it as an event.
+- ListRecords lists a group's online records in key order (the identifiers' text order); in a
+  serving process of --workers N it reads the secondary, as GetRecord does (writes through
+  another process show within the catch-up interval).
 - BatchGetRecord and BatchWriteRecord report per-item failures in `Errors`; what a request
   holds past the limits (100 groups x 100 identifiers, as gRPC's BatchGetRecord) is returned in
   `UnprocessedIdentifiers`; write entries that could not be committed (a storage failure:
