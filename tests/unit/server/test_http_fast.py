@@ -178,3 +178,25 @@ def test_responses_that_fall_through_carry_the_response_headers_too() -> None:
     router, _ = _router(response_headers=[(b"x-tessera-pid", b"42")])
     status, headers, body = _call(router, "GET", "/healthz")
     assert (status, headers[b"x-tessera-pid"], body) == (299, b"42", b"fallback")
+
+
+def test_a_route_without_a_body_does_not_wait_for_one() -> None:
+    router = FastRouter(_Fallback())
+    router.add("GET", "/nobody", _echo, body=False)
+    received: list[Message] = []
+
+    async def receive() -> Message:  # would block forever if awaited
+        received.append({})
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/nobody", "raw_path": b"/nobody",
+             "query_string": b"", "headers": []}
+    asyncio.run(asyncio.wait_for(router(scope, receive, send), 5))
+    assert received == [] and sent[0]["status"] == 200
+    assert msgspec.json.decode(sent[1]["body"])["body"] == ""
