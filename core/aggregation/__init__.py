@@ -4,9 +4,11 @@ rules, so that the dataset builder's value for (id, t) is what GetRecord returne
 
     spec      AggregationDefinition, AggregationConfig, check(): validation (no Numba)
     plan      the compiled form: streams (one per aggregation key), kernel plan arrays
-    kernels   the Numba kernels: fold_tiles, read_tiles, pit_aggregate
+    kernels   the Numba kernels: fold_values (the write path), read_encoded, pit_aggregate
     codec     tile state <-> RocksDB value (one per stream and key), the key layout
     online    fold(stored values, events) -> new values; read(stored values, now)
+    inputs    what one put contributes (AggregationInput), many puts' as AggregateColumns
+    record_inputs  AggregateColumns of many records read from their wire bytes (Numba)
     offline   point_in_time(events, queries)
     dataset   the dataset builder's aggregation columns: events and queries read with DuckDB
     warmup    warm_up(): compile every kernel signature at start-up
