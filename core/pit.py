@@ -9,10 +9,12 @@ sequence): DuckDB's ASOF JOIN takes one inequality, so both go into one HUGEINT 
 
 and `spine key >= feature key` holds exactly when event_time <= t (any seq). The chosen row then
 reads as missing (every feature of the group null) when it is a delete marker or has expired at
-t: it expires at `tessera_expires_at`, or event time + the group's TTL where that is null, and is
-valid while t < expiry. An older row is never used instead: the record was deleted or expired.
-`as_of` keeps only rows with write_time <= as_of, before the join. The spine keeps its rows and
-their order: a LEFT join per group, and ORDER BY the spine's row-number column at the end.
+t: it expires at `tessera_expires_at` (null: never), and is valid while t < expiry. The expiry is
+the row's own, fixed when it was written (its TTL, or the group's default TTL then), exactly as the
+online record's: a TTL given to the group later does not reach back to older rows, online or here.
+An older row is never used instead: the record was deleted or expired. `as_of` keeps only rows
+with write_time <= as_of, before the join. The spine keeps its rows and their order: a LEFT join
+per group, and ORDER BY the spine's row-number column at the end.
 
 Aggregation features (`tessera.core.aggregation`) are not computed by the query: its unordered
 form also keeps hidden columns (the spine time in microseconds, each group's spine id cast to the
@@ -358,9 +360,6 @@ class PointInTimeQuery:
         d = g.group.definition
         event_us = f"epoch_us({layout.EVENT_TIME})"
         expires = f"epoch_us({layout.EXPIRES_AT})"
-        ttl = d.online_store_config.ttl_duration
-        if ttl is not None:
-            expires = f"coalesce({expires}, {event_us} + {ttl.seconds * 1_000_000})"
         cols = [
             f"{quote_ident(d.record_identifier_feature_name)} AS {_P}id",
             f"CAST({event_us} AS HUGEINT) * {_SHIFT} + {layout.SEQ} AS {_P}key",

@@ -171,10 +171,10 @@ def reference_point_in_time(
 
     The row used is the latest by (event time, seq) with event time <= t (and write time <=
     as_of); it reads as all nulls when it is a delete or has expired at t (expires at
-    tessera_expires_at, else event time + the group's TTL; valid while t < expiry).
+    tessera_expires_at, null: never; valid while t < expiry). The group's current TTL plays no
+    part: a row's expiry was fixed when it was written, as the online record's was.
     """
     d = group.definition
-    ttl = d.online_store_config.ttl_duration
     out = []
     for record_id, t in spine:
         best: Mapping[str, Any] | None = None
@@ -191,8 +191,6 @@ def reference_point_in_time(
         live = best is not None and not best[layout.IS_DELETED]
         if best is not None and live:
             expires = best[layout.EXPIRES_AT]
-            if expires is None and ttl is not None:
-                expires = best[layout.EVENT_TIME] + ttl.seconds * 1_000_000
             live = expires is None or t < expires
         out.append({f: best.get(f) if best is not None and live else None for f in features})
     return out

@@ -108,9 +108,11 @@ def test_group_ttl_expires_a_row(root: Path, store: OfflineStore) -> None:
     assert clicks(store, spine(["u1"] * 3, [100, 159.999999, 160])) == [1, 1, None]
 
 
-def test_row_expires_at_decides_and_null_falls_back_to_the_group_ttl(
+def test_row_expires_at_decides_and_null_never_expires_whatever_the_group_ttl(
     root: Path, store: OfflineStore
 ) -> None:
+    # u2's row was written before the group had a TTL (UpdateFeatureGroup can set one later):
+    # online, that record never expires, so offline it does not either.
     group = make_group(
         "users",
         {"user_id": "String", "ts": "Fractional", "clicks": "Integral"},
@@ -125,8 +127,8 @@ def test_row_expires_at_decides_and_null_falls_back_to_the_group_ttl(
             {"user_id": "u2", "ts": 100.0, "clicks": 2, "tessera_expires_at": None},
         ],
     )
-    sp = spine(["u1", "u1", "u2", "u2"], [400, 500, 159, 160])
-    assert clicks(store, sp) == [1, None, 2, None]
+    sp = spine(["u1", "u1", "u2", "u2"], [400, 500, 159, 10**9])
+    assert clicks(store, sp) == [1, None, 2, 2]
 
 
 def test_an_expired_row_does_not_fall_back_to_an_older_one(root: Path, store: OfflineStore) -> None:

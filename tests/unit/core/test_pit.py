@@ -92,7 +92,8 @@ def test_sql_joins_each_group_once_and_orders_by_the_spine_row() -> None:
     sql = query().sql()
     assert sql.count("ASOF LEFT JOIN") == 2
     assert sql.rstrip().endswith(f"ORDER BY {ROW_COLUMN}")
-    assert "epoch_us(tessera_event_time) + 3600000000" in sql  # items' TTL, users has none
+    # Each row's own expiry, never the group's TTL (a TTL set later must not reach back).
+    assert "3600000000" not in sql and "epoch_us(tessera_expires_at)" in sql
     assert "TRY_CAST" not in sql  # the spine's id types match the groups'
     assert f"SELECT {ROW_COLUMN}," in query().unordered_sql()
     assert "ORDER BY" not in query().unordered_sql()
