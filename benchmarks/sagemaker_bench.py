@@ -1,6 +1,7 @@
 """The SageMaker-shape GetRecord route (GET /FeatureGroup/{name}?RecordIdentifierValueAsString=,
 what boto3's `sagemaker-featurestore-runtime` get_record sends) next to Tessera's gRPC GetRecord
-of the same records, on one server, in the same run.
+of the same records, on one server, in the same run; and BatchGetRecord of 100 ids (POST
+/BatchGetRecord) next to gRPC BatchGetRecord of the same ids, at c=1 and 16.
 
     .venv/bin/python -m benchmarks.sagemaker_bench [--quick] [--workers 1] [--records 20000]
 
@@ -48,6 +49,9 @@ from tests.serverproc import ServerProcess
 
 OUT = Path("benchmarks/results/sagemaker.json")
 CONCURRENCY = (1, 16, 64)
+#: BatchGetRecord: ids per request, and the concurrencies it is measured at.
+BATCH = 100
+BATCH_CONCURRENCY = (1, 16)
 _TICKS = os.sysconf("SC_CLK_TCK")
 _REQUESTS = re.compile(r"requests: \d+ total, (\d+) started, \d+ done, (\d+) succeeded")
 _DATA = re.compile(r"traffic: .*\((\d+)\) data")
@@ -139,13 +143,54 @@ def check_grpc(server: ServerProcess, i: int) -> None:
         raise CheckFailed(f"gRPC GetRecord of record {i} does not match it")
 
 
+def batch_body(indexes: list[int]) -> bytes:
+    return json.dumps({"Identifiers": [{
+        "FeatureGroupName": data.GROUP,
+        "RecordIdentifiersValueAsString": [data.record_id(i) for i in indexes]}]}).encode()
+
+
+def check_sagemaker_batch(url: str, indexes: list[int]) -> int:
+    """POST the BatchGetRecord once; every record found, in order, with its values."""
+    req = urllib.request.Request(url, data=batch_body(indexes), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = resp.read()
+    out = json.loads(body)
+    got = [r["RecordIdentifierValueAsString"] for r in out["Records"]]
+    if got != [data.record_id(i) for i in indexes] or out["Errors"] or out[
+            "UnprocessedIdentifiers"]:
+        raise CheckFailed(f"BatchGetRecord: {len(got)} records of {len(indexes)}, "
+                          f"errors {out['Errors'][:1]}")
+    for i, rec in zip(indexes, out["Records"], strict=True):
+        values = {f["FeatureName"]: f.get("ValueAsString", f.get("ValueAsStringList"))
+                  for f in rec["Record"]}
+        if values["clicks"] != str(data.record_values(i)["clicks"]):
+            raise CheckFailed(f"BatchGetRecord: record {i} has clicks {values['clicks']}")
+    return len(body)
+
+
+def check_grpc_batch(server: ServerProcess, indexes: list[int]) -> None:
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        raw = ch.unary_unary("/tessera.v1.FeatureStore/BatchGetRecord")(
+            data.batch_get_request(indexes), timeout=10)
+    resp = pb.BatchGetRecordResponse.FromString(raw)
+    if [r.record_identifier for r in resp.records] != [data.record_id(i) for i in indexes] or (
+            not all(data.matches(i, r.record) for i, r in zip(indexes, resp.records,
+                                                               strict=True))):
+        raise CheckFailed("gRPC BatchGetRecord: records missing or not matching")
+
+
 def h1_segment(url: str, concurrency: int, seconds: float, warmup_s: float, work: Path,
-               response_bytes: int, pid: int) -> Segment:
-    """h2load --h1, one connection per request in flight: a warm-up run, then the timed one;
-    every measured request must be a 200 of the checked response's size."""
+               response_bytes: int, pid: int, body: bytes | None = None) -> Segment:
+    """h2load --h1, one connection per request in flight (a POST of `body` when given): a
+    warm-up run, then the timed one; every measured request must be a 200 of the checked
+    response's size."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "requests.log"
     base = ["h2load", "--h1", "-c", str(concurrency), "-m", "1", "-t", "1", "-N", "30s"]
+    if body is not None:
+        (work / "body.json").write_bytes(body)
+        base += ["-d", str(work / "body.json"), "-H", "content-type: application/json"]
     subprocess.run([*base, "-D", f"{round(warmup_s * 1000)}ms", url], capture_output=True,
                    timeout=600, check=True)
     settle(pid)
@@ -175,11 +220,9 @@ def h1_segment(url: str, concurrency: int, seconds: float, warmup_s: float, work
     return seg
 
 
-def grpc_segment(server: ServerProcess, i: int, concurrency: int, seconds: float,
-                 warmup_s: float, work: Path, pid: int) -> Segment:
+def grpc_segment(server: ServerProcess, path: str, body: bytes, concurrency: int,
+                 seconds: float, warmup_s: float, work: Path, pid: int) -> Segment:
     """h2load over HTTP/2 (benchmarks/h2load.py): a warm-up run, then the timed one."""
-    path = "/tessera.v1.FeatureStore/GetRecord"
-    body = data.get_request(i)
     h2load.run(server.grpc_target, path, body, concurrency, warmup_s, 0.0, work)
     settle(pid)
     cpu0, busy0, gen0, t0 = tree_cpu_s(pid), busy_s(), children_cpu_s(), time.monotonic()
@@ -190,7 +233,7 @@ def grpc_segment(server: ServerProcess, i: int, concurrency: int, seconds: float
     seg.generator_cpu_s = children_cpu_s() - gen0
     seg.other_cpu_s = max(0.0, busy_s() - busy0 - seg.server_cpu_s - seg.generator_cpu_s)
     if seg.failed > concurrency:  # calls in flight at the deadline are abandoned, not failed
-        raise CheckFailed(f"gRPC GetRecord c={concurrency}: {seg.failed} calls failed")
+        raise CheckFailed(f"gRPC {path} c={concurrency}: {seg.failed} calls failed")
     seg.server_calls = seg.latencies_us.size + seg.failed
     return seg
 
@@ -260,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                     check_grpc(server, i)
                     rest.append(h1_segment(url, c, seconds, warmup_s, work / f"h1-{c}-{r}",
                                            size, pid))
-                    rpc.append(grpc_segment(server, i, c, seconds, warmup_s,
+                    rpc.append(grpc_segment(server, "/tessera.v1.FeatureStore/GetRecord",
+                                            data.get_request(i), c, seconds, warmup_s,
                                             work / f"grpc-{c}-{r}", pid))
                 sm, g = summary(rest), summary(rpc)
                 cells[f"c{c}"] = {
@@ -278,6 +322,32 @@ def main(argv: list[str] | None = None) -> int:
                       f"{g['server_cpu_us_per_request']} us CPU/request | others "
                       f"{sm['other_processes_cores']}/{g['other_processes_cores']} cores",
                       flush=True)
+            for c in BATCH_CONCURRENCY:
+                rest, rpc = [], []
+                for r in range(rounds):
+                    indexes = rng.sample(range(args.records), BATCH)
+                    url = f"{server.http_url}/BatchGetRecord"
+                    size = check_sagemaker_batch(url, indexes)
+                    check_grpc_batch(server, indexes)
+                    rest.append(h1_segment(url, c, seconds, warmup_s, work / f"b1-{c}-{r}",
+                                           size, pid, batch_body(indexes)))
+                    rpc.append(grpc_segment(server, "/tessera.v1.FeatureStore/BatchGetRecord",
+                                            data.batch_get_request(indexes), c, seconds,
+                                            warmup_s, work / f"bgrpc-{c}-{r}", pid))
+                sm, g = summary(rest), summary(rpc)
+                cells[f"batch{BATCH}_c{c}"] = {
+                    "sagemaker_batch_get_record": sm,
+                    "grpc_batch_get_record": g,
+                    "ratio_rest_to_grpc_throughput": round(
+                        sm["requests_per_s"] / g["requests_per_s"], 2),
+                    "ratio_rest_to_grpc_cpu_per_request": round(
+                        sm["server_cpu_us_per_request"] / g["server_cpu_us_per_request"], 2),
+                }
+                print(f"BatchGetRecord({BATCH}) c={c}: SageMaker {sm['requests_per_s']:.0f}/s "
+                      f"p50 {sm['p50_ms']} ms p99 {sm['p99_ms']} ms "
+                      f"{sm['server_cpu_us_per_request']} us CPU/request | gRPC "
+                      f"{g['requests_per_s']:.0f}/s p50 {g['p50_ms']} ms p99 {g['p99_ms']} ms "
+                      f"{g['server_cpu_us_per_request']} us CPU/request", flush=True)
         finally:
             server.stop()
     report = {
