@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -74,7 +73,8 @@ def create_app(
     the REST runtimes read and write (the same one the gRPC servicer uses; None: none of them);
     `service` is the gRPC servicer's FeatureStoreService, `fast` the HTTP fast path in front of
     the app (server/http_fast.py): the app becomes its fallback and the runtimes register
-    their routes into it (given both)."""
+    their routes into it (given both); the router also counts and times the app's requests
+    per route (metrics.HTTP_REQUESTS / HTTP_LATENCY)."""
     app = FastAPI(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
@@ -102,18 +102,6 @@ def create_app(
             return _error(503, f"storage unavailable (disk full or I/O error); retry later; "
                                f"request id {request_id}")
         return _error(500, f"internal error; request id {request_id}")
-
-    @app.middleware("http")
-    async def _observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
 
     def described(group: FeatureGroup) -> dict[str, Any]:
         out = group.describe()

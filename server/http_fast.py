@@ -34,9 +34,9 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
   body over `max_body_bytes` (default: the router's) is refused before the handler runs with
   `BodyTooLargeError` (HTTP 413), through the same `errors`, so each API answers in its own
   error shape.
-- Every fast request is counted and timed like the FastAPI routes (metrics.HTTP_REQUESTS and
-  HTTP_LATENCY, labelled with the method and the route template). Every response, fast or
-  not, carries the router's `response_headers` (x-tessera-pid in a serving process of
+- Every request, fast or not, is counted and timed (metrics.HTTP_REQUESTS and HTTP_LATENCY,
+  labelled with the method and the route template: the fast route's, or the one FastAPI
+  matched) and carries the router's `response_headers` (x-tessera-pid in a serving process of
   --workers N).
 
 Wiring: server/front.py builds the router (with the serving process's response headers and
@@ -247,19 +247,36 @@ class FastRouter:
                         return
         if self.app is None:
             raise RuntimeError("the fast router has no app to pass unmatched requests to")
-        if self.response_headers and scope["type"] == "http":
-            send = self._with_headers(send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self._fall_through(self.app, scope, receive, send)
 
-    def _with_headers(self, send: Send) -> Send:
+    async def _fall_through(self, app: ASGIApp, scope: Scope, receive: Receive,
+                            send: Send) -> None:
+        """`app` answers, counted and timed per route template like the fast routes (pure ASGI:
+        Starlette's BaseHTTPMiddleware cost a task and a response wrapper per request). The
+        template is the route FastAPI matched (Starlette leaves it in the scope); "unmatched"
+        otherwise."""
+        start = time.perf_counter()
+        status = 500  # the app raised before answering
         extra = self.response_headers
 
         async def sender(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                status = message["status"]
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
-        return sender
+        try:
+            await app(scope, receive, sender)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - start)
 
     async def _serve(self, route: _Route, params: dict[str, str], scope: Scope,
                      receive: Receive, send: Send) -> None:

@@ -200,3 +200,27 @@ def test_a_route_without_a_body_does_not_wait_for_one() -> None:
     asyncio.run(asyncio.wait_for(router(scope, receive, send), 5))
     assert received == [] and sent[0]["status"] == 200
     assert msgspec.json.decode(sent[1]["body"])["body"] == ""
+
+
+def test_fastapi_requests_are_counted_per_route_template_by_the_router() -> None:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/things/{thing}")
+    async def thing(thing: str) -> dict[str, str]:
+        return {"thing": thing}
+
+    router = FastRouter(app)
+
+    def count(route: str, status: str) -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "tessera_http_requests_total",
+            {"method": "GET", "route": route, "status": status}) or 0.0
+
+    before, missing = count("/things/{thing}", "200"), count("unmatched", "404")
+    status, _, body = _call(router, "GET", "/things/a")
+    assert (status, msgspec.json.decode(body)) == (200, {"thing": "a"})
+    assert _call(router, "GET", "/nothing/here")[0] == 404
+    assert count("/things/{thing}", "200") == before + 1
+    assert count("unmatched", "404") == missing + 1
