@@ -34,3 +34,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.ingest_bench
 	$(BIN)/python -m benchmarks.aggregation_bench
 	$(BIN)/python -m benchmarks.scaling_bench
+	$(BIN)/python -m benchmarks.rest_bench
