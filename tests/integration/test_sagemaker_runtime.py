@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -148,9 +149,9 @@ def test_ttl_duration_gives_expires_at(runtime: Any, group: str) -> None:
                        TtlDuration={"Unit": "Hours", "Value": 2})
     got = runtime.get_record(FeatureGroupName=group, RecordIdentifierValueAsString="ttl1",
                              ExpirationTimeResponse="Enabled")
-    expires = time.mktime(time.strptime(got["ExpiresAt"][:19], "%Y-%m-%dT%H:%M:%S"))
-    expires -= time.timezone  # ExpiresAt is UTC
-    assert abs(expires - (now + 7200)) < 2
+    assert got["ExpiresAt"].endswith("Z")
+    expires = datetime.fromisoformat(got["ExpiresAt"]).timestamp()
+    assert abs(expires - (now + 7200)) < 0.01
 
 
 def test_errors_unknown_group_bad_type_unknown_feature_bad_ttl(runtime: Any, group: str) -> None:
