@@ -40,11 +40,11 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
   --workers N).
 
 Wiring: server/front.py builds the router (with the serving process's response headers and
-body limit) and the `FeatureStoreService` the gRPC servicer uses, passes both to `create_app`
-(server/http_app.py), which makes its FastAPI app the router's `app`, and registers the
-runtimes' routes: each runtime module has a `register(router, ...)` that also lists its paths
-in the FastAPI OpenAPI schema (e.g. rest_runtime.register). The HTTP server (granian,
-server/roles.py HttpRole) serves the router.
+body limit) and the `FeatureStoreService` the gRPC servicer uses, and passes both to
+`create_app` (server/http_app.py), which makes its FastAPI app the router's `app`. Each runtime
+module has a `register(router, ...)` (called by create_app for the SageMaker runtime, by
+front.py for rest_runtime) that also lists its paths in the FastAPI OpenAPI schema. The HTTP
+server (granian, server/roles.py HttpRole) serves the router.
 """
 
 from __future__ import annotations
