@@ -9,6 +9,8 @@ fresh subprocess, the trees interleaved run by run so that the machine's drifts 
 - `put_records`: the servicer's PutRecords handler on a 1,000-record body of the online
   benchmark's records (parse, validate, build the store operations with their history rows);
   the store is a stub that acknowledges at once.
+- `writer_ipc`: those operations crossing the writer socket of the multi-process server: each
+  call's Submit encoded (serving process) and decoded (writer process).
 - `writer`: the online store's group commit of those operations into a temporary RocksDB.
 - `flush`: the outbox flusher moving the committed rows to Parquet (read the outbox range, decode,
   build Arrow, write zstd Parquet and fsync), and `flush_parquet_floor`: pyarrow writing the same
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sized
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -76,16 +79,25 @@ class _Acks(list[Any]):
         return self
 
 
+def _records_in(op: Any) -> int:
+    """Records in a store operation: a PutBatch holds many (len), a PutOp one."""
+    return len(op) if isinstance(op, Sized) else 1
+
+
 class _CollectingStore:
-    """Acknowledges every write at once, keeping the operations for the writer stage."""
+    """Acknowledges every write at once, keeping each call's operations for the writer stage."""
 
     def __init__(self) -> None:
-        self.ops: list[Any] = []
+        self.calls: list[list[Any]] = []
+
+    @property
+    def records(self) -> int:
+        return sum(_records_in(op) for ops in self.calls for op in ops)
 
     def submit(self, ops: list[Any]) -> Future[list[Any]]:
-        self.ops.extend(ops)
+        self.calls.append(list(ops))
         f: Future[list[Any]] = Future()
-        f.set_result(_Acks([True] * len(ops)))
+        f.set_result(_Acks([True] * sum(_records_in(op) for op in ops)))
         return f
 
 
@@ -115,14 +127,28 @@ def _stage_write_path(records: int, work: Path) -> dict[str, float]:
     t0 = time.process_time()
     written = asyncio.run(put_all())
     put_s = time.process_time() - t0
-    if written != records or len(store.ops) != records:
+    if written != records or store.records != records:
         raise RuntimeError(f"put_records wrote {written} of {records}")
+
+    # What crosses the writer socket in the multi-process server: each call's Submit encoded
+    # (serving process) and decoded back into operations (writer process).
+    from tessera.server import writer_ipc as ipc
+
+    numbers, sent, plans = ipc.PlanNumbers(), set[int](), dict[int, Any]()
+    t0 = time.process_time()
+    crossed = []
+    for n, ops in enumerate(store.calls):
+        frame = ipc.encode_submit(n, ops, numbers, sent)
+        crossed.append(ipc.decode_ops(ipc.request_decoder.decode(frame[4:]), plans))
+    ipc_s = time.process_time() - t0
+    if sum(_records_in(op) for ops in crossed for op in ops) != records:
+        raise RuntimeError("records lost crossing the writer socket")
 
     rocks = open_rocksdb(work / "db", block_cache_mb=64, write_buffer_mb=64)
     online = RocksDBOnlineStore(rocks)
     t0 = time.process_time()
-    for i in range(0, records, RECORDS_PER_CALL):
-        online.write(store.ops[i : i + RECORDS_PER_CALL])
+    for ops in crossed:
+        online.write(ops)
     writer_s = time.process_time() - t0
 
     writer = ParquetOfflineWriter(work / "offline")
@@ -149,6 +175,7 @@ def _stage_write_path(records: int, work: Path) -> dict[str, float]:
     rocks.close()
     return {
         "put_records": put_s / records * 1e6,
+        "writer_ipc": ipc_s / records * 1e6,
         "writer": writer_s / records * 1e6,
         "flush": flush_s / records * 1e6,
         "flush_parquet_floor": floor_s / table.num_rows * 1e6,

@@ -52,8 +52,9 @@ def _le(buf: Any, p: int, size: int) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _members(buf: Any, p: int, end: int, field: int, checks: int) -> bool:
-    """Whether the members of an IntList/FloatList/StringList message pass `checks`."""
+def _members(buf: Any, p: int, end: int, field: int, checks: int, strict: bool) -> bool:
+    """Whether the members of an IntList/FloatList/StringList message pass `checks` (and, when
+    `strict`, whether string members are UTF-8)."""
     # Pass 1: count (and check finiteness); pass 2: collect and compare when a set.
     count = 0
     q = p
@@ -67,6 +68,8 @@ def _members(buf: Any, p: int, end: int, field: int, checks: int) -> bool:
                 return False
             ln, q = _varint(buf, q, end)
             if q < 0 or ln > end - q:
+                return False
+            if strict and not _utf8(buf, q, q + ln):
                 return False
             q += ln
             count += 1
@@ -163,22 +166,55 @@ def _members(buf: Any, p: int, end: int, field: int, checks: int) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def scan(
-    buf: Any, names: np.ndarray, name_offsets: np.ndarray, fields: np.ndarray,
-    checks: np.ndarray, vector_bytes: np.ndarray, id_col: int, et_col: int,
-    values: np.ndarray,
+def _utf8(buf: Any, p: int, end: int) -> bool:
+    """Whether buf[p:end] is well-formed UTF-8, as protobuf and Python's decoder require it (no
+    overlong forms, no surrogates, nothing past U+10FFFF)."""
+    while p < end:
+        b = buf[p]
+        if b < 0x80:
+            p += 1
+            continue
+        lo, hi = 0x80, 0xBF
+        if 0xC2 <= b <= 0xDF:
+            n = 1
+        elif b == 0xE0:
+            n, lo = 2, 0xA0
+        elif b == 0xED:
+            n, hi = 2, 0x9F
+        elif 0xE1 <= b <= 0xEF:
+            n = 2
+        elif b == 0xF0:
+            n, lo = 3, 0x90
+        elif b == 0xF4:
+            n, hi = 3, 0x8F
+        elif 0xF1 <= b <= 0xF3:
+            n = 3
+        else:
+            return False
+        if end - p <= n or not lo <= buf[p + 1] <= hi:
+            return False
+        for q in range(p + 2, p + n + 1):
+            if not 0x80 <= buf[q] <= 0xBF:
+                return False
+        p += n + 1
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_record(
+    buf: Any, start: int, end: int, names: np.ndarray, name_offsets: np.ndarray,
+    fields: np.ndarray, checks: np.ndarray, vector_bytes: np.ndarray, id_col: int, et_col: int,
+    values: np.ndarray, seen: np.ndarray, strict: bool,
 ) -> tuple[int, int, int, int, int, float]:
-    """(status, identifier a, b, event time a, b, event time seconds): an Integral identifier is
-    a = its value; a String one and an ISO event time are buf[a:a + b]. `values` (one row per
-    column, or none) receives each given column's value: (an Integral, a Fractional's bits or a
-    String's start; the value's length; 1)."""
+    """`scan` of the record at buf[start:end] (positions are buf's). `strict`: the bytes were
+    not parsed by protobuf first, so also check what its parser would (the lists' wire format,
+    UTF-8 strings)."""
     k = fields.shape[0]
-    seen = np.zeros(k, np.uint8)
+    seen[:] = 0
     keep = values.shape[0] == k
     id_a = id_b = et_a = et_b = 0
     et_s = 0.0
-    end = len(buf)
-    p = 0
+    p = start
     guess = 0
     while p < end:
         tag, p = _varint(buf, p, end)
@@ -269,7 +305,10 @@ def scan(
             for b in range(vs, vs + vl, 4):
                 if (_le(buf, b, 4) >> np.uint64(23)) & np.uint64(0xFF) == np.uint64(0xFF):
                     return FALLBACK, 0, 0, 0, 0, 0.0
-        elif vf != STRING_VALUE and c != 0 and not _members(buf, vs, vs + vl, vf, c):
+        elif vf == STRING_VALUE:
+            if strict and not _utf8(buf, vs, vs + vl):
+                return FALLBACK, 0, 0, 0, 0, 0.0
+        elif (c != 0 or strict) and not _members(buf, vs, vs + vl, vf, c, strict):
             return FALLBACK, 0, 0, 0, 0, 0.0
         if keep:
             values[col, 0] = ival if vf != STRING_VALUE else vs
@@ -292,8 +331,137 @@ def scan(
     return OK, id_a, id_b, et_a, et_b, et_s
 
 
+@numba.njit(cache=True, nogil=True)
+def scan(
+    buf: Any, names: np.ndarray, name_offsets: np.ndarray, fields: np.ndarray,
+    checks: np.ndarray, vector_bytes: np.ndarray, id_col: int, et_col: int,
+    values: np.ndarray,
+) -> tuple[int, int, int, int, int, float]:
+    """(status, identifier a, b, event time a, b, event time seconds): an Integral identifier is
+    a = its value; a String one and an ISO event time are buf[a:a + b]. `values` (one row per
+    column, or none) receives each given column's value: (an Integral, a Fractional's bits or a
+    String's start; the value's length; 1). `buf` is a record protobuf has parsed."""
+    seen = np.zeros(fields.shape[0], np.uint8)
+    return _scan_record(buf, 0, len(buf), names, name_offsets, fields, checks, vector_bytes,
+                        id_col, et_col, values, seen, False)
+
+
+# --- a whole PutRecordsRequest, from its bytes ---------------------------------------------------
+# PutRecordsRequest: 1 feature_group_name (string), 2 records (Record), 3 ttl_s (optional
+# double), 4 sources (repeated string).
+_NAME_TAG, _RECORD_TAG, _TTL_TAG, _SOURCE_TAG = 10, 18, 25, 34
+_EMPTY = np.zeros(0, np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def scan_request(buf: Any) -> tuple[int, int, int, int, float, np.ndarray, np.ndarray,
+                                    np.ndarray, np.ndarray]:
+    """The top level of a serialized PutRecordsRequest: (status, group name start, its length
+    (start -1: absent), ttl given (0/1), ttl_s, records' starts, ends, sources' starts, ends).
+    FALLBACK for anything protobuf's parser might read otherwise (an unknown or repeated
+    singular field, malformed bytes, a source that is not UTF-8): the caller parses it then."""
+    end = len(buf)
+    name_s = -1
+    name_l = 0
+    has_ttl = 0
+    ttl = 0.0
+    n_rec = 0
+    n_src = 0
+    p = 0
+    while p < end:
+        tag, p = _varint(buf, p, end)
+        if p < 0:
+            return FALLBACK, 0, 0, 0, 0.0, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        if tag == _TTL_TAG:
+            if has_ttl or end - p < 8:
+                return FALLBACK, 0, 0, 0, 0.0, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+            has_ttl = 1
+            ttl = np.array([_le(buf, p, 8)]).view(np.float64)[0]
+            p += 8
+            continue
+        if tag != _NAME_TAG and tag != _RECORD_TAG and tag != _SOURCE_TAG:
+            return FALLBACK, 0, 0, 0, 0.0, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        ln, p = _varint(buf, p, end)
+        if p < 0 or ln > end - p:
+            return FALLBACK, 0, 0, 0, 0.0, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        if tag == _NAME_TAG:
+            if name_s >= 0 or not _utf8(buf, p, p + ln):
+                return FALLBACK, 0, 0, 0, 0.0, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+            name_s = p
+            name_l = ln
+        elif tag == _RECORD_TAG:
+            n_rec += 1
+        elif not _utf8(buf, p, p + ln):
+            return FALLBACK, 0, 0, 0, 0.0, _EMPTY, _EMPTY, _EMPTY, _EMPTY
+        else:
+            n_src += 1
+        p += ln
+    rec_starts = np.empty(n_rec, np.int64)
+    rec_ends = np.empty(n_rec, np.int64)
+    src_starts = np.empty(n_src, np.int64)
+    src_ends = np.empty(n_src, np.int64)
+    r = s = 0
+    p = 0
+    while p < end:
+        tag, p = _varint(buf, p, end)
+        if tag == _TTL_TAG:
+            p += 8
+            continue
+        ln, p = _varint(buf, p, end)
+        if tag == _RECORD_TAG:
+            rec_starts[r] = p
+            rec_ends[r] = p + ln
+            r += 1
+        elif tag == _SOURCE_TAG:
+            src_starts[s] = p
+            src_ends[s] = p + ln
+            s += 1
+        p += ln
+    return OK, name_s, name_l, has_ttl, ttl, rec_starts, rec_ends, src_starts, src_ends
+
+
+@numba.njit(cache=True, nogil=True)
+def scan_records(
+    buf: Any, starts: np.ndarray, ends: np.ndarray, names: np.ndarray, name_offsets: np.ndarray,
+    fields: np.ndarray, checks: np.ndarray, vector_bytes: np.ndarray, id_col: int, et_col: int,
+    et_is_float: bool, max_record_bytes: int, max_id_bytes: int, max_event_time_s: float,
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`scan` of every record of a request (`scan_request`'s starts and ends), strictly (the
+    bytes were not parsed by protobuf), with the checks `validate_record` makes after it: size,
+    identifier length, a Fractional event time's range. (status, index of the first record
+    that is not the common case, identifiers' a, b, event times in microseconds (Fractional
+    event times) or ISO strings' starts and lengths)."""
+    n = starts.shape[0]
+    k = fields.shape[0]
+    id_a = np.empty(n, np.int64)
+    id_b = np.empty(n, np.int64)
+    et_us = np.zeros(n, np.int64)
+    et_a = np.zeros(n, np.int64)
+    et_b = np.zeros(n, np.int64)
+    seen = np.zeros(k, np.uint8)
+    values = np.zeros((0, 3), np.int64)
+    for i in range(n):
+        status, a, b, ea, eb, es = _scan_record(
+            buf, starts[i], ends[i], names, name_offsets, fields, checks, vector_bytes, id_col,
+            et_col, values, seen, True)
+        if status != OK or ends[i] - starts[i] > max_record_bytes:
+            return FALLBACK, i, id_a, id_b, et_us, et_a, et_b
+        if fields[id_col] == STRING_VALUE and (b == 0 or b > max_id_bytes):
+            return FALLBACK, i, id_a, id_b, et_us, et_a, et_b
+        if et_is_float:
+            if not (np.isfinite(es) and 0.0 <= es < max_event_time_s):
+                return FALLBACK, i, id_a, id_b, et_us, et_a, et_b
+            et_us[i] = np.int64(np.rint(es * 1e6))
+        id_a[i] = a
+        id_b[i] = b
+        et_a[i] = ea
+        et_b[i] = eb
+    return OK, n, id_a, id_b, et_us, et_a, et_b
+
+
 def warm_up() -> None:
-    """Compile (or load from Numba's cache) `scan` for the arguments `records.py` passes."""
+    """Compile (or load from Numba's cache) `scan`, `scan_request` and `scan_records` for the
+    arguments `records.py` and the PutRecords path pass."""
     names = np.frombuffer(b"ab", np.uint8)
     offsets = np.array([0, 1, 2], np.int64)
     fields = np.array([STRING_VALUE, FLOAT_VALUE], np.int8)
@@ -303,3 +471,12 @@ def warm_up() -> None:
     for values in (np.zeros((0, 3), np.int64), np.zeros((2, 3), np.int64)):
         if scan(record, names, offsets, fields, checks, vector_bytes, 0, 1, values)[0] != OK:
             raise RuntimeError("the record scanner rejects a valid record")
+    request = (b"\x0a\x01g\x12" + bytes((len(record),)) + record + b"\x19" + b"\0" * 8
+               + b"\x22\x01s")
+    top = scan_request(request)
+    if top[0] != OK or top[5].shape[0] != 1 or top[7].shape[0] != 1:
+        raise RuntimeError("the request scanner rejects a valid request")
+    for et_is_float in (True, False):
+        if scan_records(request, top[5], top[6], names, offsets, fields, checks, vector_bytes,
+                        0, 1, et_is_float, 1 << 20, 2048, 1e12)[0] != OK:
+            raise RuntimeError("the request scanner rejects a valid record")

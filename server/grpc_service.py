@@ -41,11 +41,11 @@ from tessera.core.schema import CompiledSchema
 from tessera.core.tokens import decode_token, encode_token
 from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
-from tessera.server import metrics, wire
+from tessera.server import metrics, put_batch, wire
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import Registry
 from tessera.server.storage_health import storage_failure
-from tessera.server.store import Committed, OnlineStore, Op, now_us
+from tessera.server.store import Committed, OnlineStore, Op, PutBatch, now_us
 from tessera.server.writes import count_writes, delete_op, put_op
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,38 @@ class FeatureStoreService:
 
     async def put_records(self, data: bytes) -> bytes:
         api_us = now_us()
+        bulk = self._put_batch(data, api_us)
+        if bulk is not None:  # the common case, validated and encoded in compiled passes
+            schema, batch = bulk
+            committed = await self._commit([batch])
+        else:
+            committed_or_none = await self._put_records_one_by_one(data, api_us)
+            if committed_or_none is None:  # nothing committed: no token
+                return b""
+            schema, committed = committed_or_none
+        stale = count_writes(schema, committed.results)
+        out: bytes = pb.PutRecordsResponse(
+            written=len(committed.results), stale=stale, write_token=encode_token(committed.seq)
+        ).SerializeToString()
+        return out
+
+    def _put_batch(self, data: bytes, api_us: int) -> tuple[CompiledSchema, PutBatch] | None:
+        """The request as one PutBatch (server/put_batch.py), or None: the per-record path
+        decides (and raises what it raises, in its order: a malformed body before an unknown
+        group)."""
+        request = put_batch.scan(data)
+        if request is None:
+            return None
+        try:
+            schema = self._registry.schema(request.group_name)
+        except TesseraError:
+            return None
+        batch = put_batch.encode(schema, data, request, api_us)
+        return None if batch is None else (schema, batch)
+
+    async def _put_records_one_by_one(
+        self, data: bytes, api_us: int
+    ) -> tuple[CompiledSchema, Committed] | None:
         req = pb.PutRecordsRequest.FromString(data)
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
@@ -135,14 +167,9 @@ class FeatureStoreService:
             )
             for i, record in enumerate(req.records)
         ]))
-        if not ops:  # nothing committed: no token
-            return b""
-        committed = await self._commit(ops)
-        stale = count_writes(schema, committed.results)
-        out: bytes = pb.PutRecordsResponse(
-            written=len(committed.results), stale=stale, write_token=encode_token(committed.seq)
-        ).SerializeToString()
-        return out
+        if not ops:
+            return None
+        return schema, await self._commit(ops)
 
     async def delete_record(self, data: bytes) -> bytes:
         api_us = now_us()

@@ -30,11 +30,13 @@ import struct
 import threading
 from concurrent.futures import Future, InvalidStateError
 
+import numpy as np
 import rocksdict
 
 from tessera.core.errors import PreconditionFailedError, StorageError, TesseraError
 from tessera.core.eventtime import to_iso
 from tessera.core.keys import group_prefix
+from tessera.server import batch_kernels as bk
 from tessera.server import history, metrics
 from tessera.server.aggregates import CommitAggregates
 from tessera.server.rocksdb import AGGREGATES, EXPIRY, OUTBOX, RECORDS, RocksDB
@@ -60,6 +62,7 @@ from tessera.server.store import DropGroupOp as _DropGroupOp
 from tessera.server.store import Op as Op
 from tessera.server.store import OpResult as OpResult
 from tessera.server.store import PurgeOp as _PurgeOp
+from tessera.server.store import PutBatch as PutBatch
 from tessera.server.store import PutOp as PutOp
 from tessera.server.store import now_us as now_us
 
@@ -93,6 +96,18 @@ def pack_mark(seq: int) -> bytes:
 
 
 _Stored = dict[bytes, bytes | None]  # a commit's view of the stored values of its keys
+_HEADER_DTYPE = np.dtype({"names": ["event_time", "expires", "flags"],
+                          "formats": ["<i8", "<i8", "u1"], "offsets": [0, 8, 16],
+                          "itemsize": HEADER_SIZE})
+_NO_EXPIRY = bk.readonly(np.zeros(0, np.int64))
+_ALL = bk.readonly(np.arange(1 << 16, dtype=np.int64))
+
+
+def _applied_flags(picked: list[int], count: int) -> list[OpResult]:
+    flags: list[OpResult] = [False] * count
+    for i in picked:
+        flags[i] = True
+    return flags
 
 
 def _live(raw: bytes | None, at_us: int) -> tuple[memoryview, int | None] | None:
@@ -381,7 +396,15 @@ class RocksDBOnlineStore:
         self, batch: list[tuple[list[Op], Future[Committed]]]
     ) -> list[list[OpResult]]:
         at_us = now_us()
-        keys = [op.key for ops, _ in batch for op in ops if not isinstance(op, _DropGroupOp)]
+        keys: list[bytes] = []
+        batch_keys: dict[int, list[bytes]] = {}  # id(PutBatch) -> its records' keys
+        for ops, _ in batch:
+            for op in ops:
+                if isinstance(op, PutBatch):
+                    batch_keys[id(op)] = op_keys = bk.split(op.keys, op.key_offsets.tolist())
+                    keys += op_keys
+                elif not isinstance(op, _DropGroupOp):
+                    keys.append(op.key)
         stored: _Stored = {}
         if keys:
             stored.update(zip(keys, self._rocks.records.get(keys), strict=True))  # type: ignore[arg-type]
@@ -395,6 +418,11 @@ class RocksDBOnlineStore:
             for op in ops:
                 n += 1
                 result: OpResult
+                if isinstance(op, PutBatch):
+                    seq = self._put_batch(wb, stored, op, batch_keys[id(op)], at_us, seq,
+                                          results)
+                    n += len(op) - 1
+                    continue
                 if isinstance(op, PutOp | DeleteOp):
                     if op.group_id in self._dropped:
                         result = StorageError(
@@ -478,6 +506,101 @@ class RocksDBOnlineStore:
         wb.put(op.key, value, self._rocks.handle(RECORDS))
         stored[op.key] = value
         return True
+
+    def _put_batch(
+        self, wb: rocksdict.WriteBatch, stored: _Stored, op: PutBatch, keys: list[bytes],
+        at_us: int, seq: int, results: list[OpResult],
+    ) -> int:
+        """`_put` of every record of `op`, in order, in columns: one result per record appended
+        to `results`; the outbox rows numbered after `seq`; returns the last seq used."""
+        count = len(keys)
+        if op.group_id in self._dropped:
+            results += [StorageError("the feature group was deleted while this write was queued")
+                        ] * count
+            return seq
+        if op.online:
+            picked = self._batch_applied(stored, op, keys, at_us)
+            n_picked = count if picked is None else len(picked)
+            results += [True] * count if picked is None else _applied_flags(picked, count)
+            if n_picked:
+                index = _ALL[:count] if picked is None and count <= len(_ALL) else (
+                    np.arange(count, dtype=np.int64) if picked is None
+                    else np.asarray(picked, np.int64))
+                expires = op.expires_at_us
+                values_blob, offsets = bk.stored_values(
+                    np.frombuffer(op.payloads, np.uint8), op.payload_offsets,
+                    bk.readonly(index), op.event_time_us,
+                    expires if expires is not None else _NO_EXPIRY, expires is not None,
+                    HAS_EXPIRY)
+                values = bk.split(values_blob.tobytes(), offsets.tolist())
+                put_keys = keys if picked is None else [keys[i] for i in picked]
+                put = wb.put
+                cf = self._rocks.handle(RECORDS)
+                for key, value in zip(put_keys, values, strict=True):
+                    put(key, value, cf)
+                stored.update(zip(put_keys, values, strict=True))
+                if expires is not None:
+                    cf = self._rocks.handle(EXPIRY)
+                    at = expires[index].astype(">i8").tobytes()
+                    for j, key in enumerate(put_keys):
+                        put(at[8 * j : 8 * j + 8] + key, b"", cf)
+        else:
+            results += [True] * count
+        # History keeps every accepted write, applied online or not.
+        if op.history is not None and op.history_offsets is not None:
+            rows_blob, offsets = bk.outbox_rows(
+                np.frombuffer(op.history, np.uint8), op.history_offsets, at_us)
+            rows = bk.split(rows_blob.tobytes(), offsets.tolist())
+            seqs = np.empty((count, 1 + _SEQ.size), np.uint8)
+            seqs[:, 0] = OUTBOX_ROW[0]
+            seqs[:, 1:] = np.arange(seq + 1, seq + count + 1, dtype=">u8").view(
+                np.uint8).reshape(count, _SEQ.size)
+            outbox_keys = bk.split(seqs.tobytes(), list(range(0, seqs.size + 1, seqs.shape[1])))
+            put = wb.put
+            cf = self._rocks.handle(OUTBOX)
+            for key, row in zip(outbox_keys, rows, strict=True):
+                put(key, row, cf)
+            seq += count
+        return seq
+
+    def _batch_applied(
+        self, stored: _Stored, op: PutBatch, keys: list[bytes], at_us: int
+    ) -> list[int] | None:
+        """The indexes of the records of `op` that apply (None: all of them), by `_put`'s rule
+        against `stored`; a key given twice in `op` is decided record by record, in order."""
+        raws = list(map(stored.get, keys))
+        present = [i for i, raw in enumerate(raws) if raw is not None]
+        if len(set(keys)) != len(keys):  # rare: a later record sees an earlier one's write
+            return self._batch_applied_in_order(stored, op, keys, at_us)
+        if not present:
+            return None
+        headers = np.frombuffer(
+            b"".join([raws[i][:HEADER_SIZE] for i in present]),  # type: ignore[index]
+            _HEADER_DTYPE)
+        et = op.event_time_us[present]
+        live = ~(((headers["flags"] & HAS_EXPIRY) != 0) & (headers["expires"] <= at_us))
+        stale = live & (headers["event_time"] > et)
+        if not stale.any():
+            return None
+        keep = np.ones(len(keys), bool)
+        keep[np.asarray(present, np.int64)[stale]] = False
+        picked: list[int] = np.flatnonzero(keep).tolist()
+        return picked
+
+    def _batch_applied_in_order(
+        self, stored: _Stored, op: PutBatch, keys: list[bytes], at_us: int
+    ) -> list[int] | None:
+        view = dict(stored)
+        picked: list[int] = []
+        expires = op.expires_at_us
+        for i, key in enumerate(keys):
+            et = int(op.event_time_us[i])
+            if self._newer_stored(view, key, et, at_us) < 0:
+                picked.append(i)
+                # The header later records of `op` compare with (`_put`'s stored value).
+                view[key] = (HEADER.pack(et, 0, 0) if expires is None
+                             else HEADER.pack(et, int(expires[i]), HAS_EXPIRY))
+        return None if len(picked) == len(keys) else picked
 
     def _delete(
         self, wb: rocksdict.WriteBatch, stored: _Stored, op: DeleteOp, at_us: int

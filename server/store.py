@@ -34,6 +34,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from tessera.core.errors import ConflictError, TesseraError
 from tessera.server.aggregates import AggregateEvent
 
@@ -59,6 +61,29 @@ class PutOp:
     #: Apply only if the stored record is live and its payload has this digest
     #: (`payload_digest`), else StaleReadError; None: unconditional.
     if_match: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutBatch:
+    """Many puts of one group in columns (a PutRecords request's, server/put_batch.py): what
+    `PutOp`s say one by one, with the same rules, without an object per record. Record i's key
+    is keys[key_offsets[i]:key_offsets[i + 1]], its payload and its history row (when the group
+    keeps history) likewise; its event time event_time_us[i], its expiry expires_at_us[i] (None:
+    none of them expires). Its results in a commit are one per record, in order."""
+
+    group_id: int
+    online: bool
+    keys: bytes
+    key_offsets: np.ndarray  # int64, one more than records, like every offsets array here
+    payloads: bytes
+    payload_offsets: np.ndarray
+    event_time_us: np.ndarray  # int64
+    expires_at_us: np.ndarray | None
+    history: bytes | None = None
+    history_offsets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.event_time_us.shape[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +137,11 @@ class ScanPage:
     resume_after: str | None
 
 
-#: Every operation the writer applies. Callers submit PutOp and DeleteOp; the store makes the
-#: others itself (`purge_expired`, `drop_group`).
-Op = PutOp | DeleteOp | PurgeOp | DropGroupOp
-#: Per op: True when it changed the online record, False when it was older than the stored one,
-#: or the error that refused it.
+#: Every operation the writer applies. Callers submit PutOp, PutBatch and DeleteOp; the store
+#: makes the others itself (`purge_expired`, `drop_group`).
+Op = PutOp | PutBatch | DeleteOp | PurgeOp | DropGroupOp
+#: Per op (per record of a PutBatch): True when it changed the online record, False when it was
+#: older than the stored one, or the error that refused it.
 OpResult = bool | TesseraError
 
 

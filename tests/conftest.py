@@ -48,8 +48,9 @@ def compiled_kernels() -> None:
     server starts: the aggregation kernels, the compiled record validation and the history
     columns decoder. Numba caches them on disk, so every server process the tests start loads
     them (under a second) instead of compiling them (~35 s after a fresh install, which a
-    server does before it reports ready)."""
-    import tessera.server.history_kernels  # noqa: F401  (compiles its kernels when imported)
+    server does before it reports ready). The PutRecords kernels (server/batch_kernels.py) too."""
+    import tessera.server.batch_kernels  # noqa: F401  (compiles its kernels when imported)
+    import tessera.server.history_kernels  # noqa: F401  (likewise)
     from tessera.ingest import json_batch
     from tessera.server.aggregates import ensure_kernels
 
