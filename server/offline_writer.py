@@ -98,7 +98,9 @@ class ParquetOfflineWriter:
         nothing: on failure, a folder it made is removed; raises StorageError."""
         folder = self.folder(group, retired=False)
         target = folder / layout.GROUP_FILE
-        tmp = folder / f".{layout.GROUP_FILE}.tmp"
+        # The writer process publishes, the history process too when a flush finds no file:
+        # a temporary name of each process's own.
+        tmp = folder / f".{layout.GROUP_FILE}.{os.getpid()}.tmp"
         made = False
         try:
             made = not folder.is_dir()
@@ -144,13 +146,24 @@ class ParquetOfflineWriter:
 
     def retire_group(self, group: FeatureGroup) -> None:
         """Move a deleted group's history aside: a new group of the same name starts empty,
-        and the old files stay readable under .retired/<name>.<id>/."""
+        and the old files stay readable under .retired/<name>.<id>/. History flushed after the
+        delete (the group known as retired) may be there already: the two are merged, file by
+        file (names carry their commit ranges, so none collide). Again: nothing to do."""
         with self.lock:
             src = self.folder(group, retired=False)
-            if src.is_dir():
-                dst = self.folder(group, retired=True)
-                dst.parent.mkdir(parents=True, exist_ok=True)
+            if not src.is_dir():
+                return
+            dst = self.folder(group, retired=True)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
                 shutil.move(str(src), str(dst))
+                return
+            for path in sorted(p for p in src.rglob("*") if p.is_file()):
+                target = dst / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                _fsync_dir(target.parent)
+            shutil.rmtree(src)
 
     # --- rows ----------------------------------------------------------------------------------
 

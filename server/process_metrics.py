@@ -1,6 +1,6 @@
 """`/metrics` of `tessera serve --workers N`: every scrape shows the whole service.
 
-Each child process (writer, serving-1..N, consumer: server/supervisor.py) runs a
+Each child process (writer, history, serving-1..N, consumer: server/supervisor.py) runs a
 `MetricsEndpoint`: a Unix socket `<data_dir>/run/metrics/<process>.sock`. A client connects;
 the endpoint writes its process's registry as Prometheus text and closes (connecting is the
 request: nothing to parse, nothing to version). A thread of its own, so a busy event loop
@@ -46,7 +46,7 @@ from tessera.server.writer_ipc import reachable
 log = logging.getLogger(__name__)
 
 PROCESS_LABEL = "process"
-WRITER, CONSUMER = "writer", "consumer"
+WRITER, HISTORY, CONSUMER = "writer", "history", "consumer"
 
 
 def serving_name(index: int) -> str:
@@ -60,7 +60,7 @@ def endpoint_path(run_dir: Path, process: str) -> Path:
 
 def service_processes(settings: Settings) -> list[str]:
     """The processes of the service `settings` describe (the supervisor's layout)."""
-    names = [WRITER, *(serving_name(i) for i in range(1, settings.server.workers + 1))]
+    names = [WRITER, HISTORY, *(serving_name(i) for i in range(1, settings.server.workers + 1))]
     if settings.ingest is not None:
         names.append(CONSUMER)
     return names

@@ -8,8 +8,14 @@ is a supervisor that serves nothing itself:
      |
      +-- writer process         python -m tessera.server.writer_process   (server/writer_process.py)
      |     RocksDB primary <data_dir>/online: every mutation, group commit, outbox, tiles; the
-     |     registry's writes and hooks, the TTL purger, the outbox -> Parquet flusher;
-     |     listens on the Unix socket <data_dir>/writer.sock
+     |     registry's writes and hooks, the TTL purger; listens on the Unix socket
+     |     <data_dir>/writer.sock
+     +-- history process        python -m tessera.server.history_process (history_process.py)
+     |     the outbox -> Parquet flusher and every Parquet file (flushes, a deleted group's
+     |     folder retired, compaction): reads the outbox from its own RocksDB secondary
+     |     (<data_dir>/run/secondary-history, caught up every second and before each flush);
+     |     asks the writer over writer.sock to record each flush's intent and to trim the
+     |     flushed range; listens on <data_dir>/run/history.sock for the writer's requests
      +-- serving process 1..N   python -m tessera.server.serving          (server/serving.py)
      |     gRPC and HTTP on the SAME two ports (SO_REUSEPORT: the kernel spreads connections);
      |     parse, validate, encode; reads from its own RocksDB secondary
@@ -19,15 +25,22 @@ is a supervisor that serves nothing itself:
            TESSERA_INGEST; server/consumer_process.py): the embedded Kafka ingest, writing
            through writer.sock like a serving process, committing offsets once acknowledged
 
-The socket writer.sock carries writes, registry changes and their acknowledgements (protocol:
-server/writer_ipc.py); RocksDB's files carry the data to the secondaries (catch-up on a timer,
-10 ms, and on demand for a read with a write token: read-your-writes across processes).
+The socket writer.sock carries writes, registry changes and their acknowledgements, and the
+history process's intents and trims (protocol: server/writer_ipc.py); RocksDB's files carry the
+data to the secondaries (catch-up on a timer, 10 ms, and on demand for a read with a write
+token: read-your-writes across processes; the history process's every second). history.sock
+carries the writer's requests to the history process: retire a deleted group's history (after
+flushing it), compact a group's partitions.
 
 Who owns what:
-- The writer process alone opens the primary and writes RocksDB and the Parquet history; its
-  docstring tells its protocol and what survives its crash. Serving and consumer processes
-  own only scratch: their secondary and DuckDB spill folders under <data_dir>/run and
-  <data_dir>/tmp, rebuilt at start.
+- The writer process alone opens the primary and writes RocksDB (the outbox's marks too, on
+  the history process's request); its docstring tells its protocol and what survives its
+  crash. It publishes a group's `_group.json` when the group is created or changed.
+- The history process alone writes Parquet files and moves offline folders; its docstring
+  tells how a flush stays exactly-once across its crashes and the writer's.
+- Serving and consumer processes own only scratch: their secondary and DuckDB spill folders
+  under <data_dir>/run and <data_dir>/tmp, rebuilt at start (the history process's secondary
+  too).
 - The supervisor owns the ports and the children. It picks free ports once (port 0) and keeps
   a bound, non-listening SO_REUSEPORT socket on each for its whole life, so a restarted child
   binds the same port and no other program takes it meanwhile; every child gets concrete
@@ -37,13 +50,15 @@ Who owns what:
   their own process group: Ctrl-C in a terminal reaches the supervisor only, which then stops
   them in order.
 
-Start-up, in order: the writer (ready once its socket accepts), then the N serving processes
-(each ready once it wrote <data_dir>/run/serving-<i>.json, after binding both ports), then the
-consumer process (ready file <data_dir>/run/consumer.json), then the ready file
-(`--ready-file`: {grpc_port, http_port, pid: the supervisor's, writer_pid, serving_pids,
-consumer_pids}); rewritten whenever a restarted child is ready again. A child that exits before
-the start-up finished, a port in use, or a start-up longer than `START_TIMEOUT_S` is fatal:
-everything started is stopped and `tessera serve` exits 1 within seconds.
+Start-up, in order: the writer (ready once its socket accepts), then the history process
+(ready file <data_dir>/run/history.json, after its first flush of what the last run left) and
+beside it the N serving processes (each ready once it wrote <data_dir>/run/serving-<i>.json,
+after binding both ports), then the consumer process (ready file <data_dir>/run/consumer.json),
+then the ready file (`--ready-file`: {grpc_port, http_port, pid: the supervisor's,
+writer_pid, history_pid, serving_pids, consumer_pids}); rewritten whenever a restarted child is
+ready again. A child that exits before the start-up finished, a port in use, or a start-up
+longer than `START_TIMEOUT_S` is fatal: everything started is stopped and `tessera serve` exits
+1 within seconds.
 
 Crashes (any exit the supervisor did not ask for), detected by polling each child:
 - A serving or consumer process is restarted after a backoff (0.1 s doubling to 5 s; reset
@@ -54,7 +69,13 @@ Crashes (any exit the supervisor did not ask for), detected by polling each chil
 - The writer is restarted the same way; the serving processes keep running: while it is
   down, writes fail fast with UNAVAILABLE (retryable) and reads are served from the
   secondaries; the next write after it is back reconnects. Every acknowledged write was
-  synced to the WAL with its outbox row, so it survives (the writer's docstring).
+  synced to the WAL with its outbox row, so it survives (the writer's docstring). The history
+  process's requests fail meanwhile; its flushes are retried with backoff.
+- The history process is restarted the same way; nothing else notices but the backlog
+  (`tessera_offline_outbox_pending_rows`, the writer's gauge), which waits in the outbox. A
+  flush it was writing is replayed with the same range from its durable intent: no row lost,
+  none twice. A group delete waits for it to be back (up to a minute); a compaction under way
+  fails (UNAVAILABLE).
 - A child that crashes `CRASH_LOOP_COUNT` times within `CRASH_LOOP_WINDOW_S` stops the whole
   server: every child is stopped and `tessera serve` exits 1 naming the child and its exit.
 - `kill -9` of the supervisor (or of its whole process group): every child dies with it;
@@ -62,17 +83,20 @@ Crashes (any exit the supervisor did not ask for), detected by polling each chil
   into the same files (no row twice).
 
 SIGTERM / SIGINT: serving processes first (readiness off, in-flight calls drain for
-`shutdown_grace_s`), then the consumer (drains, commits offsets), then the writer (it
-acknowledges every write it received, flushes history, syncs and closes RocksDB); exit 0. A
-child that does not stop in time is killed (the exit is then 1).
+`shutdown_grace_s`), then the consumer (drains, commits offsets), then the history process
+(every write was acknowledged by then: it catches up and flushes every committed row to
+Parquet through the writer, still running), then the writer (it answers every request it
+received, syncs and closes RocksDB); exit 0. A child that does not stop in time is killed (the
+exit is then 1); rows it did not flush stay in the outbox, flushed at the next start.
 
 One service, not N servers: `GET /metrics`, answered by any serving process, shows every
-process's metrics, each sample labelled `process` (writer, serving-<i>, consumer): every child
-serves its registry on <data_dir>/run/metrics/<process>.sock and the answering process gathers
-them (server/process_metrics.py). `POST /v1/feature-groups/{name}/compact` runs in the writer
-process, where the flusher's lock is (`CompactGroup` on writer.sock).
+process's metrics, each sample labelled `process` (writer, history, serving-<i>, consumer):
+every child serves its registry on <data_dir>/run/metrics/<process>.sock and the answering
+process gathers them (server/process_metrics.py). `POST /v1/feature-groups/{name}/compact`
+goes to the writer (`CompactGroup` on writer.sock: it resolves the group), which sends it to
+the history process, where the flusher and the offline writer's lock are.
 
-Not yet in this layout: history is still a thread of the writer, not a process.
+`--workers 1` keeps history as a thread of the single process (server/app.py).
 """
 
 from __future__ import annotations
@@ -120,7 +144,7 @@ class Child:
     """One supervised process: what it runs and how it is known to serve."""
 
     name: str
-    kind: str  # "writer", "serving" or "consumer": the stop order (module docstring)
+    kind: str  # "writer", "history", "serving" or "consumer": the stop order (docstring)
     argv: list[str]
     ready_file: Path | None = None  # None: the writer (ready once its socket accepts)
     proc: subprocess.Popen[bytes] | None = None
@@ -138,7 +162,7 @@ class Ports:
 
 
 class Supervisor:
-    """Runs the writer and N serving processes (see the module docstring)."""
+    """Runs the writer, the history process and N serving processes (module docstring)."""
 
     def __init__(self, settings: Settings, ready_file: Path | None = None) -> None:
         data_dir = settings.data_dir.absolute()
@@ -186,10 +210,17 @@ class Supervisor:
             f.write(settings.model_dump_json())
 
         writer = Child("writer process", "writer", [
-            "tessera.server.writer_process", "--settings", str(settings_file)])
+            "tessera.server.writer_process", "--settings", str(settings_file),
+            "--history-process"])
         self.children.append(writer)
         self._spawn(writer)
         self._wait_ready([writer])
+        ready = self.run_dir / "history.json"
+        history = Child("history process", "history", [
+            "tessera.server.history_process", "--settings", str(settings_file),
+            "--ready-file", str(ready)], ready_file=ready)
+        self.children.append(history)
+        self._spawn(history)  # it needs the writer only: it starts beside the serving ones
         serving = [
             Child(f"serving process {i}", "serving", [
                 "tessera.server.serving", "--settings", str(settings_file), "--index", str(i),
@@ -200,7 +231,7 @@ class Supervisor:
         self.children += serving
         for child in serving:
             self._spawn(child)
-        self._wait_ready(serving)
+        self._wait_ready([history, *serving])
         if settings.ingest is not None:
             ready = self.run_dir / "consumer.json"
             consumer = Child("consumer process", "consumer", [
@@ -266,6 +297,7 @@ class Supervisor:
 
         info = {"grpc_port": self.ports.grpc_port, "http_port": self.ports.http_port,
                 "pid": os.getpid(), "writer_pid": pids("writer")[0],
+                "history_pid": (pids("history") or [0])[0],
                 "serving_pids": pids("serving"), "consumer_pids": pids("consumer")}
         tmp = self.ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -316,12 +348,13 @@ class Supervisor:
     # --- stop ----------------------------------------------------------------------------------
 
     def stop(self) -> bool:
-        """Serving processes first, then the writer (module docstring). True when every child
-        stopped by itself in time."""
+        """Serving processes first, then the consumer, the history process, the writer (module
+        docstring). True when every child stopped by itself in time."""
         self.stopping.set()
         grace = self.settings.server.shutdown_grace_s
         clean = True
-        for kind, timeout_s in (("serving", grace + 10.0), ("consumer", 60.0), ("writer", 60.0)):
+        for kind, timeout_s in (("serving", grace + 10.0), ("consumer", 60.0),
+                                ("history", 120.0), ("writer", 60.0)):
             clean &= _terminate(
                 [c for c in self.children if c.kind == kind and c.proc is not None], timeout_s)
         for sock in self._reserved:
@@ -391,7 +424,8 @@ def run(settings: Settings, ready_file: Path | None = None,
         try:
             supervisor.watch()
         finally:
-            log.info("shutting down: stopping the serving processes, then the writer")
+            log.info("shutting down: stopping the serving processes, then history and the "
+                     "writer")
             clean = supervisor.stop()
         if not clean:
             raise SupervisorError("a child had to be killed while stopping (see the log)")

@@ -130,6 +130,19 @@ class WriterClient:
         return self._request(_COMPACTION, lambda rid, _: ipc.frame(ipc.encoder.encode(
             ipc.CompactGroup(rid, ipc.name_to_wire(name), min_files))))
 
+    # --- the outbox (the history process's flushes: server/history_process.py) ---------------
+
+    def record_outbox_intent(self, first: int, last: int) -> Future[int]:
+        """Resolves with the seq after the intent [first, last] is durable (ConflictError or
+        InvalidRequestError when the marks say otherwise)."""
+        return self._request(_SEQ, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.OutboxIntent(rid, first, last))))
+
+    def trim_outbox(self, first: int, last: int) -> Future[int]:
+        """Resolves with the seq after the range [first, last] is trimmed (or was already)."""
+        return self._request(_SEQ, lambda rid, _: ipc.frame(ipc.encoder.encode(
+            ipc.TrimOutbox(rid, first, last))))
+
     def _request(self, kind: str, encode: Any) -> Future[Any]:
         fut: Future[Any] = Future()
         if not self._slots.acquire(timeout=self._slot_timeout_s):

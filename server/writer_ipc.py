@@ -19,6 +19,9 @@ Registry mutations (CreateFeatureGroup, UpdateFeatureGroup, DeleteFeatureGroup) 
 pydantic models as JSON, and their replies the group as JSON and the primary's seq after the
 change: the caller waits for its secondary to reach it, then reloads its registry view.
 
+`OutboxIntent` and `TrimOutbox` come from the history process: the two writes of a flush that
+touch RocksDB (server/outbox.py), made by the writer, the only process writing it.
+
 Errors cross as (class name, message) and are raised again on the client side with the same
 class (`error_from_wire`).
 """
@@ -167,8 +170,27 @@ class CompactGroup(msgspec.Struct, array_like=True, tag=9):
     min_files: int
 
 
+class OutboxIntent(msgspec.Struct, array_like=True, tag=10):
+    """The history process (server/history_process.py) is about to write the Parquet files of
+    the outbox range [first, last]: record it as the flush's intent (synced), checked against
+    the marks (server/outbox.py `OutboxMarks`). Reply: `seq`, the primary's after the write."""
+
+    id: int
+    first: int
+    last: int
+
+
+class TrimOutbox(msgspec.Struct, array_like=True, tag=11):
+    """The files of the intent [first, last] are written: delete the range from the outbox,
+    move the flushed mark, clear the intent (one synced batch). Reply: `seq`."""
+
+    id: int
+    first: int
+    last: int
+
+
 Request = (Submit | DropGroup | PurgeExpired | Stats | CreateFeatureGroup | UpdateFeatureGroup
-           | DeleteFeatureGroup | QuarantinedGroups | CompactGroup)
+           | DeleteFeatureGroup | QuarantinedGroups | CompactGroup | OutboxIntent | TrimOutbox)
 
 
 class WireError(msgspec.Struct, array_like=True):

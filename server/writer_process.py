@@ -99,9 +99,11 @@ from tessera.server import metrics
 from tessera.server import writer_ipc as ipc
 from tessera.server.aggregates import ensure_kernels
 from tessera.server.compaction import compact_group
+from tessera.server.history_process import HistoryClient, HistoryProcessHooks
+from tessera.server.history_process import socket_path as history_socket_path
 from tessera.server.offline_writer import ParquetOfflineWriter
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
-from tessera.server.outbox import OutboxFlusher
+from tessera.server.outbox import OutboxFlusher, OutboxMarks
 from tessera.server.process_metrics import WRITER, MetricsEndpoint, endpoint_path
 from tessera.server.registry import FeatureGroupRegistry
 from tessera.server.roles import (
@@ -171,6 +173,9 @@ class _Connection:
                 elif isinstance(msg, ipc.CompactGroup):  # long: apart from everything else
                     self._answer_later(msg.id, self._server.compactions.submit(
                         self._server.compact_group, msg))
+                elif isinstance(msg, ipc.OutboxIntent | ipc.TrimOutbox):  # the history's
+                    self._answer_later(msg.id, self._server.history_ops.submit(
+                        self._server.outbox_request, msg))
                 elif isinstance(msg, ipc.Stats):
                     stats: Future[Any] = Future()
                     stats.set_result(self._server.stats())
@@ -243,11 +248,19 @@ class WriterServer:
 
     def __init__(self, store: RocksDBOnlineStore, path: Path,
                  registry: FeatureGroupRegistry | None = None,
-                 offline: ParquetOfflineWriter | None = None) -> None:
+                 offline: ParquetOfflineWriter | None = None,
+                 marks: OutboxMarks | None = None,
+                 history: HistoryClient | None = None) -> None:
         self.store = store
         self.path = path
         self.registry = registry
         self.offline = offline
+        #: The outbox's marks, written for the history process (OutboxIntent, TrimOutbox).
+        self.marks = marks
+        #: The history process, when history runs there: compactions are sent to it.
+        self.history = history
+        #: The history process's intents and trims: one synced write each, in order.
+        self.history_ops = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-history")
         #: Compactions run for seconds or minutes (they take the flusher's lock per partition):
         #: one at a time, apart from the registry's and the purger's threads.
         self.compactions = ThreadPoolExecutor(1, thread_name_prefix="tessera-writer-compact")
@@ -281,12 +294,26 @@ class WriterServer:
                 "requests": self.requests, "seq": self.store.visible_seq()}
 
     def compact_group(self, msg: ipc.CompactGroup) -> dict[str, int]:
-        """Run one compaction (on `compactions`): the single process's `compact_group`, here
-        where the flusher's lock is; its result's counts."""
+        """Run one compaction (on `compactions`) where the flusher is: in the history process
+        when there is one, else here (the single process's `compact_group`); its result's
+        counts."""
         if self.registry is None or self.offline is None:
             raise StorageError("this writer process serves no offline store")
         group = self.registry.describe(ipc.name_from_wire(msg.name))
+        if self.history is not None:
+            return dataclasses.asdict(self.history.compact_group(group, msg.min_files))
         return dataclasses.asdict(compact_group(self.offline, group, msg.min_files))
+
+    def outbox_request(self, msg: ipc.OutboxIntent | ipc.TrimOutbox) -> ipc.Reply:
+        """Record a flush's intent or trim its range (on `history_ops`), checked against the
+        marks (server/outbox.py `OutboxMarks`); the reply's seq is the primary's after it."""
+        if self.marks is None:
+            raise StorageError("this writer process keeps its history flusher to itself")
+        if isinstance(msg, ipc.OutboxIntent):
+            self.marks.record_intent(msg.first, msg.last, self.store.last_seq)
+        else:
+            self.marks.trim(msg.first, msg.last)
+        return ipc.Reply(0, self.store.visible_seq())
 
     def registry_request(self, msg: ipc.Request) -> ipc.Reply:
         """Run one registry request (on `registry_ops`); its reply, id filled in later. The
@@ -344,6 +371,7 @@ class WriterServer:
         for conn in conns:
             conn.reader.join()
         self.purger.shutdown(wait=True)
+        self.history_ops.shutdown(wait=True)
         self.compactions.shutdown(wait=True)  # a compaction running finishes, then history
         self.registry_ops.shutdown(wait=True)  # a delete's drop goes through the store
         self.store.close()  # commits and acknowledges everything queued
@@ -372,10 +400,12 @@ class WriterServerRole:
         return "the writer socket stopped accepting"
 
 
-async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = True) -> None:
+async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = True,
+                history_process: bool = False) -> None:
     """Start the roles in order, serve until `stop` is set or a role dies, stop them in reverse
     (the module docstring); raises RoleFailedError when a role died or a stop failed, always
-    after stopping every started role."""
+    after stopping every started role. `history_process`: history runs in the history process
+    (server/history_process.py), not in a flusher thread here."""
     roles = Roles()
     died: tuple[str, str] | None = None
     try:
@@ -388,16 +418,23 @@ async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = Tr
         rocks, store = online.rocks, online.store
         registry = FeatureGroupRegistry(rocks)
         offline = ParquetOfflineWriter(settings.offline_root)
-        flusher = OutboxFlusher(
-            rocks, store, offline, registry.by_id,
-            interval_s=settings.offline_store.flush_interval_s,
-            max_rows=settings.offline_store.flush_max_rows,
-        )
-        registry.hooks = StoreHooks(store, offline, flusher)
+        marks = OutboxMarks(rocks)
+        history: HistoryClient | None = None
+        if history_process:
+            history = HistoryClient(history_socket_path(settings.data_dir))
+            registry.hooks = HistoryProcessHooks(store, offline, history)
+        else:
+            flusher = OutboxFlusher(
+                rocks, store, offline, registry.by_id,
+                interval_s=settings.offline_store.flush_interval_s,
+                max_rows=settings.offline_store.flush_max_rows,
+            )
+            registry.hooks = StoreHooks(store, offline, flusher)
         await asyncio.to_thread(publish_groups, registry, offline)
         if warm_kernels:  # in the background: the first commit with aggregates waits for them
             threading.Thread(target=ensure_kernels, name="tessera-kernels", daemon=True).start()
-        await roles.start(HistoryRole(flusher, store))
+        if history is None:
+            await roles.start(HistoryRole(flusher, store))
         purger = TtlPurger(store, settings.online_store.ttl_purge_interval_s,
                            settings.online_store.ttl_purge_batch)
         await roles.start(TtlPurgeRole(purger))
@@ -408,13 +445,16 @@ async def serve(settings: Settings, stop: asyncio.Event, warm_kernels: bool = Tr
         metrics.GROUP_COMMITS.set_function(lambda: store.commits)
         metrics.GROUP_COMMIT_OPS.set_function(lambda: store.committed_ops)
         metrics.TTL_PURGED.set_function(lambda: purger.purged)
-        metrics.OUTBOX_PENDING.set_function(flusher.pending)
-        metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
+        # The outbox is this process's: its backlog shows here, whoever flushes it.
+        metrics.OUTBOX_PENDING.set_function(lambda: max(0, store.last_seq - marks.flushed_seq()))
+        if history is None:  # else the history process counts them
+            metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
         await roles.start(MetricsEndpoint(
             endpoint_path(run_dir(settings.data_dir), WRITER), metrics.REGISTRY))
         if stop.is_set():
             return
-        server = WriterServer(store, ipc.socket_path(settings.data_dir), registry, offline)
+        server = WriterServer(store, ipc.socket_path(settings.data_dir), registry, offline,
+                              marks if history is not None else None, history)
         await roles.start(WriterServerRole(server))
         log.info("writer process ready on %s", server.path)
         dead = await roles.run_until(stop)
@@ -447,12 +487,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
     })
 
 
-async def _main(settings: Settings, warm_kernels: bool) -> None:
+async def _main(settings: Settings, warm_kernels: bool, history_process: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop, warm_kernels)
+    await serve(settings, stop, warm_kernels, history_process)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,12 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-commit-records", type=int, default=20_000)
     parser.add_argument("--lazy-kernels", action="store_true",
                         help="load the aggregation kernels at the first commit that needs them")
+    parser.add_argument("--history-process", action="store_true",
+                        help="history is flushed by the history process (the supervisor's "
+                             "layout), not by a thread of this process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args)
     try:
-        asyncio.run(_main(settings, warm_kernels=not args.lazy_kernels))
+        asyncio.run(_main(settings, warm_kernels=not args.lazy_kernels,
+                          history_process=args.history_process))
     except Exception:
         log.exception("the writer process failed")
         return 1

@@ -297,14 +297,15 @@ def test_kill_9_of_the_whole_group_keeps_every_acknowledged_write_once(
     mp: ServerProcess,
 ) -> None:
     start(mp)
-    pids = [mp.proc.pid, mp.info()["writer_pid"], *mp.info()["serving_pids"]]
+    pids = [mp.proc.pid, mp.info()["writer_pid"], mp.info()["history_pid"],
+            *mp.info()["serving_pids"]]
     with Writers(mp, n=6) as writers:
         wait_until(lambda: writers.count() > 500, what="writes before the kill")
         mp.kill()  # SIGKILL to the supervisor's process group
     wait_until(lambda: gone(pids), timeout_s=10, what="every process of the group to die")
     mp.start()
     writers.check_readable()
-    assert mp.stop() == 0  # the writer flushes every committed row to Parquet at stop
+    assert mp.stop() == 0  # the history process flushes every committed row at stop
     check_history(mp, writers)
 
 
@@ -346,7 +347,7 @@ def test_a_write_token_gives_read_your_writes_across_serving_processes(tmp_path:
 def test_sigterm_stops_every_process_and_exits_0(mp: ServerProcess) -> None:
     start(mp)
     info = mp.info()
-    pids = [info["pid"], info["writer_pid"], *info["serving_pids"]]
+    pids = [info["pid"], info["writer_pid"], info["history_pid"], *info["serving_pids"]]
     w = Wire(mp.grpc_target, mp.http_url)
     records = [to_record({"user_id": f"u{i}", "ts": T0, "clicks": i}) for i in range(20_000)]
     future = w.stub.PutRecords.future(
