@@ -264,3 +264,25 @@ def test_routes_are_in_openapi_and_counted_per_route_template(wire: Wire, group:
     count = metric_total(wire.http.get("/metrics").text, "tessera_http_requests_total",
                          method="GET", route=template, status="404")
     assert count is not None and count >= 1
+
+
+def test_an_integral_record_identifier_takes_ints_and_answers_canonical_ids(
+    wire: Wire, unique_group_name: str
+) -> None:
+    group = unique_group_name
+    wire.create_group(group, features=[
+        {"feature_name": "id", "feature_type": "Integral"},
+        {"feature_name": "ts", "feature_type": "Fractional"},
+        {"feature_name": "v", "feature_type": "String"},
+    ], record_identifier="id")
+    now = time.time()
+    assert _put(wire.http, group, {"id": 7, "ts": now, "v": "seven"}).json()["applied"] is True
+    assert wire.http.get(f"{_records(group)}/007").json()["record"] == {
+        "id": 7, "ts": now, "v": "seven"}
+    body = wire.http.post(f"{_records(group)}:batchGet",
+                          json={"record_ids": [7, "08", 8]}).json()
+    assert [r["record_id"] for r in body["records"]] == ["7"]
+    assert body["missing"] == ["8"]
+    assert "not an Integral" in _error(wire.http.get(f"{_records(group)}/seven"), 422)
+    assert "not an Integral" in _error(wire.http.post(
+        f"{_records(group)}:batchGet", json={"record_ids": ["x"]}), 422)
