@@ -6,7 +6,9 @@ once the one before it is up:
 1. online store: RocksDB and the writer thread that owns every mutation; then the registry
    and the offline writer (no threads of their own), and the aggregation kernels are loaded;
 2. history flusher (outbox -> Parquet), 3. TTL purger, 4. offline catalog (DuckDB);
-5. HTTP server, 6. gRPC server (ports bound here: a port in use fails the start-up);
+5. HTTP server (granian, embedded on this event loop: the REST runtimes' fast path in front
+   of the FastAPI control plane), 6. gRPC server (grpc.aio on the same loop; ports bound here:
+   a port in use fails the start-up);
 7. embedded Kafka consumer (only when configured), 8. readiness (/readyz, gRPC health, the
    ready file).
 
