@@ -103,6 +103,11 @@ _NO_EXPIRY = bk.readonly(np.zeros(0, np.int64))
 _ALL = bk.readonly(np.arange(1 << 16, dtype=np.int64))
 
 
+def _records(ops: list[Op]) -> int:
+    """Records written by `ops` (a PutBatch writes many): what bounds a group commit."""
+    return sum(len(op) if isinstance(op, PutBatch) else 1 for op in ops)
+
+
 def _applied_flags(picked: list[int], count: int) -> list[OpResult]:
     flags: list[OpResult] = [False] * count
     for i in picked:
@@ -320,7 +325,7 @@ class RocksDBOnlineStore:
             if item is None:
                 return
             batch = [item]
-            size = len(item[0])
+            size = _records(item[0])
             stop = False
             while size < self._max_commit_records:
                 try:
@@ -331,7 +336,7 @@ class RocksDBOnlineStore:
                     stop = True
                     break
                 batch.append(nxt)
-                size += len(nxt[0])
+                size += _records(nxt[0])
             self._commit(batch)
             if stop:
                 return

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,15 @@ from tessera.server import batch_kernels as bk
 from tessera.server import online_store, put_batch
 from tessera.server.online_store import RocksDBOnlineStore
 from tessera.server.rocksdb import open_rocksdb
-from tessera.server.store import DeleteOp, OnlineStore, Op, PutBatch, PutOp
+from tessera.server.store import (
+    Committed,
+    DeleteOp,
+    OnlineStore,
+    Op,
+    OpResult,
+    PutBatch,
+    PutOp,
+)
 from tessera.server.writes import put_op
 from tests.unit.core.test_records_compiled import SCHEMAS, _records, _schema
 from tests.unit.server.test_online_store_contract import IMPLEMENTATIONS
@@ -293,6 +304,36 @@ def test_a_batch_of_a_group_deleted_meanwhile_is_refused(
         (result,) = store.write([batch])
         assert "deleted" in str(result) and not isinstance(result, bool)
         assert _contents(store)["outbox"] == []
+
+
+def test_a_group_commit_is_bounded_by_records_not_by_batches(tmp_path: Path) -> None:
+    rocks = open_rocksdb(tmp_path / "db", block_cache_mb=8, write_buffer_mb=4)
+    store = RocksDBOnlineStore(rocks, max_commit_records=1500)
+    release = threading.Event()
+    groups: list[int] = []
+    apply = store._apply
+
+    def held_apply(batch: list[tuple[list[Op], Future[Committed]]]) -> list[list[OpResult]]:
+        release.wait(30)
+        groups.append(sum(len(op) if isinstance(op, PutBatch) else 1
+                          for ops, _ in batch for op in ops))
+        return apply(batch)
+
+    store._apply = held_apply  # type: ignore[method-assign]
+    try:
+        first = store.submit([PutOp(1, b"\0\0\0\1first", 1, None, b"p")])
+        time.sleep(0.2)  # the writer holds the first commit
+        batches = [_as_batch([PutOp(1, b"\0\0\0\1" + f"{k}-{i}".encode(), 1, None, b"p")
+                              for i in range(1000)]) for k in range(3)]
+        futures = [store.submit([b]) for b in batches]
+        release.set()
+        first.result(30)
+        assert all(len(f.result(30).results) == 1000 for f in futures)
+    finally:
+        release.set()
+        store.close()
+        rocks.close()
+    assert groups == [1, 2000, 1000]
 
 
 # --- every OnlineStore ---------------------------------------------------------------------------
