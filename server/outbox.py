@@ -348,7 +348,8 @@ class HistoryFlusher:
             self.failing = True
             STORAGE_DEGRADED.labels("offline").set(1)
             log.error("flushing the outbox to Parquet failed (%s); the rows stay in the outbox, "
-                      "retrying with backoff", exc, exc_info=not isinstance(exc, OSError))
+                      "retrying with backoff", exc,
+                      exc_info=not isinstance(exc, OSError | StorageError))  # else: a bug
         else:
             log.warning("flushing the outbox to Parquet failed again: %s", exc)
 

@@ -13,13 +13,19 @@ Who owns what:
   records, expiry index, outbox and aggregates goes through its single group-commit writer
   thread; requests from every connection feed that one thread, so writes of all serving
   processes share WriteBatches and fsyncs), the `FeatureGroupRegistry` (every create, update,
-  delete; its hooks publish and retire offline folders and drop a deleted group's records:
-  server/store_hooks.py), the TTL purger, and the outbox -> Parquet flusher
-  (server/outbox.py), as a thread; and offline compaction (`CompactGroup`), which swaps
-  partition folders under the flusher's lock.
-- Its metrics (group commits, outbox, offline rows, TTL purge, storage errors, late aggregate
-  events) are served on its metrics endpoint, <data_dir>/run/metrics/writer.sock, which the
-  serving process answering /metrics reads (server/process_metrics.py).
+  delete; its hooks publish a group's offline folder and drop a deleted group's records), the
+  TTL purger, and the outbox's marks. Under the supervisor (`--history-process`) the history
+  process (server/history_process.py) flushes the outbox to Parquet: it asks this process to
+  record each flush's intent and to trim the flushed range (`OutboxIntent`, `TrimOutbox`,
+  checked against the marks: server/outbox.py `OutboxMarks`), and this process sends it a
+  deleted group's retirement (after dropping its records) and the compactions asked for
+  (`CompactGroup`), over <data_dir>/run/history.sock. Run on its own (tests, by hand) the
+  writer keeps the flusher as a thread (server/outbox.py, server/store_hooks.py) and compacts
+  itself, under the flusher's lock.
+- Its metrics (group commits, the outbox backlog, TTL purge, storage errors, late aggregate
+  events; offline rows when it flushes itself) are served on its metrics endpoint,
+  <data_dir>/run/metrics/writer.sock, which the serving process answering /metrics reads
+  (server/process_metrics.py).
 - Serving and consumer processes never write RocksDB. They send `Submit` / `DropGroup` /
   `PurgeExpired` and the registry requests (`CreateFeatureGroup`, `UpdateFeatureGroup`,
   `DeleteFeatureGroup`, `QuarantinedGroups`) over the socket (protocol: server/writer_ipc.py),
@@ -31,27 +37,24 @@ Who owns what:
   commit, the token a reader passes to `wait_visible` for read-your-writes. Many requests may be
   in flight on one connection; replies carry the request id. A registry request's reply carries
   the group (JSON) and the seq after the change.
-- History in its own process is a later step. That process would read the outbox from a
-  secondary of its own (catching up before each flush), write the Parquet files as the flusher
-  does, and send the flush's intent, then its trim (delete the range, move the flushed mark,
-  clear the intent: one batch) to the writer over this socket; a group deletion would ask it to
-  flush and retire the group's folder before answering. Until then the flusher is a thread
-  here, so it shares the primary and the registry (by_id for retired groups) directly.
+- The history process's `OutboxIntent` and `TrimOutbox` run on a thread of their own (one
+  synced write each, in order); their reply carries the seq after the write.
 
 Start-up, in order (roles, server/roles.py): the online store (RocksDB, the writer thread);
 the registry and every group's offline folder published (a failing one quarantined); the
-history flusher (it first flushes what the last run left); the TTL purger; the metrics
-endpoint; the socket (ready
-once it accepts). Shutdown (SIGTERM / SIGINT, or a role died) stops them in reverse: the socket
-stops accepting and reading, every request already received is answered (queued writes
-committed), then the purger stops, the flusher writes every committed row to Parquet, and
-RocksDB closes (WAL synced). Exit status 1 when start-up failed, a role died or a stop failed.
+history flusher when it flushes itself (it first flushes what the last run left); the TTL
+purger; the metrics endpoint; the socket (ready once it accepts). Shutdown (SIGTERM /
+SIGINT, or a role died) stops them in reverse: the socket stops accepting and reading, every
+request already received is answered (queued writes committed), then the purger stops, the
+flusher (if here) writes every committed row to Parquet, and RocksDB closes (WAL synced). Exit
+status 1 when start-up failed, a role died or a stop failed.
 
 Settings: `--settings FILE`, the `Settings` as JSON (`settings.model_dump_json()`), written by
 the supervisor (`tessera serve --workers N`), which built them from the environment and flags:
 the writer reads no environment of its own. Without it, `--data-dir` and the online store flags
 (tests, a writer run by hand) with the other settings at their defaults. `--lazy-kernels`
 (tests) loads the aggregation kernels at the first commit that needs them.
+`--history-process` (the supervisor's): history is flushed by the history process.
 
 What survives which crash:
 - `kill -9` of the writer process: a write is acknowledged only after its WriteBatch is synced
@@ -63,10 +66,13 @@ What survives which crash:
 - `kill -9` of a serving process: nothing durable is lost; its in-flight requests are still
   committed by the writer (the replies go nowhere). Its secondary directory is scratch.
 - SIGTERM (or SIGINT): the writer stops accepting, finishes every request already received,
-  acknowledges them, flushes history, then closes RocksDB (WAL synced) and removes its socket.
-- `kill -9` during a flush: the flush's intent is durable; the restarted writer replays it
-  with the same range (same file names and contents): every acknowledged put reaches Parquet
-  exactly once.
+  acknowledges them, flushes history (if it flushes itself; the supervisor stops the history
+  process first, which flushes it through this process), then closes RocksDB (WAL synced) and
+  removes its socket.
+- `kill -9` during a flush: the flush's intent is durable; the restarted flusher (this
+  process's, or the history process's) replays it with the same range (same file names and
+  contents): every acknowledged put reaches Parquet exactly once. A history request in flight
+  at the kill fails; the history process retries its flush from the marks as they are.
 
 Run: `python -m tessera.server.writer_process --settings FILE` (or `--data-dir DIR`).
 """
