@@ -15,9 +15,8 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from tessera.core.errors import PreconditionFailedError, StorageError
-from tessera.server.put_batch import as_put_ops
 from tessera.server.secondary import CATCH_UP_INTERVAL_S, SecondaryReader
-from tessera.server.store import Committed, Hit, Op, PutBatch, ScanPage
+from tessera.server.store import Committed, Hit, Op, ScanPage
 from tessera.server.writer_client import WriterClient
 from tessera.server.writer_ipc import socket_path
 
@@ -60,9 +59,6 @@ class ProcessOnlineStore:
         return self.reader.scan(group_id, start_after, limit, at_us, include_deleted)
 
     def submit(self, ops: list[Op]) -> Future[Committed]:
-        if any(isinstance(op, PutBatch) for op in ops):  # the writer socket takes puts one by one
-            ops = [one for op in ops for one in (
-                as_put_ops(op) if isinstance(op, PutBatch) else [op])]
         return self.writer.submit(ops)
 
     def drop_group(self, group_id: int) -> Future[Committed]:

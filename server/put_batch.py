@@ -28,7 +28,7 @@ from tessera.core.keys import MAX_RECORD_ID_BYTES
 from tessera.core.records import MAX_RECORD_BYTES
 from tessera.core.schema import MAX_TTL_S, CompiledSchema
 from tessera.server import batch_kernels as bk
-from tessera.server.store import PutBatch, PutOp
+from tessera.server.store import PutBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +112,3 @@ def encode(
 
 _NONE = bk.readonly(np.zeros(0, np.int64))
 
-
-def as_put_ops(batch: PutBatch) -> list[PutOp]:
-    """The batch as one PutOp per record (for a store that takes puts one by one)."""
-    keys = bk.split(batch.keys, batch.key_offsets.tolist())
-    payloads = bk.split(batch.payloads, batch.payload_offsets.tolist())
-    n = len(keys)
-    rows: list[bytes | None] = [None] * n
-    if batch.history is not None and batch.history_offsets is not None:
-        rows = list(bk.split(batch.history, batch.history_offsets.tolist()))
-    expires: list[int | None] = (
-        [None] * n if batch.expires_at_us is None else batch.expires_at_us.tolist())
-    return [PutOp(batch.group_id, key, et, exp, payload, row, batch.online)
-            for key, et, exp, payload, row in zip(
-                keys, batch.event_time_us.tolist(), expires, payloads, rows, strict=True)]

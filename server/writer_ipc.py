@@ -9,7 +9,9 @@ Ops travel as the store's own dataclasses (server/store.py): msgspec decodes `Pu
 `DeleteOp` straight into them in C, so the writer does not build them again in Python (a frozen
 dataclass costs ~1.5-2 us to construct from Python on this machine, more than the wire itself).
 Puts and deletes ride in two lists, with `order` saying how they interleave when a request mixes
-them. A put's aggregation event is sent apart: its group's `AggregationPlan` once per connection
+them. A `PutBatch` (a PutRecords request's puts in columns) crosses as one `WireBatch`: its
+buffers and its arrays' bytes, no object per record (a third list, a third kind in `order`).
+A put's aggregation event is sent apart: its group's `AggregationPlan` once per connection
 (`WirePlan`, numbered by the client), then per put only the plan number and the inputs.
 
 `CompactGroup` runs an offline compaction (`POST /v1/feature-groups/{name}/compact` answered by
@@ -51,14 +53,14 @@ from tessera.core.aggregation.plan import (
 )
 from tessera.core.errors import TesseraError
 from tessera.server.aggregates import AggregateEvent
-from tessera.server.store import DeleteOp, Op, OpResult, PutOp
+from tessera.server.store import DeleteOp, Op, OpResult, PutBatch, PutOp
 
 M = TypeVar("M", bound=BaseModel)
 
 SOCKET_NAME = "writer.sock"
 _LENGTH = struct.Struct("<I")
 MAX_FRAME_BYTES = 1 << 30
-_PUT, _DELETE = 0, 1
+_PUT, _DELETE, _BATCH = 0, 1, 2
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -105,14 +107,32 @@ class WireAggregate(msgspec.Struct, array_like=True):
     values: list[list[float]]
 
 
+class WireBatch(msgspec.Struct, array_like=True):
+    """A `PutBatch`: its buffers as they are, its arrays as their int64 bytes (native order:
+    both ends run on one host), so that a batch of any size crosses as one object."""
+
+    group_id: int
+    online: bool
+    keys: bytes
+    key_offsets: bytes
+    payloads: bytes
+    payload_offsets: bytes
+    event_time_us: bytes
+    expires_at_us: bytes | None
+    history: bytes | None
+    history_offsets: bytes | None
+
+
 class Submit(msgspec.Struct, array_like=True, tag=1):
     id: int
     puts: list[PutOp]
     deletes: list[DeleteOp]
-    #: One byte per op (0 put, 1 delete) when the request mixes them; None: puts, then deletes.
+    #: One byte per op (0 put, 1 delete, 2 batch) when the request mixes them; None: puts, then
+    #: deletes, then batches.
     order: bytes | None
     aggregates: list[WireAggregate]
     plans: list[WirePlan]
+    batches: list[WireBatch] = []
 
 
 class DropGroup(msgspec.Struct, array_like=True, tag=2):
@@ -333,12 +353,15 @@ def encode_submit(
     (this connection's) are included and added to it."""
     puts: list[PutOp] = []
     deletes: list[DeleteOp] = []
+    batches: list[WireBatch] = []
     aggregates: list[WireAggregate] = []
     plans: list[WirePlan] = []
     kinds = bytearray()
-    mixed = False
     for op in ops:
-        if isinstance(op, PutOp):
+        if isinstance(op, PutBatch):
+            batches.append(batch_to_wire(op))
+            kinds.append(_BATCH)
+        elif isinstance(op, PutOp):
             if op.aggregate is not None:
                 plan_no, plan, group_name = numbers.number(op.aggregate)
                 if plan_no not in sent_plans:
@@ -350,14 +373,49 @@ def encode_submit(
                 op = replace(op, aggregate=None)
             puts.append(op)
             kinds.append(_PUT)
-            mixed = mixed or bool(deletes)
         elif isinstance(op, DeleteOp):
             deletes.append(op)
             kinds.append(_DELETE)
         else:
-            raise TypeError(f"only PutOp and DeleteOp are submitted to the writer; got {op!r}")
-    msg = Submit(request_id, puts, deletes, bytes(kinds) if mixed else None, aggregates, plans)
+            raise TypeError("only PutOp and DeleteOp (one by one, or puts as a PutBatch) are "
+                            f"submitted to the writer; got {op!r}")
+    in_order = kinds == bytearray(sorted(kinds))  # puts, then deletes, then batches
+    msg = Submit(request_id, puts, deletes, None if in_order else bytes(kinds), aggregates,
+                 plans, batches)
     return frame(encoder.encode(msg))
+
+
+def batch_to_wire(batch: PutBatch) -> WireBatch:
+    return WireBatch(
+        batch.group_id, batch.online, batch.keys, batch.key_offsets.tobytes(), batch.payloads,
+        batch.payload_offsets.tobytes(), batch.event_time_us.tobytes(),
+        None if batch.expires_at_us is None else batch.expires_at_us.tobytes(), batch.history,
+        None if batch.history_offsets is None else batch.history_offsets.tobytes())
+
+
+def _i64(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, np.int64)  # read-only: the kernels' one signature
+
+
+def batch_from_wire(wire: WireBatch) -> PutBatch:
+    """The PutBatch; ValueError when its arrays disagree (a client bug)."""
+    key_offsets, payload_offsets = _i64(wire.key_offsets), _i64(wire.payload_offsets)
+    event_time_us = _i64(wire.event_time_us)
+    expires = None if wire.expires_at_us is None else _i64(wire.expires_at_us)
+    history_offsets = None if wire.history_offsets is None else _i64(wire.history_offsets)
+    n = event_time_us.shape[0]
+    for offsets, blob in ((key_offsets, wire.keys), (payload_offsets, wire.payloads),
+                          (history_offsets, wire.history)):
+        if offsets is None:
+            continue
+        if (offsets.shape[0] != n + 1 or blob is None or offsets[0] != 0
+                or offsets[-1] != len(blob) or (np.diff(offsets) < 0).any()):
+            raise ValueError("a PutBatch whose offsets do not delimit its buffers")
+    if (expires is not None and expires.shape[0] != n) or (
+            (wire.history is None) != (history_offsets is None)):
+        raise ValueError("a PutBatch whose columns disagree")
+    return PutBatch(wire.group_id, wire.online, wire.keys, key_offsets, wire.payloads,
+                    payload_offsets, event_time_us, expires, wire.history, history_offsets)
 
 
 def decode_ops(msg: Submit, plans: dict[int, tuple[str, AggregationPlan]]) -> list[Op]:
@@ -372,12 +430,13 @@ def decode_ops(msg: Submit, plans: dict[int, tuple[str, AggregationPlan]]) -> li
             inputs = AggregationInput(tuple(agg.keys), tuple(tuple(v) for v in agg.values))
             puts[agg.index] = replace(puts[agg.index], aggregate=AggregateEvent(
                 group_name, plan, inputs))
-    if not msg.deletes:
+    batches = [batch_from_wire(b) for b in msg.batches]
+    if not msg.deletes and not batches:
         return list(puts)
     if msg.order is None:
-        return [*puts, *msg.deletes]
-    it_put, it_del = iter(puts), iter(msg.deletes)
-    return [next(it_put) if kind == _PUT else next(it_del) for kind in msg.order]
+        return [*puts, *msg.deletes, *batches]
+    kinds: tuple[Iterator[Op], ...] = (iter(puts), iter(msg.deletes), iter(batches))
+    return [next(kinds[kind]) for kind in msg.order]
 
 
 # --- registry payloads --------------------------------------------------------------------------

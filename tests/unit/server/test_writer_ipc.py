@@ -27,7 +27,8 @@ from tessera.core.schema import (
 )
 from tessera.server import writer_ipc as ipc
 from tessera.server.aggregates import AggregateEvent
-from tessera.server.store import DeleteOp, Op, PutOp
+from tessera.server.store import DeleteOp, Op, PutBatch, PutOp
+from tests.unit.server.test_put_batch import _as_batch, _columns
 
 
 def _plan_schema() -> CompiledSchema:
@@ -212,3 +213,30 @@ def test_registry_requests_carry_names_and_models_with_lone_surrogates() -> None
         ipc.Reply(8, error=wire))).error)  # type: ignore[arg-type]
     assert isinstance(back, FeatureGroupNotFoundError)
     assert back.message == "feature group 'users\\ud800' does not exist"
+
+
+def test_a_batch_crosses_the_socket_in_its_place_among_other_ops() -> None:
+    batch = _as_batch([PutOp(1, b"\0\0\0\1a", 5, 9, b"p" * 300, b"h" * 40),
+                       PutOp(1, b"\0\0\0\1bb", 6, 10, b"", b"")])
+    plain = _as_batch([PutOp(2, b"\0\0\0\2c", 7, None, b"q", None, False)])
+    ops: list[Op] = [PutOp(1, b"k", 1, None, b"x"), batch, DeleteOp(1, b"k", 2, hard=False),
+                     plain, PutOp(1, b"k", 3, None, b"y")]
+    msg = ipc.request_decoder.decode(ipc.encode_submit(3, ops, ipc.PlanNumbers(), set())[4:])
+    assert isinstance(msg, ipc.Submit)
+    got = ipc.decode_ops(msg, {})
+    assert [type(op) for op in got] == [type(op) for op in ops]
+    for a, b in zip(got, ops, strict=True):
+        if isinstance(b, PutBatch):
+            assert isinstance(a, PutBatch) and _columns(a) == _columns(b)
+            assert (a.group_id, a.online) == (b.group_id, b.online)
+            assert not a.key_offsets.flags.writeable
+        else:
+            assert a == b
+
+
+def test_a_batch_whose_offsets_do_not_fit_its_buffers_is_refused() -> None:
+    batch = _as_batch([PutOp(1, b"\0\0\0\1a", 5, None, b"pp")])
+    wire = ipc.batch_to_wire(batch)
+    wire.payload_offsets = np.array([0, 7], np.int64).tobytes()
+    with pytest.raises(ValueError, match="offsets"):
+        ipc.batch_from_wire(wire)
