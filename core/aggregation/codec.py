@@ -144,6 +144,6 @@ def unpack(buf: U8s, off: I64s) -> list[bytes | None]:
     """Values from a kernel's buffer and offsets, each copied once from the buffer (a copy of
     the whole buffer first, then slices of it, cost 6-10x more: a fresh megabyte-sized block
     per commit); empty -> None."""
-    view = memoryview(buf)
+    view = buf.data  # the array's own memoryview: no copy
     bounds = off.tolist()
     return [bytes(view[a:b]) if b > a else None for a, b in zip(bounds, bounds[1:], strict=False)]
