@@ -172,9 +172,17 @@ def open_rocksdb(path: Path, block_cache_mb: int = 512, write_buffer_mb: int = 6
     return RocksDB(path, _options(block_cache_mb, write_buffer_mb))
 
 
-def open_secondary(path: Path, secondary_path: Path, block_cache_mb: int = 512) -> rocksdict.Rdict:
+def open_secondary(
+    path: Path, secondary_path: Path, block_cache_mb: int = 512,
+    families: tuple[str, ...] = COLUMN_FAMILIES,
+) -> rocksdict.Rdict:
     """Open the DB at `path` as a RocksDB secondary instance (its own files in `secondary_path`):
     read-only, it sees the primary's writes after `try_catch_up_with_primary()`.
+
+    `families`: the column families it opens ("default" among them). A catch-up replays only
+    their WAL records, so a reader opens only what it reads: a serving process skips the outbox
+    and the expiry index, which every put writes too. The sequence number still follows every
+    commit (`latest_sequence_number()` counts the batches of the families not opened as well).
 
     Every column family gets the primary's options (without them a secondary takes the stored
     ones: no bloom filter, no block cache), plus two a secondary needs: table files stay open
@@ -189,7 +197,7 @@ def open_secondary(path: Path, secondary_path: Path, block_cache_mb: int = 512) 
     try:
         secondary_path.mkdir(parents=True, exist_ok=True)
         return rocksdict.Rdict(
-            str(path), opts, column_families={name: opts for name in COLUMN_FAMILIES},
+            str(path), opts, column_families={name: opts for name in families},
             access_type=rocksdict.AccessType.secondary(str(secondary_path)),
         )
     except Exception as exc:  # rocksdict raises plain Exception for I/O errors
