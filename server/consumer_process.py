@@ -60,6 +60,10 @@ async def consume(settings: Settings, ready_file: Path) -> None:
         registry = await asyncio.to_thread(RemoteRegistry, store.reader, store.writer)
         sink = EmbeddedSink(registry, store)
         ingest_metrics = IngestMetrics(metrics.REGISTRY)
+        # Every process reports its own view of the registry (a gauge left at 0 would read as
+        # a disagreement in /metrics).
+        metrics.FEATURE_GROUPS.set_function(lambda: len(registry.list()))
+        metrics.FEATURE_GROUPS_QUARANTINED.set_function(lambda: len(registry.quarantined()))
         await roles.start(IngestRole(
             lambda ev: run_consumers(config, sink, ev, ingest_metrics), config))
         # Its ingest metrics reach /metrics through this (server/process_metrics.py).

@@ -493,6 +493,10 @@ async def serve(settings: Settings, ready_file: Path, stop: asyncio.Event) -> No
                                  max_rows=settings.offline_store.flush_max_rows)
         await roles.start(FlusherRole(flusher))
         metrics.OFFLINE_ROWS.set_function(lambda: offline.rows_written)
+        # Every process reports its own view of the registry (a gauge left at 0 would read as
+        # a disagreement in /metrics): here, the one reloaded from the secondary.
+        metrics.FEATURE_GROUPS.set_function(lambda: len(outbox.view.list()))
+        metrics.FEATURE_GROUPS_QUARANTINED.set_function(lambda: len(outbox.view.quarantined()))
         # This process's own (the writer imports this module: it must not report it too).
         Gauge("tessera_offline_flushes", "Outbox ranges written to Parquet and trimmed since "
               "start.", registry=metrics.REGISTRY).set_function(lambda: flusher.flushes)
