@@ -20,7 +20,7 @@ test: $(BIN)/.installed
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .
 	./scripts/typecheck.sh
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 protos: $(BIN)/.installed
 	$(BIN)/python scripts/gen_protos.py
