@@ -23,7 +23,6 @@ import signal
 import sys
 from pathlib import Path
 
-from tessera.core.errors import StorageError
 from tessera.ingest import run_consumers
 from tessera.ingest.metrics import IngestMetrics
 from tessera.server import metrics
@@ -36,6 +35,7 @@ from tessera.server.roles import (
     ReadyFileRole,
     RoleFailedError,
     Roles,
+    run_child,
 )
 from tessera.server.settings import Settings, run_dir
 
@@ -87,15 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, required=True, help="the settings, as JSON")
     parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s consumer %(name)s: %(message)s")
     settings = Settings.model_validate_json(args.settings.read_text())
-    try:
-        asyncio.run(consume(settings, args.ready_file))
-    except (OSError, RoleFailedError, StorageError) as exc:
-        log.error("the consumer process failed: %s: %s", type(exc).__name__, exc)
-        return 1
-    return 0
+    return run_child("consumer", lambda: consume(settings, args.ready_file))
 
 
 if __name__ == "__main__":

@@ -72,10 +72,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
-import rocksdict
 from prometheus_client import Gauge
 
 from tessera.core.errors import StorageError
@@ -94,8 +93,8 @@ from tessera.server.outbox import (
 )
 from tessera.server.process_metrics import HISTORY, MetricsEndpoint, endpoint_path
 from tessera.server.registry import VERSION, RegistryView
-from tessera.server.rocksdb import OUTBOX, REGISTRY
-from tessera.server.roles import ReadyFileRole, RoleFailedError, Roles
+from tessera.server.rocksdb import OUTBOX, REGISTRY, open_secondary
+from tessera.server.roles import ClosingRole, ReadyFileRole, RoleFailedError, Roles, run_child
 from tessera.server.settings import Settings, run_dir
 from tessera.server.writer_client import WriterClient
 
@@ -239,30 +238,6 @@ class HistoryProcessHooks:
 # --- the history process's side ----------------------------------------------------------------
 
 
-def _open_outbox_secondary(primary: Path, secondary: Path) -> rocksdict.Rdict:
-    """A secondary of the primary with only the column families history reads (the outbox, the
-    registry): a catch-up replays only their WAL records, not the records' and the tiles' (a
-    third of the CPU per record of a secondary of every family, measured on 200-byte puts).
-    Table files stay open and are opened on the calling thread, as server/rocksdb.py
-    `open_secondary` explains; the outbox is read once, in order: a small block cache."""
-    opts = rocksdict.Options(raw_mode=True)
-    opts.set_max_open_files(-1)
-    opts.set_max_file_opening_threads(1)
-    table = rocksdict.BlockBasedOptions()
-    table.set_block_cache(rocksdict.Cache(_SECONDARY_CACHE_MB * 1024 * 1024))
-    opts.set_block_based_table_factory(table)
-    try:
-        secondary.mkdir(parents=True, exist_ok=True)
-        return rocksdict.Rdict(
-            str(primary), opts,
-            column_families={name: opts for name in ("default", OUTBOX, REGISTRY)},
-            access_type=rocksdict.AccessType.secondary(str(secondary)),
-        )
-    except Exception as exc:  # rocksdict raises plain Exception for I/O errors
-        raise StorageError(f"cannot open the online store at {primary} as a secondary: {exc}"
-                           ) from exc
-
-
 class SecondaryOutbox:
     """The outbox (and the registry) as a secondary of the writer's primary shows them; the
     marks written by the writer on request (server/outbox.py `Outbox`)."""
@@ -270,7 +245,10 @@ class SecondaryOutbox:
     def __init__(self, primary: Path, secondary: Path, writer: WriterClient,
                  timeout_s: float = 60.0) -> None:
         shutil.rmtree(secondary, ignore_errors=True)  # scratch: rebuilt at every start
-        self._db = _open_outbox_secondary(primary, secondary)
+        # Only the outbox and the registry: a catch-up replays only their WAL records, not the
+        # records' and the tiles' (a third of the CPU per record of a secondary of every family).
+        self._db = open_secondary(primary, secondary, _SECONDARY_CACHE_MB,
+                                  ("default", OUTBOX, REGISTRY))
         self._outbox = self._db.get_column_family(OUTBOX)
         self._registry = self._db.get_column_family(REGISTRY)
         self._writer = writer
@@ -460,22 +438,6 @@ class FlusherRole:
         return "the flusher thread exited"
 
 
-class _Closing:
-    def __init__(self, name: str, close: Callable[[], Any]) -> None:
-        self.name = name
-        self._close = close
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self._close)
-
-    async def died(self) -> str:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
 async def serve(settings: Settings, ready_file: Path, stop: asyncio.Event) -> None:
     """Start the roles in order, run until `stop` or a role dies, stop them in reverse."""
     roles = Roles()
@@ -483,10 +445,10 @@ async def serve(settings: Settings, ready_file: Path, stop: asyncio.Event) -> No
     scratch = run_dir(settings.data_dir)
     try:
         writer = WriterClient(ipc.socket_path(settings.data_dir))
-        await roles.start(_Closing("writer client", writer.close))
+        await roles.start(ClosingRole("writer client", writer.close))
         outbox = await asyncio.to_thread(
             SecondaryOutbox, settings.data_dir / "online", scratch / "secondary-history", writer)
-        await roles.start(_Closing("history secondary", outbox.close))
+        await roles.start(ClosingRole("history secondary", outbox.close))
         offline = ParquetOfflineWriter(settings.offline_root)
         flusher = HistoryFlusher(outbox, offline, outbox.groups,
                                  interval_s=settings.offline_store.flush_interval_s,
@@ -532,15 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, required=True, help="the settings, as JSON")
     parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s history %(name)s: %(message)s")
     settings = Settings.model_validate_json(args.settings.read_text())
-    try:
-        asyncio.run(_main(settings, args.ready_file))
-    except (OSError, RoleFailedError, StorageError) as exc:
-        log.error("the history process failed: %s: %s", type(exc).__name__, exc)
-        return 1
-    return 0
+    return run_child("history", lambda: _main(settings, args.ready_file))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +33,7 @@ from granian.server.embed import Server as EmbeddedServer
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from tessera.core.errors import StorageError
 from tessera.ingest.config import IngestConfig
 from tessera.server.http_fast import ASGIApp
 from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
@@ -47,6 +49,20 @@ _HTTP_BACKLOG = 2048  # also granian's bound on requests in flight (its backpres
 
 class RoleFailedError(Exception):
     """A role died while the server was running, or failed to stop cleanly."""
+
+
+def run_child(label: str, run: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """The body of a child process's `main` (serving, history, consumer): log to stderr with the
+    process's `label`, run its roles, and exit 1 with one line naming the failure when a role
+    fails to start or dies (OSError, RoleFailedError, StorageError), 0 after a clean stop."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s {label} %(name)s: %(message)s")
+    try:
+        asyncio.run(run())
+    except (OSError, RoleFailedError, StorageError) as exc:
+        log.error("the %s process failed: %s: %s", label, type(exc).__name__, exc)
+        return 1
+    return 0
 
 
 class Role(Protocol):

@@ -28,7 +28,6 @@ import signal
 import sys
 from pathlib import Path
 
-from tessera.core.errors import StorageError
 from tessera.core.schema import FeatureGroup
 from tessera.server import metrics
 from tessera.server.aggregates import ensure_kernels
@@ -41,7 +40,7 @@ from tessera.server.process_metrics import (
     serving_name,
 )
 from tessera.server.registry_client import RemoteRegistry
-from tessera.server.roles import ProcessStoreRole, RoleFailedError, Roles
+from tessera.server.roles import ProcessStoreRole, RoleFailedError, Roles, run_child
 from tessera.server.settings import Settings, run_dir
 
 log = logging.getLogger("tessera.server.serving")
@@ -114,16 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s serving-{args.index} %(name)s: "
-                               "%(message)s")
     settings = Settings.model_validate_json(args.settings.read_text())
-    try:
-        asyncio.run(serve(settings, args.index, args.ready_file))
-    except (OSError, RoleFailedError, StorageError) as exc:
-        log.error("serving process %d failed: %s: %s", args.index, type(exc).__name__, exc)
-        return 1
-    return 0
+    return run_child(f"serving-{args.index}", lambda: serve(settings, args.index, args.ready_file))
 
 
 if __name__ == "__main__":
