@@ -73,7 +73,30 @@ class SerializationError(TesseraError):
     http_status = 422
 
 
+class UnauthenticatedError(TesseraError):
+    """No credentials, or credentials Tessera does not accept (unknown, revoked or expired key,
+    bad signature): UNAUTHENTICATED / HTTP 401. `reason` is the metric label
+    (tessera_auth_failures_total{reason})."""
+
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDeniedError(TesseraError):
+    """Valid credentials without the permission a call needs (the message names the
+    permission and the feature group): PERMISSION_DENIED / HTTP 403."""
+
+    grpc_code = "PERMISSION_DENIED"
+    http_status = 403
+
+
 _BY_GRPC_CODE: dict[str, type[TesseraError]] = {
+    "UNAUTHENTICATED": UnauthenticatedError,
+    "PERMISSION_DENIED": PermissionDeniedError,
     "INVALID_ARGUMENT": InvalidRequestError,
     "NOT_FOUND": NotFoundError,
     "ALREADY_EXISTS": ConflictError,
@@ -92,6 +115,10 @@ def error_for_http_status(status: int, message: str) -> TesseraError:
     """The error a client raises for an HTTP error status from the control plane."""
     if status in (400, 422):
         return InvalidRequestError(message)
+    if status == 401:
+        return UnauthenticatedError(message)
+    if status == 403:
+        return PermissionDeniedError(message)
     if status == 404:
         return NotFoundError(message)
     if status == 409:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,13 @@ from pathlib import Path
 import pydantic
 
 from tessera.server import cli_groups, cli_offline
-from tessera.server.settings import OfflineStoreSettings, ServerSettings, Settings
+from tessera.server.settings import (
+    AuthSettings,
+    OfflineStoreSettings,
+    ServerSettings,
+    Settings,
+    TlsSettings,
+)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -32,6 +39,18 @@ def _settings(args: argparse.Namespace) -> Settings:
             {**base.offline_store.model_dump(),
              "flush_interval_s": args.offline_flush_interval_s}
         )
+    tls = {k: v for k, v in (("cert", args.tls_cert), ("key", args.tls_key),
+                             ("client_ca", args.tls_client_ca)) if v is not None}
+    if tls:
+        update["tls"] = TlsSettings.model_validate({**base.tls.model_dump(), **tls})
+    auth = {k: v for k, v in (("enabled", args.auth or None),
+                              ("insecure_no_auth", args.insecure_no_auth or None),
+                              ("jwt_jwks", args.jwt_jwks), ("jwt_issuer", args.jwt_issuer),
+                              ("jwt_audience", args.jwt_audience),
+                              ("jwt_permissions_claim", args.jwt_permissions_claim),
+                              ("audit_log", args.audit_log)) if v is not None}
+    if auth:
+        update["auth"] = AuthSettings.model_validate({**base.auth.model_dump(), **auth})
     return base.model_copy(update=update)
 
 
@@ -128,11 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write {grpc_port, http_port, pid} as JSON here once serving")
     serve.add_argument("--demo", action="store_true",
                        help="once serving, run the demo against this server")
+    security = serve.add_argument_group("security (README: Security)")
+    security.add_argument("--tls-cert", type=Path,
+                          help="server certificate (PEM): TLS on both ports")
+    security.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    security.add_argument("--tls-client-ca", type=Path,
+                          help="CA bundle (PEM) client certificates must chain to (mutual TLS)")
+    security.add_argument("--auth", action="store_true",
+                          help="every data and control call needs credentials (API key, JWT, "
+                               "SigV4); /healthz and /readyz never do")
+    security.add_argument("--insecure-no-auth", action="store_true",
+                          help="serve a non-loopback --host with authentication off")
+    security.add_argument("--jwt-jwks", help="JWKS of the JWT issuer: a file path or a URL")
+    security.add_argument("--jwt-issuer", help="the JWTs' expected `iss`")
+    security.add_argument("--jwt-audience", help="the JWTs' expected `aud`")
+    security.add_argument("--jwt-permissions-claim",
+                          help="the claim holding permissions (read:GLOB, write:GLOB, admin)")
+    security.add_argument("--audit-log",
+                          help="where audit lines go (default <data-dir>/audit.log; - = stdout)")
     serve.set_defaults(func=_serve)
 
     client_args = argparse.ArgumentParser(add_help=False)
     client_args.add_argument("--grpc", default="127.0.0.1:50051", help="gRPC address")
     client_args.add_argument("--http", default="http://127.0.0.1:8080", help="HTTP base URL")
+    client_args.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"),
+                             help="API key (default $TESSERA_API_KEY)")
+    client_args.add_argument("--tls-ca", type=Path,
+                             help="CA bundle (PEM) to verify the server (TLS)")
+    client_args.add_argument("--tls-cert", type=Path, help="client certificate (PEM; mutual TLS)")
+    client_args.add_argument("--tls-key", type=Path, help="client certificate's key (PEM)")
 
     demo = sub.add_parser("demo", parents=[client_args],
                           help="create a group, write records and read them back")

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tessera.core.catalog import Catalog
 from tessera.server import rest_runtime
+from tessera.server.auth.factory import authenticator_for
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
 from tessera.server.http_app import create_app
@@ -81,17 +82,20 @@ async def start_front(
     sql_workers = SqlWorkers.for_settings(settings.offline_root, spill, settings.sql)
     # One service for both APIs: the HTTP runtimes answer what the gRPC servicer would.
     service = FeatureStoreService(registry, store)
+    auth = authenticator_for(settings)
     fast = FastRouter(
         max_body_bytes=s.grpc_max_message_bytes,
         response_headers=[(PID_HEADER.encode(), str(os.getpid()).encode())] if reuse_port else [],
+        auth=auth,
     )
     # The FastAPI app becomes the router's fallback; the runtimes register into the router.
     app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,
                      sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
-                     store=store, service=service, fast=fast)
+                     store=store, service=service, fast=fast, auth=auth)
     rest_runtime.register(fast, app, service, registry, store)
     http = await roles.start(
-        HttpRole(fast, s.host, s.http_port, reuse_port=reuse_port, grace_s=s.shutdown_grace_s))
+        HttpRole(fast, s.host, s.http_port, reuse_port=reuse_port, grace_s=s.shutdown_grace_s,
+                 tls=settings.tls))
     # Stopped before HTTP: a running query answers 503 at once instead of holding the stop.
     await roles.start(ClosingRole("SQL workers", sql_workers.close))
 
@@ -102,7 +106,7 @@ async def start_front(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    grpc_server.add_generic_rpc_handlers(handlers(service))
+    grpc_server.add_generic_rpc_handlers(handlers(service, auth))
     if reuse_port:
         grpc_server.add_generic_rpc_handlers([_pid_handler()])
     health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
@@ -111,6 +115,7 @@ async def start_front(
          reflection.SERVICE_NAME],
         grpc_server,
     )
-    rpc = await roles.start(GrpcRole(grpc_server, f"{s.host}:{s.grpc_port}", s.shutdown_grace_s))
+    rpc = await roles.start(GrpcRole(grpc_server, f"{s.host}:{s.grpc_port}", s.shutdown_grace_s,
+                                     tls=settings.tls))
     return Front(http, rpc, readiness)
 

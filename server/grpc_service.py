@@ -42,6 +42,7 @@ from tessera.core.tokens import decode_token, encode_token
 from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, put_batch, wire
+from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import Registry
 from tessera.server.storage_health import storage_failure
@@ -372,8 +373,11 @@ def _rpc(
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
-def handlers(service: FeatureStoreService) -> list[grpc.GenericRpcHandler]:
-    """The generic handlers to add to a grpc.aio server."""
+def handlers(
+    service: FeatureStoreService, auth: Authenticator = OPEN_ACCESS
+) -> list[grpc.GenericRpcHandler]:
+    """The generic handlers to add to a grpc.aio server; `auth` resolves each call's
+    `authorization` metadata to a principal (server/auth)."""
     fs = grpc.method_handlers_generic_handler(
         FEATURE_STORE,
         {

@@ -27,6 +27,7 @@ from tessera.core.schema import (
     FeatureMetadataUpdate,
 )
 from tessera.server import metrics
+from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import FeatureStoreService
 from tessera.server.http_fast import ERROR_CODES, FastRouter
@@ -65,6 +66,7 @@ def create_app(
     store: OnlineStore | None = None,
     service: FeatureStoreService | None = None,
     fast: FastRouter | None = None,
+    auth: Authenticator = OPEN_ACCESS,
 ) -> FastAPI:
     """The app. `compact` runs `POST .../compact` (None: no offline store, 503); `catalog`
     (the server's own) reports groups without a SQL view in /readyz; `sql_workers` run

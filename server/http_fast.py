@@ -60,6 +60,7 @@ import msgspec
 
 from tessera.core.errors import InvalidRequestError, TesseraError
 from tessera.server import metrics
+from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.storage_health import storage_failure
 
 log = logging.getLogger(__name__)
@@ -213,11 +214,14 @@ class FastRouter:
     """The ASGI app: fast routes first, then `app` (see the module docstring)."""
 
     def __init__(self, app: ASGIApp | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 response_headers: Headers | None = None) -> None:
+                 response_headers: Headers | None = None,
+                 auth: Authenticator = OPEN_ACCESS) -> None:
         #: Where every request no fast route matches goes (create_app sets the FastAPI app).
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.response_headers: Headers = list(response_headers or [])
+        #: Resolves each request's credentials to a principal (server/auth).
+        self.auth = auth
         # By (method, number of path segments): a request looks only at routes of its shape.
         self._routes: dict[tuple[str, int], list[_Route]] = {}
 

@@ -40,6 +40,7 @@ from tessera.server.online_store import RocksDBOnlineStore, TtlPurger
 from tessera.server.outbox import OutboxFlusher
 from tessera.server.process_store import ProcessOnlineStore
 from tessera.server.rocksdb import RocksDB, open_rocksdb
+from tessera.server.settings import TlsSettings
 
 log = logging.getLogger("tessera.server")
 
@@ -347,8 +348,9 @@ class HttpRole:
     name = "HTTP server"
 
     def __init__(self, app: ASGIApp, host: str, port: int, reuse_port: bool = False,
-                 grace_s: float = 10.0) -> None:
+                 grace_s: float = 10.0, tls: TlsSettings | None = None) -> None:
         self._app = app
+        self._tls = tls
         self._host, self._port, self._reuse_port = host, port, reuse_port
         self._grace_s = grace_s
         self._server: _EmbeddedGranian | None = None
@@ -400,8 +402,10 @@ class GrpcRole:
 
     name = "gRPC server"
 
-    def __init__(self, server: grpc.aio.Server, address: str, grace_s: float) -> None:
+    def __init__(self, server: grpc.aio.Server, address: str, grace_s: float,
+                 tls: TlsSettings | None = None) -> None:
         self._server, self._address, self._grace_s = server, address, grace_s
+        self._tls = tls
         self.port = 0
 
     async def start(self) -> None:

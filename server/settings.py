@@ -76,6 +76,38 @@ class SqlSettings(_Section):
     threads: int = Field(0, ge=0, le=1024)
 
 
+class TlsSettings(_Section):
+    """TLS on the gRPC and HTTP ports (both or neither): PEM files. `client_ca` turns on mutual
+    TLS: a client must present a certificate signed by it."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+
+class AuthSettings(_Section):
+    """Who may call (server/auth). Off: every caller is the local admin, which only a loopback
+    address allows unless `insecure_no_auth` says so explicitly."""
+
+    # On: every data and control call needs credentials (API key, JWT or SigV4); /healthz and
+    # /readyz never do.
+    enabled: bool = False
+    # Serve a non-loopback address with authentication off (logged as a warning every minute).
+    insecure_no_auth: bool = False
+    # JWT / OIDC bearer tokens: the issuer's JWKS (a file path or an http(s) URL), the expected
+    # `iss` and `aud`, and the claim holding permission strings (`read:GLOB`, `write:GLOB`,
+    # `admin`).
+    jwt_jwks: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_permissions_claim: str = "permissions"
+    # One JSON line per admin action, key change and denied call; default <data_dir>/audit.log;
+    # "-" writes them to stdout.
+    audit_log: str | None = None
+    # /metrics needs credentials (any valid principal) when authentication is on.
+    protect_metrics: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TESSERA_", env_nested_delimiter="__", frozen=True, extra="forbid"
@@ -86,6 +118,8 @@ class Settings(BaseSettings):
     online_store: OnlineStoreSettings = OnlineStoreSettings()
     offline_store: OfflineStoreSettings = OfflineStoreSettings()
     sql: SqlSettings = SqlSettings()
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
     # Kafka topics `tessera serve` consumes itself (embedded, writing straight to the store);
     # as JSON in TESSERA_INGEST, e.g. {"bootstrap_servers": "...", "topics": [...]}.
     ingest: IngestConfig | None = None
