@@ -96,3 +96,11 @@ SQL_QUERIES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+AUTH_FAILURES = Counter(
+    "tessera_auth_failures_total",
+    "Calls refused for their credentials (UNAUTHENTICATED / 401), by reason: missing, "
+    "malformed, unknown_key, revoked, expired, bad_signature, wrong_issuer, wrong_audience, "
+    "bad_permissions, jwt_not_configured.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from tessera.server.auth.authenticator import KeyAuthenticator
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
+from tessera.server.auth.keys import KeyIndex
 from tessera.server.settings import Settings
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
-    """OPEN_ACCESS with authentication off; otherwise API keys (the data dir's key store),
-    JWTs (settings.auth.jwt_*) and SigV4 keys."""
+    """OPEN_ACCESS with authentication off; otherwise API keys and SigV4 keys of the data dir's
+    key store (`tessera keys create`) and JWTs (settings.auth.jwt_*)."""
     if not settings.auth.enabled:
         return OPEN_ACCESS
-    raise NotImplementedError("authentication (--auth) is being built: server/auth/keys.py")
+    return KeyAuthenticator(KeyIndex(settings.data_dir))
