@@ -13,15 +13,33 @@ at once when it already does (the single-process store always does); otherwise i
 worker thread (`OnlineStore.wait_visible`, never on the event loop), within the call's deadline
 and MAX_CONSISTENCY_WAIT_S, and answers UNAVAILABLE (retryable) when the commit is still not
 visible. Reads without a token run exactly as before: synchronously, nothing asked of the store.
+
+Authentication and authorization (README: Security). With authentication on, `_rpc` resolves
+every call's `authorization` metadata ("Bearer <API key or JWT>") to a `Principal` through the
+`Authenticator` (UNAUTHENTICATED with its message otherwise) and hands it to the method, which
+checks it against the group the request names before it reads the registry (so a caller learns
+nothing of a group it may not use): GetRecord and BatchGetRecord need `read`, PutRecord,
+PutRecords and DeleteRecord `write`, Echo only an authenticated caller. A BatchGetRecord entry
+for a group the caller may not read fails its identifiers with PERMISSION_DENIED per item; the
+other entries are read. Every denial is one audit line (`_denied`, which also gives the caller
+the line's request id). With authentication off (`OPEN_ACCESS`) the handlers are built without
+any of it: the methods get `principal=None` and check nothing.
+gRPC health and server reflection are other services, left open: health is what load balancers
+and Kubernetes probe without credentials; reflection describes the API's schema (the public
+proto files, no group names and no data), which the route-table test and tools like grpcurl
+need to discover the methods they then call with credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
 from typing import TypeAlias, TypeVar
 
 import grpc
@@ -31,6 +49,7 @@ from prometheus_client import Counter
 from tessera.core import eventtime
 from tessera.core.errors import (
     InvalidRequestError,
+    PermissionDeniedError,
     PreconditionFailedError,
     StorageError,
     TesseraError,
@@ -43,6 +62,7 @@ from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, put_batch, wire
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
+from tessera.server.auth.permissions import Action, Principal, denied_message
 from tessera.server.reads import OnlineReader
 from tessera.server.registry import Registry
 from tessera.server.storage_health import storage_failure
@@ -101,9 +121,11 @@ class FeatureStoreService:
 
     # --- writes --------------------------------------------------------------------------------
 
-    async def put_record(self, data: bytes) -> bytes:
+    async def put_record(self, data: bytes, principal: Principal | None = None) -> bytes:
         api_us = now_us()
         req = pb.PutRecordRequest.FromString(data)
+        if principal is not None:
+            _require(principal, Action.WRITE, req.feature_group_name, "PutRecord")
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
         schema, op = self._newest(schema, lambda s: put_op(
@@ -116,14 +138,14 @@ class FeatureStoreService:
         ).SerializeToString()
         return out
 
-    async def put_records(self, data: bytes) -> bytes:
+    async def put_records(self, data: bytes, principal: Principal | None = None) -> bytes:
         api_us = now_us()
-        bulk = self._put_batch(data, api_us)
+        bulk = self._put_batch(data, api_us, principal)
         if bulk is not None:  # the common case, validated and encoded in compiled passes
             schema, batch = bulk
             committed = await self._commit([batch])
         else:
-            committed_or_none = await self._put_records_one_by_one(data, api_us)
+            committed_or_none = await self._put_records_one_by_one(data, api_us, principal)
             if committed_or_none is None:  # nothing committed: no token
                 return b""
             schema, committed = committed_or_none
@@ -133,13 +155,17 @@ class FeatureStoreService:
         ).SerializeToString()
         return out
 
-    def _put_batch(self, data: bytes, api_us: int) -> tuple[CompiledSchema, PutBatch] | None:
+    def _put_batch(
+        self, data: bytes, api_us: int, principal: Principal | None
+    ) -> tuple[CompiledSchema, PutBatch] | None:
         """The request as one PutBatch (server/put_batch.py), or None: the per-record path
         decides (and raises what it raises, in its order: a malformed body before an unknown
         group)."""
         request = put_batch.scan(data)
         if request is None:
             return None
+        if principal is not None:  # the group the batch would be written to
+            _require(principal, Action.WRITE, request.group_name, "PutRecords")
         try:
             schema = self._registry.schema(request.group_name)
         except TesseraError:
@@ -148,9 +174,11 @@ class FeatureStoreService:
         return None if batch is None else (schema, batch)
 
     async def _put_records_one_by_one(
-        self, data: bytes, api_us: int
+        self, data: bytes, api_us: int, principal: Principal | None
     ) -> tuple[CompiledSchema, Committed] | None:
         req = pb.PutRecordsRequest.FromString(data)
+        if principal is not None:
+            _require(principal, Action.WRITE, req.feature_group_name, "PutRecords")
         schema = self._registry.schema(req.feature_group_name)
         ttl_s = req.ttl_s if req.HasField("ttl_s") else None
         sources = req.sources
@@ -172,9 +200,11 @@ class FeatureStoreService:
             return None
         return schema, await self._commit(ops)
 
-    async def delete_record(self, data: bytes) -> bytes:
+    async def delete_record(self, data: bytes, principal: Principal | None = None) -> bytes:
         api_us = now_us()
         req = pb.DeleteRecordRequest.FromString(data)
+        if principal is not None:
+            _require(principal, Action.WRITE, req.feature_group_name, "DeleteRecord")
         schema = self._registry.schema(req.feature_group_name)
         record_id = normalize_record_id(schema, req.record_identifier)
         if not req.event_time:
@@ -201,9 +231,12 @@ class FeatureStoreService:
     # --- reads ---------------------------------------------------------------------------------
 
     def get_record(
-        self, data: bytes, time_remaining: TimeRemaining | None = None
+        self, data: bytes, time_remaining: TimeRemaining | None = None,
+        principal: Principal | None = None,
     ) -> bytes | Awaitable[bytes]:
         req = pb.GetRecordRequest.FromString(data)
+        if principal is not None:  # before a wait for its token, too
+            _require(principal, Action.READ, req.feature_group_name, "GetRecord")
         if req.consistent_after:
             if not self._visible(req.consistent_after):
                 return self._after("GetRecord", req.consistent_after, time_remaining,
@@ -223,17 +256,22 @@ class FeatureStoreService:
         )
 
     def batch_get_record(
-        self, data: bytes, time_remaining: TimeRemaining | None = None
+        self, data: bytes, time_remaining: TimeRemaining | None = None,
+        principal: Principal | None = None,
     ) -> bytes | Awaitable[bytes]:
         req = pb.BatchGetRecordRequest.FromString(data)
+        read = self._batch_get_record if principal is None else partial(
+            self._batch_get_record, principal=principal)
         if req.consistent_after:
             if not self._visible(req.consistent_after):
                 return self._after("BatchGetRecord", req.consistent_after, time_remaining,
-                                   self._batch_get_record, req)
+                                   read, req)
             _BATCH_VISIBLE.inc()
-        return self._batch_get_record(req)
+        return read(req)
 
-    def _batch_get_record(self, req: pb.BatchGetRecordRequest) -> bytes:
+    def _batch_get_record(
+        self, req: pb.BatchGetRecordRequest, principal: Principal | None = None
+    ) -> bytes:
         side = pb.BatchGetRecordResponse()  # errors and unprocessed identifiers
         parts: list[bytes] = []
         at_us = now_us()
@@ -250,6 +288,13 @@ class FeatureStoreService:
                 if n >= MAX_BATCH_GROUPS:
                     continue
                 ids = ids[:MAX_BATCH_IDS]
+            if principal is not None and not principal.can(Action.READ, name):
+                # Per item, like any other error of one group: the other groups are read.
+                denied = _denied(principal, Action.READ, name, "BatchGetRecord")
+                for rid in ids:
+                    side.errors.add(feature_group_name=name, record_identifier=rid,
+                                    error_code=denied.grpc_code, error_message=denied.message)
+                continue
             read = self._reader.batch_get_record(name, ids, entry.feature_names, at_us)
             for rid, exc in read.errors:
                 side.errors.add(feature_group_name=name, record_identifier=rid,
@@ -298,9 +343,44 @@ class FeatureStoreService:
 
     # --- diagnostics ---------------------------------------------------------------------------
 
-    def echo(self, data: bytes) -> bytes:
-        # EchoResponse has EchoRequest's layout: the request bytes are the response.
+    def echo(self, data: bytes, principal: Principal | None = None) -> bytes:
+        # Any authenticated caller (`_rpc` authenticated it). EchoResponse has EchoRequest's
+        # layout: the request bytes are the response.
         return data
+
+
+# --- permissions -------------------------------------------------------------------------------
+
+
+def _require(principal: Principal, action: Action, group: str, method: str) -> None:
+    """PermissionDeniedError (audited) unless `principal` may do `action` on `group`."""
+    if not principal.can(action, group):
+        raise _denied(principal, action, group, method)
+
+
+def _denied(principal: Principal, action: Action, group: str, method: str) -> PermissionDeniedError:
+    """The error of a denied call, written to the audit log first: the one place a denial of
+    this API is recorded. The caller's message carries the audit line's request id."""
+    request_id = uuid.uuid4().hex[:16]
+    reason = f"lacks {action.value}"
+    audit_denied(principal, f"{FEATURE_STORE}/{method}", group, request_id, reason)
+    return PermissionDeniedError(
+        f"{denied_message(principal, action, group)}; request id {request_id}"
+    )
+
+
+def audit_denied(
+    principal: Principal, action: str, group: str, request_id: str, reason: str
+) -> None:
+    """One audit line for a denied call."""
+    _audit_log.warning(json.dumps({
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "principal": principal.name, "action": action, "group": group, "outcome": "denied",
+        "request_id": request_id, "reason": reason,
+    }))
+
+
+_audit_log = logging.getLogger("tessera.audit")
 
 
 # --- the edge: error mapping, metrics ----------------------------------------------------------
@@ -315,22 +395,39 @@ def _past_deadline(context: grpc.aio.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
+def authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's `authorization` metadata value (None: absent). gRPC lower-cases metadata
+    keys; a scan of the few entries a call carries, no dict built."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
 def _rpc(
     method: str,
     request_type: str,
     impl: Callable[..., bytes | Awaitable[bytes]],
     with_deadline: bool = False,
+    auth: Authenticator = OPEN_ACCESS,
 ) -> grpc.RpcMethodHandler:
     """The handler of `method`: `impl(request)`, or `impl(request, context.time_remaining)`
-    when `with_deadline`; `impl` may return the response or an awaitable of it."""
+    when `with_deadline`; `impl` may return the response or an awaitable of it. With `auth`
+    enabled, the call's principal is resolved first and passed as `principal=`."""
     counter = metrics.GRPC_REQUESTS
     latency = metrics.GRPC_LATENCY.labels(method)
     ok = counter.labels(method, "OK")
+    authenticate = auth.authenticate if auth.enabled else None
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         start = time.perf_counter()
         try:
-            result = impl(request, context.time_remaining) if with_deadline else impl(request)
+            if authenticate is None:
+                result = impl(request, context.time_remaining) if with_deadline else impl(request)
+            else:
+                principal = authenticate(authorization(context))
+                result = (impl(request, context.time_remaining, principal) if with_deadline
+                          else impl(request, principal=principal))
             if not isinstance(result, bytes):  # a write, or a read waiting for its token
                 result = await result
             if _past_deadline(context):  # say so, rather than let the call end as CANCELLED
@@ -377,25 +474,30 @@ def handlers(
     service: FeatureStoreService, auth: Authenticator = OPEN_ACCESS
 ) -> list[grpc.GenericRpcHandler]:
     """The generic handlers to add to a grpc.aio server; `auth` resolves each call's
-    `authorization` metadata to a principal (server/auth)."""
+    `authorization` metadata to a principal (server/auth; the module docstring)."""
     fs = grpc.method_handlers_generic_handler(
         FEATURE_STORE,
         {
-            "PutRecord": _rpc("PutRecord", "tessera.v1.PutRecordRequest", service.put_record),
-            "PutRecords": _rpc("PutRecords", "tessera.v1.PutRecordsRequest", service.put_records),
+            "PutRecord": _rpc(
+                "PutRecord", "tessera.v1.PutRecordRequest", service.put_record, auth=auth
+            ),
+            "PutRecords": _rpc(
+                "PutRecords", "tessera.v1.PutRecordsRequest", service.put_records, auth=auth
+            ),
             "GetRecord": _rpc(
-                "GetRecord", "tessera.v1.GetRecordRequest", service.get_record, True
+                "GetRecord", "tessera.v1.GetRecordRequest", service.get_record, True, auth
             ),
             "BatchGetRecord": _rpc(
                 "BatchGetRecord", "tessera.v1.BatchGetRecordRequest", service.batch_get_record,
-                True,
+                True, auth,
             ),
             "DeleteRecord": _rpc(
-                "DeleteRecord", "tessera.v1.DeleteRecordRequest", service.delete_record
+                "DeleteRecord", "tessera.v1.DeleteRecordRequest", service.delete_record,
+                auth=auth,
             ),
         },
     )
     diag = grpc.method_handlers_generic_handler(
-        DIAGNOSTICS, {"Echo": _rpc("Echo", "tessera.v1.EchoRequest", service.echo)}
+        DIAGNOSTICS, {"Echo": _rpc("Echo", "tessera.v1.EchoRequest", service.echo, auth=auth)}
     )
     return [fs, diag]
