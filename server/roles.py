@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from granian._granian import SocketHolder
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.log import LogLevels
 from granian.server.embed import Server as EmbeddedServer
 from grpc_health.v1 import health_pb2
@@ -41,6 +41,7 @@ from tessera.server.outbox import OutboxFlusher
 from tessera.server.process_store import ProcessOnlineStore
 from tessera.server.rocksdb import RocksDB, open_rocksdb
 from tessera.server.settings import TlsSettings
+from tessera.server.tls import ServerTls, load_server_tls
 
 log = logging.getLogger("tessera.server")
 
@@ -309,10 +310,16 @@ class _EmbeddedGranian(EmbeddedServer):
     so a port in use is an OSError at start-up, the port can be 0 and SO_REUSEPORT is ours.
     granian owns the descriptor from then on (it closes it when it stops)."""
 
-    def __init__(self, app: ASGIApp, fd: int, backlog: int) -> None:
+    def __init__(self, app: ASGIApp, fd: int, backlog: int, tls: ServerTls | None = None) -> None:
         super().__init__(
             app, interface=Interfaces.ASGINL, http=HTTPModes.auto, websockets=False,
             backlog=backlog,
+            # TLS (rustls; HTTP/2 and HTTP/1.1 by ALPN): 1.2 at least, as grpc's port; with a
+            # client CA a client certificate is required.
+            ssl_cert=tls.cert if tls else None, ssl_key=tls.key if tls else None,
+            ssl_ca=tls.client_ca if tls else None,
+            ssl_client_verify=tls is not None and tls.client_ca is not None,
+            ssl_protocol_min=SSLProtocols.tls12,
             # granian's records go to Tessera's logging (its own console handler stays unused);
             # errors only: its start-up notice is not one.
             log_level=LogLevels.error,
@@ -343,7 +350,7 @@ class HttpRole:
     """The HTTP server: granian (embedded, on this process's event loop) serving the ASGI app:
     the fast-path router in front of the FastAPI control plane (server/http_fast.py). Stopping
     stops accepting, lets the requests in flight finish (up to `grace_s`) and closes idle
-    keep-alive connections."""
+    keep-alive connections. `tls`: HTTPS (server/tls.py), checked before the port is bound."""
 
     name = "HTTP server"
 
@@ -358,10 +365,11 @@ class HttpRole:
         self.port = 0
 
     async def start(self) -> None:
+        tls = load_server_tls(self._tls)
         sock = bind_tcp(self._host, self._port, self._reuse_port, backlog=_HTTP_BACKLOG)
         self.port = sock.getsockname()[1]
         try:
-            server = _EmbeddedGranian(self._app, sock.fileno(), _HTTP_BACKLOG)
+            server = _EmbeddedGranian(self._app, sock.fileno(), _HTTP_BACKLOG, tls)
         except BaseException:
             sock.close()
             raise
@@ -398,7 +406,8 @@ class HttpRole:
 
 
 class GrpcRole:
-    """The gRPC runtime API; stopping drains in-flight calls for up to `grace_s`."""
+    """The gRPC runtime API; stopping drains in-flight calls for up to `grace_s`. `tls`: a
+    secure port (server/tls.py; with a client CA, mutual TLS) instead of a plaintext one."""
 
     name = "gRPC server"
 
@@ -411,7 +420,15 @@ class GrpcRole:
     async def start(self) -> None:
         cause = ""
         try:
-            port = self._server.add_insecure_port(self._address)
+            tls = load_server_tls(self._tls)
+        except OSError:
+            await self._server.stop(None)
+            raise
+        try:
+            if tls is not None:
+                port = self._server.add_secure_port(self._address, tls.grpc_credentials())
+            else:
+                port = self._server.add_insecure_port(self._address)
         except RuntimeError as exc:  # grpcio raises, older versions return 0
             port, cause = 0, f": {exc}"
         if port == 0:
