@@ -19,6 +19,7 @@ from typing import Protocol
 
 from tessera.core.errors import UnauthenticatedError
 from tessera.server import metrics
+from tessera.server.auth import audit
 from tessera.server.auth.keys import API_KEY_PREFIX, KeyIndex
 from tessera.server.auth.permissions import Principal
 from tessera.server.sigv4 import SignatureError, SignedRequest, verify
@@ -27,6 +28,11 @@ _CACHE_LIMIT = 4096  # distinct authorization values remembered (only ones that 
 
 MISSING = ("no credentials: send 'authorization: Bearer <API key or JWT>' (an API key comes "
            "from `tessera keys create`)")
+
+
+def _refused(exc: UnauthenticatedError) -> None:
+    metrics.AUTH_FAILURES.labels(exc.reason).inc()
+    audit.record(None, "authenticate", None, audit.DENIED, reason=f"{exc.reason}: {exc.message}")
 
 
 class TokenVerifier(Protocol):
@@ -53,7 +59,7 @@ class KeyAuthenticator:
         try:
             return self._authenticate(authorization)
         except UnauthenticatedError as exc:
-            metrics.AUTH_FAILURES.labels(exc.reason).inc()
+            _refused(exc)
             raise
 
     def _authenticate(self, authorization: str | None) -> Principal:
@@ -101,7 +107,7 @@ class KeyAuthenticator:
         try:
             return self._sigv4(method, raw_path, query, headers, body)
         except UnauthenticatedError as exc:
-            metrics.AUTH_FAILURES.labels(exc.reason).inc()
+            _refused(exc)
             raise
 
     def _sigv4(

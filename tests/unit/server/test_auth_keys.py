@@ -24,6 +24,7 @@ from tessera.core.errors import (
     UnauthenticatedError,
 )
 from tessera.server import metrics
+from tessera.server.auth import audit
 from tessera.server.auth.authenticator import KeyAuthenticator
 from tessera.server.auth.factory import authenticator_for
 from tessera.server.auth.keys import KeyIndex, KeyStore
@@ -239,7 +240,8 @@ def test_sigv4_secret_key_file_is_needed_to_serve_sigv4_keys(tmp_path: Path) -> 
         KeyIndex(tmp_path)
 
 
-def test_authenticator_for_settings(tmp_path: Path) -> None:
+def test_authenticator_for_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "_current", audit.get())  # configured below: restored after
     off = authenticator_for(Settings(data_dir=tmp_path))
     assert not off.enabled
     on = authenticator_for(Settings(data_dir=tmp_path, auth=AuthSettings(enabled=True)))
