@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydantic
 
-from tessera.server import cli_groups, cli_offline
+from tessera.server import cli_groups, cli_keys, cli_offline
 from tessera.server.settings import (
     AuthSettings,
     OfflineStoreSettings,
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.set_defaults(func=_get)
     cli_offline.register(sub, client_args)
     cli_groups.register(sub)  # `tessera groups list|rename` on a stopped server's data
+    cli_keys.register(sub)  # `tessera keys create|list|revoke` (README: Security)
 
     from tessera.ingest.cli import register as register_ingest
 

@@ -31,6 +31,7 @@ from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import FeatureStoreService
 from tessera.server.http_fast import ERROR_CODES, FastRouter
+from tessera.server.http_keys import register_key_routes
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
 from tessera.server.registry import Registry
 from tessera.server.sagemaker_control import register as register_sagemaker_control
@@ -167,6 +168,7 @@ def create_app(
         return dataclasses.asdict(await compact(group, min_files))
 
     register_sql_routes(app, sql_workers, sql_settings or SqlSettings())
+    register_key_routes(app, auth)  # /v1/keys: server/http_keys.py
     register_sagemaker_control(app, registry)  # POST /, X-Amz-Target: SageMaker.<Op>
     offline_health = OfflineHealth(catalog, registry)
 
