@@ -3,8 +3,9 @@
 A line: `{"time": "2026-11-29T17:40:01.123Z", "principal": "ingest", "action": "PutRecord",
 "group": "clicks", "outcome": "denied", "request_id": "...", "reason": "..."}`. `principal` is
 the key's name or the JWT subject (null when no credentials were accepted), `group` null for an
-action on no group, `outcome` one of allowed / denied / error, `reason` only when there is one.
-Never a secret, a token or a record's values: callers pass names, not requests.
+action on no group, `outcome` one of allowed / denied / error, `reason` only when there is
+one, `key` (the key's name) only on key changes (CreateKey, RevokeKey). Never a secret, a
+token or a record's values: callers pass names, not requests.
 
 Where: `settings.auth.audit_log` (default `<data-dir>/audit.log`, made 0600; "-" = stdout).
 Every process of a server appends to the same file: it is opened O_APPEND and each line goes
@@ -59,8 +60,10 @@ class AuditLog:
     def record(
         self, principal: Principal | str | None, action: Action | str, group: str | None,
         outcome: str, request_id: str | None = None, reason: str | None = None,
+        key: str | None = None,
     ) -> None:
-        """One line (the module docstring). `outcome`: allowed, denied or error."""
+        """One line (the module docstring). `outcome`: allowed, denied or error; `key`: the
+        name of the key a key change is about."""
         if outcome not in _OUTCOMES:
             raise ValueError(f"audit outcome {outcome!r} is not one of {', '.join(_OUTCOMES)}")
         line: dict[str, Any] = {
@@ -73,6 +76,8 @@ class AuditLog:
         }
         if reason is not None:
             line["reason"] = reason
+        if key is not None:
+            line["key"] = key
         data = (json.dumps(line, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
         os.write(self._fd, data)  # one write: O_APPEND keeps concurrent lines whole
 
@@ -92,6 +97,7 @@ class _Dropped(AuditLog):
     def record(
         self, principal: Principal | str | None, action: Action | str, group: str | None,
         outcome: str, request_id: str | None = None, reason: str | None = None,
+        key: str | None = None,
     ) -> None:
         return None
 
@@ -128,7 +134,7 @@ def get() -> AuditLog:
 
 def record(
     principal: Principal | str | None, action: Action | str, group: str | None, outcome: str,
-    request_id: str | None = None, reason: str | None = None,
+    request_id: str | None = None, reason: str | None = None, key: str | None = None,
 ) -> None:
     """One line in this process's audit log (the module docstring)."""
-    _current.record(principal, action, group, outcome, request_id, reason)
+    _current.record(principal, action, group, outcome, request_id, reason, key)

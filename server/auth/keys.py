@@ -312,6 +312,7 @@ class KeyIndex:
     stay cached across calls."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
         self.dir = auth_dir(data_dir)
         self.path = self.dir / "keys.json"
         self._snapshot = _EMPTY
