@@ -33,12 +33,10 @@ need to discover the methods they then call with credentials.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from functools import partial
 from typing import TypeAlias, TypeVar
 
@@ -61,6 +59,7 @@ from tessera.core.tokens import decode_token, encode_token
 from tessera.core.wire import length_delimited
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import metrics, put_batch, wire
+from tessera.server.auth import audit
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.auth.permissions import Action, Principal, denied_message
 from tessera.server.reads import OnlineReader
@@ -359,28 +358,13 @@ def _require(principal: Principal, action: Action, group: str, method: str) -> N
 
 
 def _denied(principal: Principal, action: Action, group: str, method: str) -> PermissionDeniedError:
-    """The error of a denied call, written to the audit log first: the one place a denial of
-    this API is recorded. The caller's message carries the audit line's request id."""
+    """The error of a denied call, written to the audit log first (server/auth/audit.py; the
+    action is the RPC's name): the one place a denial of this API is recorded. The caller's
+    message carries the audit line's request id, so an operator finds the line."""
     request_id = uuid.uuid4().hex[:16]
-    reason = f"lacks {action.value}"
-    audit_denied(principal, f"{FEATURE_STORE}/{method}", group, request_id, reason)
-    return PermissionDeniedError(
-        f"{denied_message(principal, action, group)}; request id {request_id}"
-    )
-
-
-def audit_denied(
-    principal: Principal, action: str, group: str, request_id: str, reason: str
-) -> None:
-    """One audit line for a denied call."""
-    _audit_log.warning(json.dumps({
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "principal": principal.name, "action": action, "group": group, "outcome": "denied",
-        "request_id": request_id, "reason": reason,
-    }))
-
-
-_audit_log = logging.getLogger("tessera.audit")
+    reason = denied_message(principal, action, group)
+    audit.record(principal, method, group, audit.DENIED, request_id=request_id, reason=reason)
+    return PermissionDeniedError(f"{reason}; request id {request_id}")
 
 
 # --- the edge: error mapping, metrics ----------------------------------------------------------

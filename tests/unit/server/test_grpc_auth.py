@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from tessera.core.schema import FeatureDefinition, FeatureGroupDefinition
 from tessera.core.tokens import encode_token
 from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server.auth import audit
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.auth.permissions import Principal, parse_permissions
 from tessera.server.grpc_service import FeatureStoreService, handlers
@@ -146,8 +146,12 @@ def _delete(group: str, rid: str) -> pb.DeleteRecordRequest:
                                   event_time="2.0")
 
 
-def _audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "tessera.audit"]
+@pytest.fixture
+def audit_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[Any]]:
+    """This process's audit log, in a file of the test's (what `audit.configure` opens)."""
+    path = tmp_path / "audit.log"
+    monkeypatch.setattr(audit, "_current", audit.AuditLog(path))
+    return lambda: [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_every_rpc_without_credentials_is_unauthenticated(service: FeatureStoreService) -> None:
@@ -178,9 +182,8 @@ def test_echo_answers_any_authenticated_caller(service: FeatureStoreService) -> 
 
 
 def test_reader_reads_and_is_denied_writes_with_an_audit_line(
-    service: FeatureStoreService, caplog: pytest.LogCaptureFixture,
+    service: FeatureStoreService, audit_lines: Callable[[], list[Any]],
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tessera.audit")
 
     async def scenario(c: Calls) -> tuple[Any, ...]:
         await c.call("PutRecord", _put("users_a", "u1", 7), key="admin")
@@ -197,9 +200,11 @@ def test_reader_reads_and_is_denied_writes_with_an_audit_line(
         assert code == "PERMISSION_DENIED"
         assert details.startswith(
             "'reader' lacks the permission write on feature group 'users_a'; request id ")
-    lines = _audit_lines(caplog)
-    assert [(x["principal"], x["action"], x["group"], x["outcome"]) for x in lines] == [
-        ("reader", f"tessera.v1.FeatureStore/{m}", "users_a", "denied")
+    lines = audit_lines()
+    assert [(x["principal"], x["action"], x["group"], x["outcome"], x["reason"])
+            for x in lines] == [
+        ("reader", m, "users_a", "denied",
+         "'reader' lacks the permission write on feature group 'users_a'")
         for m in ("PutRecord", "PutRecords", "DeleteRecord")
     ]
     # The caller's message names the request id of its audit line.
@@ -250,9 +255,8 @@ def test_glob_permissions_and_unknown_groups_reveal_nothing(service: FeatureStor
 
 
 def test_batch_get_record_denies_per_item_and_reads_the_other_groups(
-    service: FeatureStoreService, caplog: pytest.LogCaptureFixture,
+    service: FeatureStoreService, audit_lines: Callable[[], list[Any]],
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tessera.audit")
     request = pb.BatchGetRecordRequest(identifiers=[
         pb.BatchGetRecordIdentifier(feature_group_name="users_a", record_identifiers=["u1"]),
         pb.BatchGetRecordIdentifier(feature_group_name="items", record_identifiers=["i1", "i2"]),
@@ -273,7 +277,8 @@ def test_batch_get_record_denies_per_item_and_reads_the_other_groups(
                                           ("items", "i2", "PERMISSION_DENIED")]
     assert "'users' lacks the permission read on feature group 'items'" in (
         response.errors[0].error_message)
-    assert [(x["principal"], x["group"]) for x in _audit_lines(caplog)] == [("users", "items")]
+    assert [(x["principal"], x["action"], x["group"]) for x in audit_lines()] == [
+        ("users", "BatchGetRecord", "items")]
 
 
 def test_a_denied_read_with_a_token_is_refused_before_any_wait(
