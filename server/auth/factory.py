@@ -5,6 +5,7 @@ from __future__ import annotations
 from tessera.server.auth import audit
 from tessera.server.auth.authenticator import KeyAuthenticator
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
+from tessera.server.auth.jwt import JwtVerifier
 from tessera.server.auth.keys import KeyIndex
 from tessera.server.settings import Settings
 
@@ -16,4 +17,5 @@ def authenticator_for(settings: Settings) -> Authenticator:
     audit.configure(settings)
     if not settings.auth.enabled:
         return OPEN_ACCESS
-    return KeyAuthenticator(KeyIndex(settings.data_dir))
+    jwt = JwtVerifier.for_settings(settings.auth) if settings.auth.jwt_jwks else None
+    return KeyAuthenticator(KeyIndex(settings.data_dir), jwt)
