@@ -19,6 +19,11 @@ symbolic link in its folder or partitions) is left out, logged once and listed b
 every other group keeps its view. Symbolic links are refused because DuckDB follows them while
 its allowed_directories compares path strings: a link planted under the root could read any
 file of the host.
+
+A catalog of some groups only (`groups=`, the server's SQL for a caller who may read those) is
+a database of its own: the other groups have no view in it, so no name, CTE, subquery or
+metadata function resolves to them, and its allowed directories are those groups' folders, so
+no path reaches another group's files either.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +56,7 @@ from tessera.core.sql_sandbox import (
     DEFAULT_MAX_QUERY_BYTES,
     QueryGuard,
     check_query_size,
+    check_views_only,
     sandbox_connections,
 )
 
@@ -158,6 +164,15 @@ def group_not_found(name: str, known: list[str]) -> FeatureGroupNotFoundError:
     return err
 
 
+class UnknownTableError(InvalidRequestError):
+    """A query names a table or view the catalog does not have; `names`: those of its names
+    that are no view here (a server maps a name its caller may not read to a 403)."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
 @dataclass(frozen=True)
 class _ViewState:
     group_json: str
@@ -170,7 +185,8 @@ class Catalog:
     `root` is a local path or a URI DuckDB can read. DuckDB spills to `temp_directory` (a
     private temporary folder by default, removed on close) beyond `memory_limit`, so joins
     larger than RAM complete. Queries read nothing but files under `root` and `temp_directory`
-    (see `tessera.core.sql_sandbox`), whoever runs them.
+    (see `tessera.core.sql_sandbox`), whoever runs them. `groups`: only these groups have views
+    and only their folders (and `temp_directory`) can be read; None: every group of `root`.
     """
 
     def __init__(
@@ -182,6 +198,7 @@ class Catalog:
         threads: int | None = None,
         preserve_insertion_order: bool = True,
         progress_sessions: int = 0,
+        groups: Collection[str] | None = None,
     ) -> None:
         text = str(root)
         if text.startswith("file://"):
@@ -192,6 +209,10 @@ class Catalog:
             # DuckDB deletes its spill files but not the folder we made for them.
             self._cleanup = weakref.finalize(self, shutil.rmtree, temp_directory, True)
         self.temp_directory = os.path.abspath(str(temp_directory))
+        self.only: frozenset[str] | None = None if groups is None else frozenset(groups)
+        readable = [self.root] if self.only is None else [
+            _join(self.root, name) for name in sorted(self.only)
+        ]
         settings = {
             "memory_limit": memory_limit,
             "temp_directory": self.temp_directory,
@@ -207,7 +228,7 @@ class Catalog:
         }
         with duckdb_errors("offline store settings"):
             self._con, sessions = sandbox_connections(
-                [self.root, self.temp_directory],
+                [*readable, self.temp_directory],
                 settings=settings,
                 session_settings=PROGRESS_SETTINGS,
                 sessions=progress_sessions,
@@ -261,14 +282,17 @@ class Catalog:
         """Each group folder's `_group.json` text (or why it cannot be read), by folder name."""
         out: dict[str, str | Exception] = {}
         if "://" in self.root:
-            pattern = f"{self.root}/*/{layout.GROUP_FILE}"
+            folders = ["*"] if self.only is None else sorted(self.only)
             cur = self.cursor()
             try:
-                with duckdb_errors("offline store catalog"):
-                    files = cur.sql(f"SELECT file FROM glob({quote_literal(pattern)})").fetchall()
+                files: list[tuple[object]] = []
+                for folder in folders:
+                    pattern = quote_literal(f"{self.root}/{folder}/{layout.GROUP_FILE}")
+                    with duckdb_errors("offline store catalog"):
+                        files += cur.sql(f"SELECT file FROM glob({pattern})").fetchall()
                 for (filename,) in files:
                     name = str(filename).rsplit("/", 2)[-2]
-                    if _hidden(name):
+                    if _hidden(name) or not self._visible(name):
                         continue
                     try:
                         rows = cur.sql(
@@ -287,7 +311,7 @@ class Catalog:
         except OSError as exc:
             raise StorageError(f"offline store catalog: cannot list {self.root}: {exc}") from exc
         for entry in entries:
-            if _hidden(entry.name):
+            if _hidden(entry.name) or not self._visible(entry.name):
                 continue
             path = Path(entry.path, layout.GROUP_FILE)
             if entry.is_symlink():  # checked first: never read a file through a planted link
@@ -305,6 +329,9 @@ class Catalog:
             except (OSError, UnicodeDecodeError) as exc:
                 out[entry.name] = exc
         return out
+
+    def _visible(self, name: str) -> bool:
+        return self.only is None or name in self.only
 
     def _unsafe_paths(self, folder: str) -> list[str]:
         """The paths of a group folder DuckDB could be led outside the root by: symbolic links
@@ -486,10 +513,14 @@ class Catalog:
         max_query_bytes: int | None = DEFAULT_MAX_QUERY_BYTES,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         on_start: Callable[[QueryGuard], None] | None = None,
+        views_only: bool = False,
     ) -> Iterator[pa.RecordBatchReader]:
         """Run one read-only query over the groups' views; its rows as a stream of batches,
         read within the block. `timeout_s` bounds the query's run, reading included
-        (QueryTimeoutError); `on_start` receives the guard another thread may `cancel()`."""
+        (QueryTimeoutError); `on_start` receives the guard another thread may `cancel()`.
+        `views_only` (the server's queries): no table function that reads files or the
+        process's state, no file named as a table (`sql_sandbox.check_views_only`), and a name
+        that is no view here raises UnknownTableError."""
         check_query_size(query, max_query_bytes)
         cur = self.cursor()
         try:
@@ -498,8 +529,12 @@ class Catalog:
                 on_start(guard)
             with guard:
                 check_select_only(cur, query)
+                names: list[str] = []
+                if views_only:
+                    with duckdb_errors("sql"):
+                        names = check_views_only(cur, query)
                 self.refresh()
-                with self._explain_broken(), duckdb_errors("sql"):
+                with self._unknown_tables(names), self._explain_broken(), duckdb_errors("sql"):
                     reader = cur.sql(query).to_arrow_reader(batch_rows)
                 yield reader
         finally:
@@ -516,6 +551,22 @@ class Catalog:
         with self.sql_reader(query, timeout_s=timeout_s, max_query_bytes=max_query_bytes) as r:
             table: pa.Table = r.read_all()
         return table
+
+    @contextmanager
+    def _unknown_tables(self, names: list[str]) -> Iterator[None]:
+        """A query that failed naming one of `names` that is no view here: UnknownTableError."""
+        try:
+            yield
+        except InvalidRequestError as exc:
+            if not isinstance(exc.__cause__, duckdb.CatalogException):
+                raise
+            views = {n.lower() for n in self._views}
+            text = exc.message.lower()
+            missing = [n for n in dict.fromkeys(names) if n.lower() not in views
+                       and f"name {n.lower()} does not exist" in text]
+            if not missing:
+                raise
+            raise UnknownTableError(exc.message, missing) from exc.__cause__
 
     @contextmanager
     def _explain_broken(self) -> Iterator[None]:
@@ -572,6 +623,10 @@ class UnsafePathError(Exception):
             "replace them with the files themselves"
         )
         self.paths = paths
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root}/{name}" if "://" in root else os.path.join(root, name)
 
 
 def _hidden(name: str) -> bool:

@@ -7,10 +7,20 @@ outside the root or a URL are refused with a PermissionException. It never insta
 extension by itself, and its configuration is locked once set up, so a query cannot widen it.
 Queries run under a `QueryGuard`: a time limit enforced by `interrupt()` from a timer, and a
 `cancel()` another thread may call (an HTTP client that went away).
+
+The server's queries (`POST /v1/sql`) are also checked by `check_views_only` before they run:
+DuckDB's own parse of the query (`json_serialize_sql`, the tree it then binds) is walked, and a
+table function that reads files or the process's state (`read_parquet`, `read_csv`, `glob`,
+`query`, `arrow_scan`, ...; everything not in `SERVER_TABLE_FUNCTIONS`) or a table name that
+would be read as a file (`FROM 'x.parquet'`) is refused wherever it stands: a subquery, a CTE, a
+lateral join, a lambda. That is what callers see; the allowed directories stay the boundary
+underneath (a caller's database may reach only the folders of the groups it may read:
+`Catalog(groups=...)`), so a construct the walk missed still reaches nothing more.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -60,6 +70,77 @@ def check_query_size(query: str, max_bytes: int | None) -> None:
             f"sql: the query is {size} bytes, more than the limit of {max_bytes} bytes "
             "(sql.max_query_bytes); put long value lists in a feature group or a spine file"
         )
+
+
+#: The table functions a server query may call: generators and the catalog's own metadata (what
+#: `SHOW TABLES`, `DESCRIBE` and information_schema read), none of which reads a file, a Python
+#: object or the process's state. Every other one is refused by `check_views_only`: the file
+#: readers (read_parquet, parquet_scan, read_csv*, read_json*, read_text, read_blob, glob,
+#: parquet_metadata, sniff_csv, read_duckdb), those that run SQL given as text (query,
+#: query_table, json_execute_serialized_sql), Python's scans (arrow_scan, pandas_scan) and the
+#: ones with side effects (checkpoint, enable_logging, ...).
+SERVER_TABLE_FUNCTIONS = frozenset({
+    "range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree",
+    "duckdb_columns", "duckdb_constraints", "duckdb_functions", "duckdb_keywords",
+    "duckdb_schemas", "duckdb_tables", "duckdb_types", "duckdb_views", "pragma_table_info",
+    "pragma_version", "pg_timezone_names", "icu_calendar_names",
+})
+#: Scalar functions refused as well (they run SQL given as text).
+_REFUSED_SCALARS = frozenset({"json_execute_serialized_sql", "query", "query_table"})
+#: A table name holding one of these is read as a file by DuckDB's replacement scans.
+_FILE_NAME_CHARS = frozenset("./\\:")
+_VIEWS_HINT = "query the feature groups' views (SHOW TABLES lists those you may read)"
+
+
+def check_views_only(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+    """Refuse a query (one SELECT, already checked) that calls a table function outside
+    `SERVER_TABLE_FUNCTIONS` or names a file as a table, wherever in the query; the names of
+    the tables and views it refers to (CTE names included), in order.
+
+    Raises InvalidRequestError ("Permission Error: ..."), or duckdb.Error when DuckDB cannot
+    parse the query (the caller translates it)."""
+    rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
+    tree = json.loads(str(rows[0][0])) if rows else {"error": True}
+    if tree.get("error"):
+        raise InvalidRequestError(
+            f"sql: the query cannot be checked, so it is not run: {tree.get('error_message', '')}"
+        )
+    names: list[str] = []
+    stack: list[object] = [tree["statements"]]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+            continue
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "TABLE_FUNCTION":
+            function = item.get("function") or {}
+            name = str(function.get("function_name", "")).lower()
+            if name not in SERVER_TABLE_FUNCTIONS:
+                raise InvalidRequestError(
+                    f"sql: Permission Error: the table function {name}() is not available over "
+                    f"SQL (no query reads files or the server's state); {_VIEWS_HINT}"
+                )
+        elif item.get("class") == "FUNCTION" and kind == "FUNCTION":
+            name = str(item.get("function_name", "")).lower()
+            if name in _REFUSED_SCALARS:
+                raise InvalidRequestError(
+                    f"sql: Permission Error: the function {name}() is not available over SQL; "
+                    f"{_VIEWS_HINT}"
+                )
+        elif kind in ("BASE_TABLE", "SHOW_REF"):
+            name = str(item.get("table_name") or "")
+            if _FILE_NAME_CHARS.intersection(name):
+                raise InvalidRequestError(
+                    f"sql: Permission Error: '{name}' names a file, and no query over SQL reads "
+                    f"files; {_VIEWS_HINT}"
+                )
+            if name:
+                names.append(name)
+        stack.extend(reversed(list(item.values())))
+    return names
 
 
 def _dir(path: str) -> str:

@@ -4,6 +4,11 @@ A query is checked for size before anything parses it (the body is read in bound
 refused past the limit: 413), then runs in a SQL worker process (`tessera.server.sql_worker`)
 under `sql.timeout_s` (504), and is cancelled when its client goes away. The serving process
 only waits on a socket: GetRecord and the probes keep their latency while a query runs.
+
+A query sees the views of the groups its caller may read (the principal the HTTP edge left at
+`scope["tessera.principal"]`; everyone is LOCAL, an admin, with authentication off): a view it
+may not read answers 403 naming the group. No caller may call a table function that reads
+files. See `sql_worker`.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from tessera.core.catalog import Catalog
 from tessera.core.errors import StorageError, TesseraError
 from tessera.core.sql_sandbox import QueryTooLargeError, check_query_size
 from tessera.server import metrics
+from tessera.server.auth.permissions import LOCAL, Principal
 from tessera.server.settings import SqlSettings
 from tessera.server.sql_worker import SqlWorkers
 
 #: Room for the JSON around the query, and for escapes (\uXXXX: 6 bytes for one character).
 _BODY_FACTOR = 6
 _BODY_SLACK = 64 * 1024
-_OUTCOMES = {413: "too_large", 504: "timeout", 422: "invalid", 503: "cancelled"}
+_OUTCOMES = {413: "too_large", 504: "timeout", 422: "invalid", 503: "cancelled", 403: "denied"}
 
 
 class SqlQuery(BaseModel):
@@ -59,6 +65,13 @@ async def _bounded_body(request: Request, limit: int, query_limit: int) -> bytes
             raise refuse(f"more than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _principal_of(request: Request) -> Principal:
+    """Who asks: the HTTP edge authenticated the request (with --auth a request without a
+    principal never reaches a route); LOCAL with authentication off."""
+    principal: Principal | None = request.scope.get("tessera.principal")
+    return LOCAL if principal is None else principal
 
 
 async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
@@ -111,7 +124,8 @@ def register_sql_routes(app: FastAPI, workers: SqlWorkers | None, settings: SqlS
 
             try:
                 media, payload = await workers.run(
-                    body.query, body.format, body.max_rows, is_disconnected, timeout
+                    body.query, body.format, body.max_rows, is_disconnected, timeout,
+                    principal=_principal_of(request),
                 )
             finally:
                 watcher.cancel()

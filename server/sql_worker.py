@@ -12,9 +12,19 @@ own interpreter as long as it likes; the server's loop only waits on a socket. E
 - is killed when a query outlives its time limit by a grace period (a phase DuckDB does not
   interrupt) or when the server stops, and started again by the next query.
 
+Who asks matters (issue 12): a caller sees the views of the groups it may read and nothing
+else. An admin (everyone, with authentication off) queries the catalog of every group; any
+other caller's query runs in a catalog of the groups it may read (`Catalog(groups=...)`: a
+database of its own, whose views and allowed directories are those groups' only), kept per
+set of groups (the last `_KEPT_CATALOGS`), and a name it may not read answers 403 naming the
+group, whether or not that group exists (as everywhere else: the permission is checked before
+existence, so a 403 tells nothing about which groups exist). No caller, admin included, may
+call a table function that reads files (`sql_sandbox.check_views_only`).
+
 The protocol is pickled tuples over `multiprocessing.connection.Connection` (both ends are this
-module): ("run", id, query, format, max_rows, max_result_bytes, timeout_s), ("cancel", id) ->
-("ok", id, media_type, body) or ("error", id, http_status, class_name, message).
+module): ("run", id, query, format, max_rows, max_result_bytes, timeout_s, reader),
+("cancel", id) -> ("ok", id, media_type, body) or ("error", id, http_status, class_name,
+message). `reader` is None for an admin, else (principal name, its permission strings).
 """
 
 from __future__ import annotations
@@ -37,16 +47,31 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tessera.core.errors import InvalidRequestError, StorageError, TesseraError
+from tessera.core.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    StorageError,
+    TesseraError,
+)
 from tessera.core.sql_sandbox import (
     QueryCancelledError,
     QueryTimeoutError,
     QueryTooLargeError,
     ResultTooLargeError,
 )
+from tessera.server.auth.permissions import (
+    LOCAL,
+    Action,
+    Principal,
+    denied_message,
+    parse_permissions,
+)
 from tessera.server.settings import SqlSettings
+
+if TYPE_CHECKING:
+    from tessera.core.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +87,21 @@ KILL_GRACE_S = 5.0
 _ARROW_FACTOR = 8
 _ERRORS: dict[str, type[TesseraError]] = {
     cls.__name__: cls
-    for cls in (QueryTooLargeError, ResultTooLargeError, QueryTimeoutError, QueryCancelledError)
+    for cls in (QueryTooLargeError, ResultTooLargeError, QueryTimeoutError, QueryCancelledError,
+                PermissionDeniedError)
 }
+#: Catalogs of some groups a worker keeps (one per set of readable groups), least recently
+#: used dropped first: each is a DuckDB database with its own threads and footer cache.
+_KEPT_CATALOGS = 4
+#: A caller's query: None (an admin: every group), or its name and permission strings.
+Reader = tuple[str, tuple[str, ...]] | None
+
+
+def reader_of(principal: Principal) -> Reader:
+    """What a worker needs to know of who asks (None: an admin, who reads every group)."""
+    if principal.is_admin:
+        return None
+    return principal.name, tuple(str(p) for p in principal.permissions)
 
 
 @dataclass(frozen=True)
@@ -147,10 +185,13 @@ class SqlWorkers:
         max_rows: int,
         is_disconnected: Callable[[], Awaitable[bool]],
         timeout_s: float | None = None,
+        principal: Principal = LOCAL,
     ) -> tuple[str, bytes]:
-        """The query's result encoded as `fmt`: (media type, body). Raises the query's error,
-        QueryTimeoutError past the time limit, QueryCancelledError when the client went away or
-        the server is stopping."""
+        """The query's result encoded as `fmt`: (media type, body), over the views of the
+        groups `principal` may read. Raises the query's error (PermissionDeniedError naming a
+        group it may not read), QueryTimeoutError past the time limit, QueryCancelledError when
+        the client went away or the server is stopping."""
+        reader = reader_of(principal)
         timeout = timeout_s or self.timeout_s
         start = time.monotonic()
         idle = self._queue()
@@ -171,7 +212,7 @@ class SqlWorkers:
                 self._all.add(worker)
             remaining = max(timeout - (time.monotonic() - start), 0.001)
             reply = await self._exchange(
-                worker, query, fmt, max_rows, remaining, is_disconnected
+                worker, query, fmt, max_rows, remaining, is_disconnected, reader
             )
         except asyncio.CancelledError:
             # The request itself was cancelled (its client went away): the query must not run
@@ -197,9 +238,10 @@ class SqlWorkers:
         max_rows: int,
         timeout: float,
         is_disconnected: Callable[[], Awaitable[bool]],
+        reader: Reader = None,
     ) -> tuple[str, bytes]:
         qid = next(worker.ids)
-        request = ("run", qid, query, fmt, max_rows, self.max_result_bytes, timeout)
+        request = ("run", qid, query, fmt, max_rows, self.max_result_bytes, timeout, reader)
         try:
             await asyncio.to_thread(worker.conn.send, request)
         except OSError as exc:
@@ -264,33 +306,104 @@ def _error(status: int, name: str, message: str) -> TesseraError:
 # --- the worker's side ---------------------------------------------------------------------------
 
 
+class _Catalogs:
+    """A worker's catalogs: every group's (for admins), and one per set of groups some
+    callers may read, made on first use."""
+
+    def __init__(self, root: str, temp_directory: str, memory_limit: str, threads: int) -> None:
+        self._root = root
+        self._memory_limit = memory_limit
+        self._threads = threads
+        self._temp = Path(temp_directory)
+        self.full = self._make(None, self._temp)
+        self._some: dict[frozenset[str], tuple[Catalog, Path]] = {}  # LRU order
+        self._principals: dict[tuple[str, tuple[str, ...]], Principal] = {}
+        self._folders = itertools.count(1)
+
+    def _make(self, groups: frozenset[str] | None, temp: Path) -> Catalog:
+        from tessera.core.catalog import Catalog
+
+        return Catalog(self._root, memory_limit=self._memory_limit, temp_directory=temp,
+                       threads=self._threads, groups=groups)
+
+    def principal(self, reader: Reader) -> Principal:
+        if reader is None:
+            return LOCAL
+        principal = self._principals.get(reader)
+        if principal is None:
+            name, perms = reader
+            principal = Principal(name, parse_permissions(perms))
+            if len(self._principals) >= 256:
+                self._principals.clear()
+            self._principals[reader] = principal
+        return principal
+
+    def for_principal(self, principal: Principal) -> Catalog:
+        """The catalog of the groups `principal` may read (as of now: a group made since
+        gets a catalog that has it)."""
+        if principal.is_admin:
+            return self.full
+        self.full.refresh()
+        names = [*self.full.group_names(), *self.full.broken()]
+        readable = frozenset(n for n in names if principal.can(Action.READ, n))
+        kept = self._some.pop(readable, None)
+        if kept is None:
+            temp = self._temp / f"groups-{next(self._folders)}"
+            temp.mkdir(parents=True, exist_ok=True)
+            kept = (self._make(readable, temp), temp)
+            while len(self._some) >= _KEPT_CATALOGS:
+                old, old_temp = self._some.pop(next(iter(self._some)))
+                old.close()
+                shutil.rmtree(old_temp, ignore_errors=True)
+        self._some[readable] = kept  # the most recently used last
+        return kept[0]
+
+    def close(self) -> None:
+        for catalog, _ in self._some.values():
+            catalog.close()
+        self.full.close()
+
+
 def _encode(
-    catalog: Any, request: tuple[Any, ...], guards: dict[int, Any], max_query_bytes: int
+    catalogs: _Catalogs, request: tuple[Any, ...], guards: dict[int, Any], max_query_bytes: int
 ) -> tuple[str, bytes]:
     import pyarrow as pa
 
+    from tessera.core.catalog import UnknownTableError
     from tessera.core.sql_results import csv_text, json_result, parquet_bytes
 
-    _, qid, query, fmt, max_rows, max_bytes, timeout_s = request
+    _, qid, query, fmt, max_rows, max_bytes, timeout_s, reader_id = request
+    principal = catalogs.principal(reader_id)
+    catalog = catalogs.for_principal(principal)
     kept: list[pa.RecordBatch] = []
     rows = held = 0
-    with catalog.sql_reader(
-        query,
-        timeout_s=timeout_s,
-        max_query_bytes=max_query_bytes,
-        on_start=lambda g: guards.__setitem__(qid, g),
-    ) as reader:
-        schema = reader.schema
-        for batch in reader:
-            if fmt == "json":
-                if rows < max_rows:
-                    kept.append(batch.slice(0, max_rows - rows))
-            else:
-                kept.append(batch)
-                held += batch.nbytes
-                if held > max_bytes * _ARROW_FACTOR:
-                    raise _too_large(f"more than {held} bytes in memory", max_bytes)
-            rows += batch.num_rows
+    try:
+        with catalog.sql_reader(
+            query,
+            timeout_s=timeout_s,
+            max_query_bytes=max_query_bytes,
+            on_start=lambda g: guards.__setitem__(qid, g),
+            views_only=True,
+        ) as reader:
+            schema = reader.schema
+            for batch in reader:
+                if fmt == "json":
+                    if rows < max_rows:
+                        kept.append(batch.slice(0, max_rows - rows))
+                else:
+                    kept.append(batch)
+                    held += batch.nbytes
+                    if held > max_bytes * _ARROW_FACTOR:
+                        raise _too_large(f"more than {held} bytes in memory", max_bytes)
+                rows += batch.num_rows
+    except UnknownTableError as exc:
+        denied = [n for n in exc.names if not principal.can(Action.READ, n)]
+        if denied:
+            raise PermissionDeniedError(
+                f"sql: {denied_message(principal, Action.READ, denied[0])}, so its view is not "
+                "in this query's catalog"
+            ) from exc
+        raise
     table = pa.Table.from_batches(kept, schema=schema)
     if fmt == "json":
         body = json_result(table, rows, rows > max_rows)
@@ -310,7 +423,7 @@ def _too_large(size: str, limit: int) -> ResultTooLargeError:
     )
 
 
-def _serve(conn: Connection, catalog: Any, max_query_bytes: int) -> None:
+def _serve(conn: Connection, catalogs: _Catalogs, max_query_bytes: int) -> None:
     guards: dict[int, Any] = {}
     while True:
         try:
@@ -324,7 +437,7 @@ def _serve(conn: Connection, catalog: Any, max_query_bytes: int) -> None:
 
         def work(request: tuple[Any, ...] = msg, out: list[tuple[Any, ...]] = result) -> None:
             try:
-                media, body = _encode(catalog, request, guards, max_query_bytes)
+                media, body = _encode(catalogs, request, guards, max_query_bytes)
                 out.append(("ok", request[1], media, body))
             except TesseraError as exc:
                 out.append(("error", request[1], exc.http_status, type(exc).__name__,
@@ -370,15 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         os.nice(5)
     threads = args.threads or max(1, (os.cpu_count() or 1) - 1)
-    from tessera.core.catalog import Catalog
-
     Path(args.temp_directory).mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(args.root, memory_limit=args.memory_limit,
-                      temp_directory=args.temp_directory, threads=threads)
+    catalogs = _Catalogs(args.root, args.temp_directory, args.memory_limit, threads)
     try:
-        _serve(conn, catalog, args.max_query_bytes)
+        _serve(conn, catalogs, args.max_query_bytes)
     finally:
-        catalog.close()
+        catalogs.close()
     return 0
 
 

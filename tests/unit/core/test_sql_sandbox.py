@@ -204,3 +204,161 @@ def test_groups_named_alike_but_for_case_never_share_a_view(tmp_path: Path) -> N
         for spelling in ("users", "USERS", '"Users"'):
             got = cat.sql(f"SELECT id FROM {spelling}").to_pylist()
             assert got == [{"id": "old"}]
+
+
+# --- a catalog of some groups, and queries that may read views only (issue 12) ---------------
+
+
+def _ab_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ab"
+    for i, name in enumerate(("a_1", "a_10", "b_1"), start=1):
+        group = make_group(name, {"id": "String", "ts": "Fractional", "v": "Integral"},
+                           group_id=i)
+        write_history(root, group, [{"id": f"{name}-r", "ts": 10.0, "v": i}])
+    return root
+
+
+def _files_of(root: Path, name: str) -> str:
+    (path,) = (root / name).glob("event_date=*/*.parquet")
+    return str(path)
+
+
+def test_a_catalog_of_some_groups_has_their_views_only(tmp_path: Path) -> None:
+    root = _ab_root(tmp_path)
+    with Catalog(root, groups={"a_1"}) as cat:
+        assert cat.group_names() == ["a_1"]
+        assert cat.sql("SELECT v FROM a_1").to_pylist() == [{"v": 1}]
+        assert cat.sql("SELECT v FROM A_1").to_pylist() == [{"v": 1}]  # DuckDB's case rule
+        for listing in ("SHOW TABLES", "SELECT table_name AS name FROM information_schema.tables",
+                        "SELECT view_name AS name FROM duckdb_views() WHERE NOT internal"):
+            got = cat.sql(listing).column(0).to_pylist()
+            assert got == ["a_1"], listing
+        for query, named in (
+            ("SELECT * FROM b_1", "b_1"),
+            ("SELECT * FROM a_10", "a_10"),
+            ("WITH x AS (SELECT * FROM b_1) SELECT * FROM x", "b_1"),
+            ("SELECT * FROM a_1 WHERE v IN (SELECT v FROM main.b_1)", "b_1"),
+            ("SELECT * FROM query_table('b_1')", "b_1"),
+            ("DESCRIBE b_1", "b_1"),
+        ):
+            with pytest.raises(InvalidRequestError, match="does not exist") as err:
+                cat.sql(query)
+            # DuckDB's "did you mean" suggests names of this database only.
+            others = {"a_10", "b_1"} - {named}
+            assert not any(o in str(err.value) for o in others), err.value
+
+
+def test_the_database_of_some_groups_reaches_no_other_folder(tmp_path: Path) -> None:
+    """The boundary under the views-only check: even a table function that reads files (the
+    local catalog allows them) reaches the readable groups' folders only."""
+    root = _ab_root(tmp_path)
+    b_file, a_file = _files_of(root, "b_1"), _files_of(root, "a_1")
+    with Catalog(root, groups={"a_1"}) as cat:
+        assert cat.sql(f"SELECT v FROM read_parquet('{a_file}')").to_pylist() == [{"v": 1}]
+        for query in (
+            f"SELECT * FROM read_parquet('{b_file}')",
+            f"SELECT * FROM read_parquet('{root}/a_1/../b_1/*/*.parquet')",
+            f"SELECT * FROM read_parquet('{root}/a_1*/*/*.parquet')",  # a_10's folder too
+            f"SELECT * FROM '{b_file}'",
+            f"SELECT * FROM glob('{root}/*')",
+            f"SELECT * FROM read_text('{root}/b_1/_group.json')",
+            f"SELECT * FROM read_blob('{root}/a_10/_group.json')",
+        ):
+            with pytest.raises(InvalidRequestError, match="Permission"):
+                cat.sql(query)
+
+
+VIEWS_ONLY_BYPASSES = [
+    "SELECT * FROM read_parquet('{a}')",
+    "SELECT * FROM parquet_scan('{a}')",
+    "SELECT * FROM read_csv('{a}')",
+    "SELECT * FROM read_csv_auto('{a}')",
+    "SELECT * FROM read_json('{a}')",
+    "SELECT * FROM read_ndjson_objects('{a}')",
+    "SELECT * FROM read_text('{a}')",
+    "SELECT * FROM read_blob('{a}')",
+    "SELECT * FROM glob('{a}')",
+    "SELECT * FROM parquet_metadata('{a}')",
+    "SELECT * FROM sniff_csv('{a}')",
+    "SELECT * FROM '{a}'",  # a replacement scan
+    "FROM '{a}'",
+    'SELECT * FROM "{a}"',
+    "SELECT * FROM system.main.read_text('{a}')",
+    "SELECT * FROM query('SELECT * FROM read_text(''{a}'')')",
+    "SELECT * FROM query_table('a_1')",
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+    "WITH t AS (SELECT * FROM read_text('{a}')) SELECT * FROM t",
+    "SELECT (SELECT count(*) FROM read_blob('{a}')) AS n",
+    "SELECT * FROM a_1 WHERE v IN (SELECT 1 FROM glob('{a}'))",
+    "SELECT * FROM range(1) t(x), LATERAL read_text('{a}')",
+    "SELECT * FROM a_1 UNION ALL BY NAME SELECT * FROM read_parquet('{a}')",
+    "SELECT list_transform([1], x -> (SELECT 1 FROM read_text('{a}'))) AS l",
+    "SELECT * FROM (SUMMARIZE SELECT * FROM read_text('{a}'))",
+    "DESCRIBE SELECT * FROM read_text('{a}')",
+    "SELECT * FROM a_1 JOIN a_1 b ON (SELECT 1 FROM read_text('{a}')) = 1",
+    "SELECT * FROM (PIVOT read_parquet('{a}') ON id IN ('x') USING sum(v))",
+    "SELECT * FROM arrow_scan(1, 2, 3)",
+    "SELECT * FROM checkpoint()",
+    "SELECT * FROM duckdb_secrets()",
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM (FROM read_text('{a}'))",
+]
+
+
+@pytest.mark.parametrize("template", VIEWS_ONLY_BYPASSES)
+def test_views_only_refuses_every_way_to_a_file(tmp_path: Path, template: str) -> None:
+    root = _ab_root(tmp_path)
+    query = template.format(a=_files_of(root, "a_1"))
+    with Catalog(root) as cat:
+        with (
+            pytest.raises(InvalidRequestError, match="Permission Error") as err,
+            cat.sql_reader(query, views_only=True) as reader,
+        ):
+            reader.read_all()
+        assert "a_1-r" not in str(err.value)
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT v FROM a_1",
+    "FROM a_1 SELECT v",
+    "WITH x AS (SELECT * FROM a_1) SELECT v FROM x",
+    "SELECT * FROM a_1 ASOF JOIN b_1 USING (id, ts)",
+    "SELECT v FROM a_1 UNION ALL SELECT v FROM b_1",
+    "SHOW TABLES",
+    "DESCRIBE a_1",
+    "SUMMARIZE a_1",
+    "SELECT * FROM information_schema.columns",
+    "SELECT * FROM range(3) t(x), unnest([1, 2]) u(y)",
+    "SELECT * FROM generate_series(1, 3)",
+    "SELECT * FROM duckdb_views()",
+    "SELECT * FROM (PIVOT a_1 ON id IN ('a_1-r') USING sum(v))",
+    "SELECT current_setting('memory_limit') AS m",
+    "VALUES (1, 'x')",
+    "SELECT 'x.parquet' AS file_name_in_a_string",
+])
+def test_views_only_keeps_queries_over_views_working(tmp_path: Path, query: str) -> None:
+    root = _ab_root(tmp_path)
+    with Catalog(root) as cat, cat.sql_reader(query, views_only=True) as reader:
+        reader.read_all()
+
+
+def test_a_name_that_is_no_view_is_reported_by_name(tmp_path: Path) -> None:
+    from tessera.core.catalog import UnknownTableError
+
+    root = _ab_root(tmp_path)
+    with Catalog(root, groups={"a_1"}) as cat:
+        for query, names in (
+            ("SELECT * FROM b_1", ["b_1"]),
+            ("SELECT * FROM a_1, main.B_1", ["B_1"]),
+            ("WITH x AS (SELECT * FROM a_1) SELECT * FROM x, nope", ["nope"]),
+        ):
+            with (
+                pytest.raises(UnknownTableError) as err,
+                cat.sql_reader(query, views_only=True) as reader,
+            ):
+                reader.read_all()
+            assert err.value.names == names, query
+        # Without views_only (the local catalog) the error is the plain one.
+        with pytest.raises(InvalidRequestError) as plain:
+            cat.sql("SELECT * FROM b_1")
+        assert not isinstance(plain.value, UnknownTableError)
