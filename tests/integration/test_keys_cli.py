@@ -1,0 +1,156 @@
+"""`tessera keys` for real: offline on a data directory, then against a running server with
+--auth (--workers 1 and 2), through the HTTP key routes; a revoked key is refused at once by
+every serving process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tessera.server.auth.keys import KeyStore
+from tessera.server.cli import main
+from tests.serverproc import ServerProcess
+
+
+def keys_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tessera keys ...` as a process of its own (the command as an operator runs it)."""
+    env = {k: v for k, v in os.environ.items() if k != "TESSERA_API_KEY"}
+    return subprocess.run([sys.executable, "-m", "tessera.server", "keys", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.fixture
+def keys(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`tessera keys ...` through the CLI's `main` in this process (a process per command
+    costs ~1-3 s on a busy machine): exit code, stdout and stderr."""
+    monkeypatch.delenv("TESSERA_API_KEY", raising=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        try:
+            code = main(["keys", *args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["tessera", "keys", *args], code, out.out, out.err)
+
+    return run
+
+
+Keys = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_offline_create_list_revoke(tmp_path: Path, keys: Keys) -> None:
+    data = tmp_path / "data"
+    admin = last_line(keys_process("create", "admin", "--allow", "admin", "--data-dir",
+                                   str(data)))
+    assert admin.startswith("tsk_") and len(admin) == 47
+    sig = last_line(keys("create", "sm", "--allow", "read:users_*", "--allow", "write:clicks",
+                         "--sigv4", "--data-dir", str(data)))
+    key_id, secret = sig.split(" ")
+    assert len(key_id) == 20 and key_id.startswith("TSK") and len(secret) == 40
+
+    bad = keys("create", "x", "--allow", "read:a", "--allow", "drop:b", "--data-dir", str(data))
+    assert bad.returncode == 2
+    assert "permission 'drop:b' is not read:GLOB, write:GLOB or admin" in bad.stderr
+    dup = keys("create", "admin", "--allow", "admin", "--data-dir", str(data))
+    assert dup.returncode == 2 and "a key named 'admin' exists" in dup.stderr
+    nowhere = keys("list")
+    assert nowhere.returncode == 2 and "give --data-dir DIR" in nowhere.stderr
+
+    assert keys("revoke", "sm", "--data-dir", str(data)).returncode == 0
+    listed = keys("list", "--json", "--data-dir", str(data))
+    assert listed.returncode == 0
+    assert admin not in listed.stdout and secret not in listed.stdout
+    doc = json.loads(listed.stdout)["keys"]
+    assert [(k["name"], k["kind"], k["permissions"], k["revoked_at"] is not None)
+            for k in doc] == [("admin", "api-key", ["admin"], False),
+                              ("sm", "sigv4", ["read:users_*", "write:clicks"], True)]
+    table = keys("list", "--data-dir", str(data)).stdout
+    assert "NAME" in table.splitlines()[0] and key_id in table and secret not in table
+
+    lines = [json.loads(x) for x in (data / "audit.log").read_text().splitlines()]
+    assert [(x["action"], x["key"], x["outcome"]) for x in lines] == [
+        ("CreateKey", "admin", "allowed"), ("CreateKey", "sm", "allowed"),
+        ("RevokeKey", "sm", "allowed")]
+    assert all(admin not in json.dumps(x) and secret not in json.dumps(x) for x in lines)
+
+
+@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
+def auth_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    data = tmp_path / "data"
+    KeyStore(data).create("root", ["admin"])  # made before start, as an operator would
+    proc = ServerProcess(data, extra_env={"TESSERA_AUTH__ENABLED": "true"},
+                         workers=request.param)
+    proc.start(timeout_s=60)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _get_keys(url: str, token: str) -> httpx.Response:
+    # a connection per request: with --workers 2 the kernel spreads them over both processes
+    return httpx.get(f"{url}/v1/keys", headers={"authorization": f"Bearer {token}"},
+                     timeout=30)
+
+
+def test_online_create_list_revoke(auth_server: ServerProcess, keys: Keys) -> None:
+    url = auth_server.http_url
+    boot = KeyStore(auth_server.data_dir).create("bootstrap", ["admin"]).secret  # while serving
+    ops = last_line(keys_process("create", "ops", "--allow", "admin", "--http", url,
+                                 "--api-key", boot))
+    reader = last_line(keys("create", "reader", "--allow", "read:*", "--http", url,
+                            "--api-key", ops))
+    sig = last_line(keys("create", "sm", "--allow", "read:*", "--sigv4", "--http", url,
+                         "--api-key", ops))
+    assert reader.startswith("tsk_") and len(sig.split(" ")[0]) == 20
+
+    denied = keys("list", "--http", url, "--api-key", reader)
+    assert denied.returncode == 2
+    assert "HTTP 403" in denied.stderr and "'reader' lacks the permission admin" in denied.stderr
+    anonymous = keys("list", "--http", url)
+    assert anonymous.returncode == 2 and "HTTP 401" in anonymous.stderr
+
+    listed = keys("list", "--json", "--http", url, "--api-key", ops)
+    names = [k["name"] for k in json.loads(listed.stdout)["keys"]]
+    assert names == ["root", "bootstrap", "ops", "reader", "sm"]
+    assert reader not in listed.stdout and sig.split(" ")[1] not in listed.stdout
+
+    bad = keys("create", "x", "--allow", "nope", "--http", url, "--api-key", ops)
+    assert bad.returncode == 2 and "permission 'nope' is not" in bad.stderr
+    missing = keys("revoke", "ghost", "--http", url, "--api-key", ops)
+    assert missing.returncode == 2 and "no key named 'ghost' to revoke" in missing.stderr
+
+    assert all(_get_keys(url, ops).status_code == 200 for _ in range(4))
+    assert keys("revoke", "ops", "--http", url, "--api-key", boot).returncode == 0
+    answers = [_get_keys(url, ops) for _ in range(12)]
+    assert {r.status_code for r in answers} == {401}
+    assert all("the API key 'ops' is revoked" in r.json()["error"]["message"] for r in answers)
+    if auth_server.workers > 1:  # the revoke reached every serving process at once
+        pids = {r.headers.get("x-tessera-pid") for r in answers}
+        assert len(pids) == 2, pids
+
+    lines = [json.loads(x) for x in (auth_server.data_dir / "audit.log").read_text()
+             .splitlines()]
+    changes = [(x["principal"], x["action"], x.get("key"), x["outcome"]) for x in lines
+               if x["action"] in ("CreateKey", "RevokeKey", "ListKeys")]
+    assert ("bootstrap", "CreateKey", "ops", "allowed") in changes
+    assert ("ops", "CreateKey", "reader", "allowed") in changes
+    assert ("bootstrap", "RevokeKey", "ops", "allowed") in changes
+    text = (auth_server.data_dir / "audit.log").read_text()
+    assert ops not in text and reader not in text and boot not in text
