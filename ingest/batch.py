@@ -11,10 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tessera.core.errors import InvalidRequestError, SerializationError
 from tessera.core.records import MAX_RECORD_BYTES, validate_record
 from tessera.core.schema import CompiledSchema
 from tessera.ingest import json_batch
+from tessera.ingest.columns import ColumnsBuilder, RecordColumns
 from tessera.ingest.config import TopicConfig
 from tessera.ingest.decode import Decoded, Decoder, decoder_for
 from tessera.ingest.dlq import OVERSIZED, SCHEMA, UNDECODABLE, DeadLetter, KafkaMessage
@@ -97,7 +100,7 @@ class PreparedBatch:
 
     messages: list[KafkaMessage]
     schema: CompiledSchema
-    records: list[SinkRecord]
+    records: RecordColumns
     record_messages: list[KafkaMessage]  # the message of each record
     dead: list[DeadLetter]
     next_offsets: dict[TopicPartition, int]
@@ -107,7 +110,7 @@ class PreparedBatch:
     def drop_partitions(self, revoked: set[TopicPartition]) -> None:
         """Forget the work of revoked partitions (another consumer will redo it)."""
         keep = [i for i, m in enumerate(self.record_messages) if _tp(m) not in revoked]
-        self.records = [self.records[i] for i in keep]
+        self.records = self.records.take(keep)
         self.record_messages = [self.record_messages[i] for i in keep]
         self.dead = [d for d in self.dead if _tp(d.message) not in revoked]
         self.messages = [m for m in self.messages if _tp(m) not in revoked]
@@ -189,77 +192,65 @@ class Preparer:
 
     def _prepare_each(self, messages: Sequence[KafkaMessage], schema: CompiledSchema
                       ) -> PreparedBatch:
-        records: list[SinkRecord] = []
-        record_messages: list[KafkaMessage] = []
+        builder = ColumnsBuilder(len(messages))
+        sources = _Sources(len(messages))
         dead: list[DeadLetter] = []
-        next_offsets: dict[TopicPartition, int] = {}
-        prefixes: dict[TopicPartition, str] = {}
-        for msg in messages:
-            tp = (msg.topic() or "", msg.partition() or 0)
-            offset = msg.offset() or 0
-            if offset + 1 > next_offsets.get(tp, -1):
-                next_offsets[tp] = offset + 1
-            prefix = prefixes.get(tp)
-            if prefix is None:
-                prefix = prefixes[tp] = f"kafka:{tp[0]}/{tp[1]}/"
-            outcome = self.prepare_one(msg, schema, prefix + str(offset))
+        for i, msg in enumerate(messages):
+            outcome = self.prepare_one(msg, schema, sources.add(i, msg))
             if isinstance(outcome, DeadLetter):
                 dead.append(outcome)
             else:
-                records.append(outcome)
-                record_messages.append(msg)
-        return PreparedBatch(list(messages), schema, records, record_messages, dead, next_offsets)
+                builder.add_record(i, outcome.validated)
+        return _batch(messages, schema, builder, sources, dead)
 
     def _prepare_bulk(self, messages: Sequence[KafkaMessage], schema: CompiledSchema,
                       bulk: BatchEncoder) -> PreparedBatch:
         """`prepare` through the whole-batch encoder: each message decoded, then the decoded
-        objects encoded together; what it leaves (None) goes the per-message way."""
+        objects encoded together, in columns; what it leaves goes the per-message way."""
         n = len(messages)
-        outcomes: list[SinkRecord | DeadLetter | None] = [None] * n
-        sources: list[str] = [""] * n
+        builder = ColumnsBuilder(n)
+        sources = _Sources(n)
+        dead_at: dict[int, DeadLetter] = {}
         objects: list[dict[str, Any]] = []
         where: list[int] = []
-        next_offsets: dict[TopicPartition, int] = {}
-        prefixes: dict[TopicPartition, str] = {}
         decode, max_bytes = self._decode, self._max_bytes
         for i, msg in enumerate(messages):
-            tp = (msg.topic() or "", msg.partition() or 0)
-            offset = msg.offset() or 0
-            if offset + 1 > next_offsets.get(tp, -1):
-                next_offsets[tp] = offset + 1
-            prefix = prefixes.get(tp)
-            if prefix is None:
-                prefix = prefixes[tp] = f"kafka:{tp[0]}/{tp[1]}/"
-            sources[i] = prefix + str(offset)
+            source = sources.add(i, msg)
             value = msg.value()
             if value is None or len(value) > max_bytes:
-                outcomes[i] = self._refused(msg, value)
+                dead_at[i] = self._refused(msg, value)
                 continue
             try:
                 decoded = decode(value)
             except SerializationError as exc:
-                outcomes[i] = DeadLetter(msg, UNDECODABLE, exc.message)
+                dead_at[i] = DeadLetter(msg, UNDECODABLE, exc.message)
                 continue
             if isinstance(decoded, dict):
                 objects.append(decoded)
                 where.append(i)
             else:  # not from the JSON decoder; here for the type checker
-                outcomes[i] = self._from_decoded(msg, decoded, schema, sources[i])
-        for i, obj, validated in zip(where, objects, bulk.encode(objects), strict=True):
-            if validated is not None:
-                outcomes[i] = SinkRecord(validated, sources[i])
-            else:
-                outcomes[i] = self._from_decoded(messages[i], obj, schema, sources[i])
-        records: list[SinkRecord] = []
-        record_messages: list[KafkaMessage] = []
-        dead: list[DeadLetter] = []
-        for msg, outcome in zip(messages, outcomes, strict=True):
-            if isinstance(outcome, SinkRecord):
-                records.append(outcome)
-                record_messages.append(msg)
-            elif outcome is not None:
-                dead.append(outcome)
-        return PreparedBatch(list(messages), schema, records, record_messages, dead, next_offsets)
+                self._place(builder, dead_at, i, self._from_decoded(msg, decoded, schema, source))
+        positions = np.asarray(where, np.int64)
+        left = np.ones(len(objects), np.bool_)
+        for enc in bulk.encode_columns(objects):
+            builder.add_group(positions[enc.members], enc.payloads, enc.payload_starts,
+                              enc.payload_ends, enc.strings, enc.id_starts, enc.id_ends,
+                              enc.event_time_us, enc.ttl_us)
+            left[enc.members] = False
+        for k in np.flatnonzero(left).tolist():  # the per-message path decides and words why
+            i = where[k]
+            self._place(builder, dead_at, i,
+                        self._from_decoded(messages[i], objects[k], schema, sources.of(i)))
+        dead = [dead_at[i] for i in sorted(dead_at)]
+        return _batch(messages, schema, builder, sources, dead)
+
+    @staticmethod
+    def _place(builder: ColumnsBuilder, dead_at: dict[int, DeadLetter], i: int,
+               outcome: SinkRecord | DeadLetter) -> None:
+        if isinstance(outcome, DeadLetter):
+            dead_at[i] = outcome
+        else:
+            builder.add_record(i, outcome.validated)
 
     def _decoded(self, msg: KafkaMessage) -> Decoded | DeadLetter:
         """The message's decoded value, or why it cannot be decoded."""
@@ -319,3 +310,35 @@ class Preparer:
             kind = OVERSIZED if record.ByteSize() > MAX_RECORD_BYTES else SCHEMA
             return DeadLetter(msg, kind, exc.message)
         return SinkRecord(validated, source)
+
+
+class _Sources:
+    """Each message's source ("kafka:<topic>/<partition>/<offset>") and each partition's next
+    offset to commit, gathered in one pass over a batch."""
+
+    def __init__(self, n: int) -> None:
+        self.texts = [""] * n
+        self.next_offsets: dict[TopicPartition, int] = {}
+        self._prefixes: dict[TopicPartition, str] = {}
+
+    def add(self, i: int, msg: KafkaMessage) -> str:
+        tp = (msg.topic() or "", msg.partition() or 0)
+        offset = msg.offset() or 0
+        if offset + 1 > self.next_offsets.get(tp, -1):
+            self.next_offsets[tp] = offset + 1
+        prefix = self._prefixes.get(tp)
+        if prefix is None:
+            prefix = self._prefixes[tp] = f"kafka:{tp[0]}/{tp[1]}/"
+        source = self.texts[i] = prefix + str(offset)
+        return source
+
+    def of(self, i: int) -> str:
+        return self.texts[i]
+
+
+def _batch(messages: Sequence[KafkaMessage], schema: CompiledSchema, builder: ColumnsBuilder,
+           sources: _Sources, dead: list[DeadLetter]) -> PreparedBatch:
+    records, positions = builder.build(sources.texts)
+    record_messages = [messages[i] for i in positions.tolist()]
+    return PreparedBatch(list(messages), schema, records, record_messages, dead,
+                         sources.next_offsets)

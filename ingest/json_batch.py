@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -101,8 +102,16 @@ class BatchEncoder:
     def encode(self, objects: Sequence[dict[str, Any]]) -> list[ValidatedRecord | None]:
         """Each object's validated record, or None: take the per-message path for it."""
         out: list[ValidatedRecord | None] = [None] * len(objects)
+        for encoded in self.encode_columns(objects):
+            for k, i in enumerate(encoded.members.tolist()):
+                out[i] = encoded.record(k)
+        return out
+
+    def encode_columns(self, objects: Sequence[dict[str, Any]]) -> list[Encoded]:
+        """The records this path accepts, in columns, one `Encoded` per key order; an object
+        none of them holds takes the per-message path."""
         if not self.usable or not objects or not load():
-            return out
+            return []
         by_order: dict[tuple[str, ...], list[int]] = {}
         for i, obj in enumerate(objects):
             key = tuple(obj)
@@ -111,10 +120,13 @@ class BatchEncoder:
                 by_order[key] = [i]
             else:
                 members.append(i)
+        out = []
         for key, members in by_order.items():
             group = self._group(key)
             if group is not None:
-                self._encode_group(group, [objects[i] for i in members], members, out)
+                encoded = self._encode_group(group, [objects[i] for i in members], members)
+                if encoded is not None:
+                    out.append(encoded)
         return out
 
     def _group(self, key: tuple[str, ...]) -> _Group | None:
@@ -131,8 +143,8 @@ class BatchEncoder:
             self._groups[key] = group
         return group
 
-    def _encode_group(self, group: _Group, objects: list[dict[str, Any]], members: list[int],
-                      out: list[ValidatedRecord | None]) -> None:
+    def _encode_group(self, group: _Group, objects: list[dict[str, Any]], members: list[int]
+                      ) -> Encoded | None:
         n, m = len(objects), len(group.names)
         rows = list(map(group.getter, objects))
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if m > 1 else [rows]
@@ -167,40 +179,42 @@ class BatchEncoder:
                 bad |= wrong
         # The identifier and the event time must be there (the per-message path names them).
         bad |= ~present[group.id_col] | ~present[group.et_col]
-        ids = self._record_ids(group, columns[group.id_col], str_len[group.id_col], bad)
+        if group.kinds[group.id_col] != INT:
+            id_len = str_len[group.id_col]
+            bad |= (id_len == 0) | (id_len > MAX_RECORD_ID_BYTES)
         et_us = self._event_times(group, columns[group.et_col], floats, bad)
-        sblob = np.frombuffer(b"".join(blobs), np.uint8)
+        strings = b"".join(blobs)
         assemble = _assemble
         if assemble is None:  # load() said otherwise; here for the type checker
-            return
+            return None
         payloads, offsets = assemble(group.kinds, group.prefixes, group.prefix_offsets, present,
-                                     values, sblob, str_start, str_len)
+                                     values, np.frombuffer(strings, np.uint8), str_start,
+                                     str_len)
         bad |= np.diff(offsets) > MAX_RECORD_BYTES  # the per-message path says "oversized"
-        data = payloads.tobytes()
-        bounds = offsets.tolist()
-        ttl_us = self._ttl_us
-        for k in np.flatnonzero(~bad).tolist():
-            t = et_us[k]
-            out[members[k]] = ValidatedRecord(
-                ids[k], t, t + ttl_us if ttl_us is not None else None,
-                data[bounds[k]:bounds[k + 1]], None)
-
-    def _record_ids(self, group: _Group, column: Sequence[Any], byte_lengths: np.ndarray,
-                    bad: np.ndarray) -> list[str]:
-        if group.kinds[group.id_col] == INT:
-            return [str(v) for v in column]
-        bad |= (byte_lengths == 0) | (byte_lengths > MAX_RECORD_ID_BYTES)
-        return list(column)
+        ok = np.flatnonzero(~bad)
+        if group.kinds[group.id_col] == INT:  # the identifiers' decimal digits
+            id_column = columns[group.id_col]
+            digits = [str(id_column[k]) for k in ok.tolist()]
+            strings = "".join(digits).encode()
+            lengths = np.fromiter(map(len, digits), np.int64, len(digits))
+            id_ends = np.cumsum(lengths)
+            id_starts = id_ends - lengths
+        else:
+            id_starts = str_start[group.id_col][ok]
+            id_ends = id_starts + str_len[group.id_col][ok]
+        return Encoded(np.asarray(members, np.int64)[ok], payloads.tobytes(), offsets[:-1][ok],
+                       offsets[1:][ok], strings, id_starts, id_ends, et_us[ok], self._ttl_us)
 
     def _event_times(self, group: _Group, column: Sequence[Any], floats: np.ndarray | None,
-                     bad: np.ndarray) -> list[int]:
+                     bad: np.ndarray) -> np.ndarray:
         if floats is not None:  # Fractional: epoch seconds
             # NaN compares false: refused too (the per-message path names it).
             bad |= ~((floats >= 0.0) & (floats < _MAX_EVENT_TIME_S))
-            # round(v * 1e6) as FastEncoder does: the same double product, halves to even.
+            # round(v * 1e6) as FastEncoder does: the same double product, halves to even
+            # (an integral double below 2**63: exact as an int64).
             scaled = np.where(bad, 0.0, floats) * float(_US)
-            return [int(v) for v in np.rint(scaled).tolist()]
-        out = [0] * len(column)
+            return np.rint(scaled).astype(np.int64)
+        out = np.zeros(len(column), np.int64)
         for k, text in enumerate(column):
             if bad[k]:
                 continue
@@ -209,6 +223,33 @@ class BatchEncoder:
             except InvalidRequestError:
                 bad[k] = True
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """The records of one key order that the whole-batch path accepted, in columns: record k
+    is the object members[k] (an index into the objects encoded); its payload
+    payloads[payload_starts[k]:payload_ends[k]], its identifier's UTF-8 (an Integral's decimal
+    digits) strings[id_starts[k]:id_ends[k]], its event time event_time_us[k]; every record
+    expires ttl_us after its event time (None: never)."""
+
+    members: np.ndarray
+    payloads: bytes
+    payload_starts: np.ndarray
+    payload_ends: np.ndarray
+    strings: bytes
+    id_starts: np.ndarray
+    id_ends: np.ndarray
+    event_time_us: np.ndarray
+    ttl_us: int | None
+
+    def record(self, k: int) -> ValidatedRecord:
+        """Record k as a ValidatedRecord."""
+        t = int(self.event_time_us[k])
+        return ValidatedRecord(
+            self.strings[int(self.id_starts[k]):int(self.id_ends[k])].decode(), t,
+            t + self.ttl_us if self.ttl_us is not None else None,
+            self.payloads[int(self.payload_starts[k]):int(self.payload_ends[k])], None)
 
 
 def _ints(column: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -15,8 +15,6 @@ import time
 from concurrent import futures
 from dataclasses import dataclass
 
-import numpy as np
-
 from tessera.core.errors import InvalidRequestError, TesseraError
 from tessera.ingest.batch import PreparedBatch, Preparer
 from tessera.ingest.config import TopicConfig
@@ -147,8 +145,9 @@ class BatchWriter:
             pass
         except TesseraError as exc:
             raise RetryLater(f"the store is unavailable: {exc.message}") from exc
-        kept_records, kept_messages = [], []
-        for record, msg in zip(batch.records, batch.record_messages, strict=True):
+        kept: list[int] = []
+        for i, (record, msg) in enumerate(zip(batch.records, batch.record_messages,
+                                              strict=True)):
             try:
                 self._sink.write(batch.schema, [record], self._topic.ttl_s)
             except InvalidRequestError as exc:
@@ -156,9 +155,9 @@ class BatchWriter:
                 continue
             except TesseraError as exc:
                 raise RetryLater(f"the store is unavailable: {exc.message}") from exc
-            kept_records.append(record)
-            kept_messages.append(msg)
-        batch.records, batch.record_messages = kept_records, kept_messages
+            kept.append(i)
+        batch.records = batch.records.take(kept)
+        batch.record_messages = [batch.record_messages[i] for i in kept]
 
     def _observe_written(self, batch: PreparedBatch) -> None:
         n = len(batch.records)
@@ -167,9 +166,7 @@ class BatchWriter:
         self.records_written += n
         self._m_records.inc(n)
         now_us = time.time_ns() // 1000
-        event_time_us = np.fromiter((r.validated.event_time_us for r in batch.records),
-                                    np.int64, n)
-        observe_many(self._m_freshness, (now_us - event_time_us) / 1e6)
+        observe_many(self._m_freshness, (now_us - batch.records.event_time_us) / 1e6)
 
     def _send_dead_letters(self, batch: PreparedBatch) -> None:
         dlq = self.dead_letters

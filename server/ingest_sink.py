@@ -2,10 +2,14 @@
 registry's groups and its online store (any `OnlineStore`), as the PutRecords servicer does,
 without gRPC.
 
-The consumer validated every record against the schema it passes in (`validate_record`, the
-servicer's own check); this sink turns them into store operations with the servicer's own
-`put_op` (the online record and its history row, with the record's Kafka source) and waits until
-the store has made them durable. Run it in a thread of its own (the wait blocks):
+The consumer validated every record against the schema it passes in (the servicer's own checks)
+and hands them in columns (`RecordColumns`, ingest/columns.py): this sink makes the batch ONE
+`PutBatch` (keys, payloads and history rows with each record's Kafka source written by
+`batch_kernels.encode_puts`, the compiled pass of the bulk PutRecords path) and waits until the
+store has made it durable: one operation per batch, whichever store (a `ProcessOnlineStore`
+sends it to the writer process as one WireBatch). A group with aggregations, or records given
+one by one (the consumer's re-validation after a refusal), take the servicer's per-record
+`put_op`. Run it in a thread of its own (the wait blocks):
 `tessera.ingest.run_consumers(config, EmbeddedSink(registry, store), stop)`.
 """
 
@@ -13,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from tessera.core.errors import TesseraError
 from tessera.core.schema import CompiledSchema
+from tessera.ingest.columns import RecordColumns
 from tessera.ingest.sinks import SchemaChangedError, SinkRecord
+from tessera.server import batch_kernels as bk
 from tessera.server.registry import Registry
-from tessera.server.store import OnlineStore, Op, now_us
+from tessera.server.store import OnlineStore, Op, PutBatch, now_us
 from tessera.server.writes import count_writes, put_op
 
 
@@ -54,7 +62,11 @@ class EmbeddedSink:
             )
         # ttl_s was applied by validation (ValidatedRecord.expires_at_us), as in PutRecords.
         api_us = now_us()
-        ops: list[Op] = [put_op(schema, r.validated, api_us, r.source) for r in records]
+        ops: list[Op]
+        if isinstance(records, RecordColumns) and schema.aggregations is None:
+            ops = [put_batch(schema, records, api_us)]
+        else:
+            ops = [put_op(schema, r.validated, api_us, r.source) for r in records]
         results = self._store.submit(ops).result(self._timeout_s).results
         for result in results:
             if isinstance(result, TesseraError):
@@ -63,3 +75,36 @@ class EmbeddedSink:
 
     def close(self) -> None:
         """Nothing to release: the server owns the registry and the store."""
+
+
+def put_batch(schema: CompiledSchema, records: RecordColumns, api_invocation_time_us: int
+              ) -> PutBatch:
+    """The records as one PutBatch of `schema`'s group: what `put_op` makes of each, in
+    columns (keys, payloads as validated, history rows with each record's source)."""
+    buf = np.frombuffer(records.buf, np.uint8)
+    expires = records.expires_at_us
+    event_time_us = _readonly(records.event_time_us)
+    keys, key_off, payloads, pay_off, rows, row_off = bk.encode_puts(
+        buf, _readonly(records.payload_starts), _readonly(records.payload_ends),
+        _readonly(records.id_starts), _readonly(records.id_ends - records.id_starts), False,
+        schema.group_id, event_time_us, _NONE if expires is None else _readonly(expires),
+        expires is not None, api_invocation_time_us, _readonly(records.source_starts),
+        _readonly(records.source_ends), schema.offline,
+    )
+    return PutBatch(
+        schema.group_id, schema.online, keys.tobytes(), bk.readonly(key_off),
+        payloads.tobytes(), bk.readonly(pay_off), event_time_us,
+        None if expires is None else _readonly(expires),
+        rows.tobytes() if schema.offline else None,
+        bk.readonly(row_off) if schema.offline else None,
+    )
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    """A read-only int64 view of `arr` (the kernels' one signature; `arr` stays writable)."""
+    view = np.ascontiguousarray(arr, np.int64).view()
+    view.setflags(write=False)
+    return view
+
+
+_NONE = _readonly(np.zeros(0, np.int64))
