@@ -87,6 +87,7 @@ async def start_front(
         max_body_bytes=s.grpc_max_message_bytes,
         response_headers=[(PID_HEADER.encode(), str(os.getpid()).encode())] if reuse_port else [],
         auth=auth,
+        protect_metrics=settings.auth.protect_metrics,
     )
     # The FastAPI app becomes the router's fallback; the runtimes register into the router.
     app = create_app(registry, is_ready=lambda: readiness.ready, compact=compact, catalog=catalog,

@@ -1,7 +1,15 @@
 """The HTTP control plane (FastAPI): feature groups, health, readiness, Prometheus metrics.
 
 Errors leave through one exception handler: `{"error": {"code": ..., "message": ...}}` with the
-status of the error class (422 invalid, 404 not found, 409 conflict, 503 unavailable).
+status of the error class (422 invalid, 404 not found, 409 conflict, 503 unavailable, 401
+unauthenticated, 403 permission denied).
+
+Who may call what (server/http_auth.py): the fast router in front of the app authenticates
+each request (with --auth) and leaves its principal at `scope["tessera.principal"]`; one
+app-wide dependency (`authorize`) checks the rule the matched route declares in
+`http_auth.RULES` before the route runs, so every route, included ones too, is checked. The
+routes then show only what the caller may read (the group listing) and write each admin action
+to the audit log.
 """
 
 from __future__ import annotations
@@ -13,21 +21,22 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tessera.core.catalog import Catalog
-from tessera.core.errors import StorageError, TesseraError
+from tessera.core.errors import StorageError, TesseraError, UnauthenticatedError
 from tessera.core.schema import (
     FeatureGroup,
     FeatureGroupDefinition,
     FeatureGroupUpdate,
     FeatureMetadataUpdate,
 )
-from tessera.server import metrics
+from tessera.server import http_auth, metrics
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
+from tessera.server.auth.permissions import LOCAL, Action, Principal
 from tessera.server.compaction import Compactor
 from tessera.server.grpc_service import FeatureStoreService
 from tessera.server.http_fast import ERROR_CODES, FastRouter
@@ -56,6 +65,35 @@ def _error(status: int, message: str, details: Any = None) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=status)
 
 
+def principal_of(request: Request) -> Principal:
+    """The caller of a request (LOCAL with authentication off)."""
+    principal = request.scope.get("tessera.principal")
+    return LOCAL if principal is None else principal
+
+
+def _authorizer(auth: Authenticator) -> Callable[[Request], Awaitable[None]]:
+    """The app-wide dependency: the matched route's rule (server/http_auth.py), checked
+    before the route runs; nothing with authentication off."""
+
+    async def authorize(request: Request) -> None:
+        if not auth.enabled:
+            return
+        method = request.method
+        template = getattr(request.scope.get("route"), "path", request.url.path)
+        rule = http_auth.rule_for(method, template)
+        if rule is not None and not rule.needs_principal:
+            return
+        principal = request.scope.get("tessera.principal")
+        if principal is None:  # the router authenticates every such request: not served
+            raise UnauthenticatedError(f"{method} {template} needs credentials", "missing")
+        if rule is None:
+            http_auth.undeclared(method, template, principal)
+        else:
+            rule.check(principal, request.path_params, f"{method} {template}")
+
+    return authorize
+
+
 def create_app(
     registry: Registry,
     is_ready: Callable[[], bool],
@@ -82,6 +120,7 @@ def create_app(
         title="Tessera control plane",
         summary="Feature groups, health and metrics of a Tessera feature store.",
         version="1",
+        dependencies=[Depends(_authorizer(auth))],
     )
 
     @app.exception_handler(TesseraError)
@@ -114,58 +153,75 @@ def create_app(
         return out
 
     @app.post("/v1/feature-groups", status_code=201, tags=["feature groups"])
-    async def create_feature_group(definition: FeatureGroupDefinition) -> dict[str, Any]:
+    async def create_feature_group(
+        definition: FeatureGroupDefinition, request: Request
+    ) -> dict[str, Any]:
         """Create a feature group (SageMaker CreateFeatureGroup, snake_case). All or nothing:
-        a refused or failed creation leaves no trace."""
-        group = await asyncio.to_thread(registry.create, definition)
+        a refused or failed creation leaves no trace. Needs admin."""
+        with http_auth.admin_action(principal_of(request), "CreateFeatureGroup",
+                                    definition.feature_group_name):
+            group = await asyncio.to_thread(registry.create, definition)
         metrics.FEATURE_GROUPS.set(len(registry.list()))
         return described(group)
 
     @app.get("/v1/feature-groups", tags=["feature groups"])
-    async def list_feature_groups(name_contains: str | None = None) -> dict[str, Any]:
-        """All feature groups, by name; optionally those whose name contains a string. A group
-        made under an older name rule carries `quarantined`: the reason."""
-        return {"feature_groups": [described(g) for g in registry.list(name_contains)]}
+    async def list_feature_groups(
+        request: Request, name_contains: str | None = None
+    ) -> dict[str, Any]:
+        """The feature groups the caller may read, by name; optionally those whose name
+        contains a string. A group made under an older name rule carries `quarantined`: the
+        reason."""
+        principal = principal_of(request)
+        return {"feature_groups": [described(g) for g in registry.list(name_contains)
+                                   if principal.can(Action.READ, g.name)]}
 
     @app.get("/v1/feature-groups/{name}", tags=["feature groups"])
     async def describe_feature_group(name: str) -> dict[str, Any]:
-        """A feature group's definition, version and timestamps."""
+        """A feature group's definition, version and timestamps. Needs read on it."""
         return described(registry.describe(name))
 
     @app.patch("/v1/feature-groups/{name}", tags=["feature groups"])
-    async def update_feature_group(name: str, update: FeatureGroupUpdate) -> dict[str, Any]:
+    async def update_feature_group(
+        name: str, update: FeatureGroupUpdate, request: Request
+    ) -> dict[str, Any]:
         """Add features (a new schema version) or change the description. Features are never
-        removed or retyped. All or nothing, like a creation."""
-        group = await asyncio.to_thread(registry.update, name, update)
+        removed or retyped. All or nothing, like a creation. Needs admin."""
+        with http_auth.admin_action(principal_of(request), "UpdateFeatureGroup", name):
+            group = await asyncio.to_thread(registry.update, name, update)
         return described(group)
 
     @app.patch("/v1/feature-groups/{name}/features/{feature}", tags=["feature groups"])
     async def update_feature_metadata(
-        name: str, feature: str, change: FeatureMetadataUpdate
+        name: str, feature: str, change: FeatureMetadataUpdate, request: Request
     ) -> dict[str, Any]:
         """Change a feature's metadata: `description` ("" clears it), `parameter_additions`
-        (key/value), `parameter_removals` (keys). Answers the group's description."""
+        (key/value), `parameter_removals` (keys). Answers the group's description. Needs
+        admin."""
         update = FeatureGroupUpdate(feature_metadata={feature: change})
-        return described(await asyncio.to_thread(registry.update, name, update))
+        with http_auth.admin_action(principal_of(request), "UpdateFeatureMetadata", name):
+            group = await asyncio.to_thread(registry.update, name, update)
+        return described(group)
 
     @app.delete("/v1/feature-groups/{name}", status_code=204, tags=["feature groups"])
-    async def delete_feature_group(name: str) -> Response:
+    async def delete_feature_group(name: str, request: Request) -> Response:
         """Delete a feature group and every online record of it (also a quarantined group,
-        whatever its name)."""
-        await asyncio.to_thread(registry.delete, name)
+        whatever its name). Needs admin."""
+        with http_auth.admin_action(principal_of(request), "DeleteFeatureGroup", name):
+            await asyncio.to_thread(registry.delete, name)
         metrics.FEATURE_GROUPS.set(len(registry.list()))
         return Response(status_code=204)
 
     @app.post("/v1/feature-groups/{name}/compact", tags=["offline store"])
     async def compact_feature_group(
-        name: str, min_files: Annotated[int, Query(ge=2, le=10_000)] = 2
+        name: str, request: Request, min_files: Annotated[int, Query(ge=2, le=10_000)] = 2
     ) -> dict[str, Any]:
         """Merge each offline partition's small files into one, clustered by record id and
-        event time. Query results do not change."""
+        event time. Query results do not change. Needs admin."""
         group = registry.describe(name)
         if compact is None:
             raise StorageError("this server has no offline store")
-        return dataclasses.asdict(await compact(group, min_files))
+        with http_auth.admin_action(principal_of(request), "CompactFeatureGroup", name):
+            return dataclasses.asdict(await compact(group, min_files))
 
     register_sql_routes(app, sql_workers, sql_settings or SqlSettings())
     register_key_routes(app, auth)  # /v1/keys: server/http_keys.py

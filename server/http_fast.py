@@ -59,8 +59,9 @@ from urllib.parse import parse_qsl, unquote
 import msgspec
 
 from tessera.core.errors import InvalidRequestError, TesseraError
-from tessera.server import metrics
+from tessera.server import http_auth, metrics
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
+from tessera.server.auth.permissions import LOCAL, Principal
 from tessera.server.storage_health import storage_failure
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ Headers = list[tuple[bytes, bytes]]
 
 #: The `code` of Tessera's HTTP error body, by status (the FastAPI app uses the same).
 ERROR_CODES = {422: "InvalidRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable",
-               413: "TooLarge", 504: "Timeout"}
+               413: "TooLarge", 504: "Timeout", 401: "Unauthenticated", 403: "PermissionDenied"}
 JSON: Headers = [(b"content-type", b"application/json")]
 PROTOBUF: Headers = [(b"content-type", b"application/x-protobuf")]
 #: The default largest request body of a fast route (a route may set its own).
@@ -91,15 +92,18 @@ class BodyTooLargeError(InvalidRequestError):
 
 class FastRequest:
     """What a fast handler gets: the method, the matched route template, its path parameters,
-    the raw query string, the raw headers (names lower-case, as ASGI gives them) and the body."""
+    the raw query string, the raw headers (names lower-case, as ASGI gives them), the body and
+    the caller (`principal`: LOCAL with authentication off; server/http_auth.py)."""
 
-    __slots__ = ("method", "route", "params", "query_string", "headers", "body", "_query")
+    __slots__ = ("method", "route", "params", "query_string", "headers", "body", "_query",
+                 "principal")
 
     def __init__(self, method: str, route: str, params: dict[str, str], query_string: bytes,
                  headers: Headers, body: bytes) -> None:
         self.method, self.route, self.params = method, route, params
         self.query_string, self.headers, self.body = query_string, headers, body
         self._query: dict[str, list[str]] | None = None
+        self.principal: Principal = LOCAL
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower-case bytes), or None."""
@@ -145,11 +149,15 @@ def json_response(status: int, content: Any, headers: Headers | None = None) -> 
 
 
 def error_response(status: int, message: str) -> FastResponse:
-    """Tessera's HTTP error: `{"error": {"code": ..., "message": ...}}` with `status`."""
+    """Tessera's HTTP error: `{"error": {"code": ..., "message": ...}}` with `status` (a 401
+    also names the scheme it wants: `WWW-Authenticate: Bearer`)."""
     # A message may quote a lone surrogate sent in JSON: escaped, it still encodes as UTF-8.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"code": ERROR_CODES.get(status, "Internal"), "message": message}}
-    return FastResponse(status, JSON, _encode_json(body))
+    return FastResponse(status, _CHALLENGE if status == 401 else JSON, _encode_json(body))
+
+
+_CHALLENGE: Headers = [*JSON, (b"www-authenticate", b'Bearer realm="tessera"')]
 
 
 def tessera_errors(req: FastRequest, exc: Exception) -> FastResponse:
@@ -166,10 +174,10 @@ def tessera_errors(req: FastRequest, exc: Exception) -> FastResponse:
 
 class _Route:
     __slots__ = ("method", "template", "segments", "handler", "errors", "max_body_bytes",
-                 "body", "latency", "counters")
+                 "body", "latency", "counters", "rule", "operation")
 
     def __init__(self, method: str, template: str, handler: Handler, errors: ErrorMapper,
-                 max_body_bytes: int, body: bool) -> None:
+                 max_body_bytes: int, body: bool, rule: http_auth.Rule | None) -> None:
         if not template.startswith("/"):
             raise ValueError(f"route template {template!r} must start with '/'")
         segments: list[str | None] = []
@@ -187,6 +195,8 @@ class _Route:
         #: (literal, None) or (None, parameter name) per segment.
         self.segments = tuple((s, None if s is not None else next(it)) for s in segments)
         self.errors, self.max_body_bytes, self.body = errors, max_body_bytes, body
+        #: Who may call it (None: undeclared, only an admin), and its name in audit lines.
+        self.rule, self.operation = rule, f"{method} {template}"
         self.latency = metrics.HTTP_LATENCY.labels(method, template)
         self.counters: dict[int, Any] = {}
 
@@ -215,27 +225,37 @@ class FastRouter:
 
     def __init__(self, app: ASGIApp | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  response_headers: Headers | None = None,
-                 auth: Authenticator = OPEN_ACCESS) -> None:
+                 auth: Authenticator = OPEN_ACCESS, protect_metrics: bool = False) -> None:
         #: Where every request no fast route matches goes (create_app sets the FastAPI app).
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.response_headers: Headers = list(response_headers or [])
         #: Resolves each request's credentials to a principal (server/auth).
         self.auth = auth
+        #: Paths the app answers without credentials (server/http_auth.py: OPEN, METRICS).
+        self.open_paths = (http_auth.OPEN_PATHS if protect_metrics
+                           else http_auth.OPEN_PATHS | {"/metrics"})
         # By (method, number of path segments): a request looks only at routes of its shape.
         self._routes: dict[tuple[str, int], list[_Route]] = {}
 
     def add(self, method: str, template: str, handler: Handler, *,
             errors: ErrorMapper = tessera_errors, max_body_bytes: int | None = None,
-            body: bool = True) -> None:
-        """Answer `method template` with `handler` (see the module docstring)."""
-        route = _Route(method.upper(), template, handler, errors,
-                       self.max_body_bytes if max_body_bytes is None else max_body_bytes, body)
+            body: bool = True, rule: http_auth.Rule | None = None) -> None:
+        """Answer `method template` with `handler` (see the module docstring). `rule`: who may
+        call it; default: the route's entry in http_auth.RULES (none: only an admin)."""
+        method = method.upper()
+        route = _Route(method, template, handler, errors,
+                       self.max_body_bytes if max_body_bytes is None else max_body_bytes, body,
+                       rule or http_auth.rule_for(method, template))
         self._routes.setdefault((route.method, len(route.segments)), []).append(route)
 
     def routes(self) -> list[tuple[str, str]]:
         """The fast routes, as (method, template), in registration order per shape."""
         return [(r.method, r.template) for rs in self._routes.values() for r in rs]
+
+    def rules(self) -> dict[tuple[str, str], http_auth.Rule | None]:
+        """Each fast route's rule (None: undeclared)."""
+        return {(r.method, r.template): r.rule for rs in self._routes.values() for r in rs}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -254,7 +274,49 @@ class FastRouter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.auth.enabled and scope["path"] not in self.open_paths:
+            await self._fall_through_authenticated(self.app, scope, receive, send)
+            return
         await self._fall_through(self.app, scope, receive, send)
+
+    def _authenticate(self, scope: Scope, authorization: bytes | None,
+                      body: bytes | None) -> Principal:
+        """The caller of a request: a SigV4 signature (over the raw path, query, headers and
+        `body`) or a bearer token; UnauthenticatedError."""
+        if authorization is not None and authorization.startswith(_SIGV4):
+            raw = scope.get("raw_path") or scope["path"].encode()
+            return self.auth.authenticate_sigv4(
+                scope["method"], raw.decode("latin-1"),
+                scope.get("query_string", b"").decode("latin-1"), scope["headers"],
+                body or b"")
+        return self.auth.authenticate(
+            None if authorization is None else authorization.decode("latin-1"))
+
+    async def _fall_through_authenticated(self, app: ASGIApp, scope: Scope, receive: Receive,
+                                          send: Send) -> None:
+        """A request for the app with authentication on: its principal at
+        scope["tessera.principal"] (the app's routes check their rule: server/http_app.py), or
+        401 here. A SigV4-signed request's body is read first (the signature covers it) and
+        handed to the app as it came."""
+        headers: Headers = scope["headers"]
+        authorization = _header(headers, b"authorization")
+        aws = _is_aws(scope, authorization)
+        body: bytes | None = None
+        try:
+            if authorization is not None and authorization.startswith(_SIGV4):
+                body = await _read_body(headers, receive, self.max_body_bytes)
+                if body is None:  # the client went away
+                    return
+            principal = self._authenticate(scope, authorization, body)
+        except Exception as exc:
+            response = (http_auth.aws_error_response(exc) if aws
+                        else tessera_errors(_request_of(scope), exc))
+            await self._fall_through(_responder(response), scope, receive, send)
+            return
+        scope["tessera.principal"] = principal
+        if body is not None:
+            receive = _replay(body, receive)
+        await self._fall_through(app, scope, receive, send)
 
     async def _fall_through(self, app: ASGIApp, scope: Scope, receive: Receive,
                             send: Send) -> None:
@@ -288,12 +350,28 @@ class FastRouter:
         headers: Headers = scope["headers"]
         req = FastRequest(route.method, route.template, params, scope.get("query_string", b""),
                           headers, b"")
+        authorization: bytes | None = None
+        signed = False
         try:
+            if self.auth.enabled:
+                # Bearer: refused before the body is read; SigV4: the signature covers it.
+                authorization = _header(headers, b"authorization")
+                signed = authorization is not None and authorization.startswith(_SIGV4)
+                if not signed:
+                    req.principal = self._authenticate(scope, authorization, None)
             if route.body:
                 body = await _read_body(headers, receive, route.max_body_bytes)
                 if body is None:  # the client went away
                     return
                 req.body = body
+            if self.auth.enabled:
+                if signed:
+                    req.principal = self._authenticate(scope, authorization, req.body)
+                scope["tessera.principal"] = req.principal
+                if route.rule is None:
+                    http_auth.undeclared(route.method, route.template, req.principal)
+                else:
+                    route.rule.check(req.principal, params, route.operation)
             result = route.handler(req)
             response = result if isinstance(result, tuple) else await result
         except Exception as exc:
@@ -308,6 +386,54 @@ class FastRouter:
         await send({"type": "http.response.body", "body": out})
         route.count(status)
         route.latency.observe(time.perf_counter() - start)
+
+
+_SIGV4 = b"AWS4-HMAC-SHA256 "
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _is_aws(scope: Scope, authorization: bytes | None) -> bool:
+    """Whether a request for the app is the SageMaker control plane's (answered in AWS's
+    error shape): `POST /`, or SigV4-signed."""
+    return scope["path"] == "/" or (authorization is not None and
+                                    authorization.startswith(_SIGV4))
+
+
+def _request_of(scope: Scope) -> FastRequest:
+    return FastRequest(scope["method"], scope["path"], {}, scope.get("query_string", b""),
+                       scope["headers"], b"")
+
+
+def _responder(response: tuple[int, Headers, bytes]) -> ASGIApp:
+    """An ASGI app that answers `response` (the router's 401 for the app's routes)."""
+
+    async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+        status, headers, body = response
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return respond
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` once, then waits on the client's (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | None:

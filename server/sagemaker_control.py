@@ -3,9 +3,15 @@ endpoint_url=...)` works unchanged for feature groups.
 
 Protocol: botocore's `sagemaker` service model, JSON 1.1: `POST /` with `X-Amz-Target:
 SageMaker.<Operation>` and a JSON body; answers `application/x-amz-json-1.1`, errors as
-`{"__type": code, "message": ...}` (server/sagemaker_common.py). Requests arrive SigV4-signed;
-they are accepted without checking the signature (the region of its credential scope is the
-region of the ARNs answered).
+`{"__type": code, "message": ...}` (server/sagemaker_common.py). Requests arrive SigV4-signed
+(the region of its credential scope is the region of the ARNs answered); the signature is
+checked with authentication on (`--auth`: the router, server/http_auth.py), not otherwise.
+
+Who may run what (`OPERATION_RULES`): CreateFeatureGroup, UpdateFeatureGroup,
+DeleteFeatureGroup and UpdateFeatureMetadata need admin (and are written to the audit log);
+DescribeFeatureGroup and DescribeFeatureMetadata need read on the group; ListFeatureGroups and
+Search answer only the groups (and their features) the caller may read. A refusal is
+AccessForbidden, 403.
 
 Operations: CreateFeatureGroup, DescribeFeatureGroup, ListFeatureGroups, UpdateFeatureGroup,
 DeleteFeatureGroup, UpdateFeatureMetadata, DescribeFeatureMetadata, and Search over the
@@ -47,11 +53,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from tessera.core.errors import FeatureGroupNotFoundError, TesseraError
+from tessera.core.errors import (
+    FeatureGroupNotFoundError,
+    PermissionDeniedError,
+    TesseraError,
+    UnauthenticatedError,
+)
 from tessera.core.schema import MAX_FEATURES, FeatureGroup, FeatureGroupUpdate, fold_name
-from tessera.server import metrics
+from tessera.server import http_auth, metrics
 from tessera.server import sagemaker_search as search
 from tessera.server import sagemaker_shapes as shapes
+from tessera.server.auth.permissions import LOCAL, Action, Principal
 from tessera.server.registry import Registry
 from tessera.server.sagemaker_common import AwsError, group_name, request_region
 from tessera.server.sagemaker_shapes import Json, field, refuse_unknown, validation
@@ -73,7 +85,21 @@ FEATURE_PROPERTIES = ("FeatureGroupArn", "FeatureGroupName", "FeatureName", "Fea
 _LIST_SORT = {"Name": "FeatureGroupName", "FeatureGroupStatus": "FeatureGroupStatus",
               "OfflineStoreStatus": "OfflineStoreStatus.Status", "CreationTime": "CreationTime"}
 
-Operation = Callable[[Json, str], Json]
+Operation = Callable[[Json, str, Principal], Json]
+
+#: The permission each operation needs: ADMIN up front (on the group it names), READ on the group
+#: it describes (checked once the name or ARN is resolved), or READ on each group a listing or a
+#: search shows (the others are left out).
+OPERATION_RULES: dict[str, Action] = {
+    "CreateFeatureGroup": Action.ADMIN,
+    "UpdateFeatureGroup": Action.ADMIN,
+    "DeleteFeatureGroup": Action.ADMIN,
+    "UpdateFeatureMetadata": Action.ADMIN,
+    "DescribeFeatureGroup": Action.READ,
+    "DescribeFeatureMetadata": Action.READ,
+    "ListFeatureGroups": Action.READ,
+    "Search": Action.READ,
+}
 
 
 def register(app: FastAPI, registry: Registry) -> None:
@@ -106,11 +132,19 @@ class SageMakerControl:
         """Decode, run the operation (in a thread: registry changes block), encode; every error
         leaves here in AWS's shape."""
         request_id = str(uuid.uuid4())
+        principal: Principal = request.scope.get("tessera.principal") or LOCAL
         try:
-            operation = self._operation(request.headers.get("x-amz-target"))
+            name, operation = self._operation(request.headers.get("x-amz-target"))
             req = _decode(await request.body())
             region = request_region(request.headers.get("authorization"))
-            out = await asyncio.to_thread(operation, req, region)
+            if OPERATION_RULES[name] is Action.ADMIN:
+                group = req.get("FeatureGroupName")
+                group = group if isinstance(group, str) else None
+                http_auth.require(principal, Action.ADMIN, group, name)
+                with http_auth.admin_action(principal, name, group):
+                    out = await asyncio.to_thread(operation, req, region, principal)
+            else:
+                out = await asyncio.to_thread(operation, req, region, principal)
             body, status, headers = json.dumps(out).encode(), 200, []
         except Exception as exc:  # noqa: BLE001 - the one place errors become AWS's shape
             error = _as_aws(exc, request_id)
@@ -122,18 +156,29 @@ class SageMakerControl:
             response.headers[k.decode()] = v.decode()
         return response
 
-    def _operation(self, target: str | None) -> Operation:
+    def _operation(self, target: str | None) -> tuple[str, Operation]:
         target = target or ""
-        found = self.operations.get(target.removeprefix(TARGET_PREFIX)) if target.startswith(
-            TARGET_PREFIX) else None
+        name = target.removeprefix(TARGET_PREFIX)
+        found = self.operations.get(name) if target.startswith(TARGET_PREFIX) else None
         if found is None:
             raise AwsError(
                 "UnknownOperationException",
                 f"X-Amz-Target {target!r} names no operation Tessera serves; served: "
                 + ", ".join(TARGET_PREFIX + name for name in self.operations), 400)
-        return found
+        return name, found
 
     # --- groups --------------------------------------------------------------------------------
+
+    def readable(self, principal: Principal, name_or_arn: Any) -> FeatureGroup:
+        """`resolve(name_or_arn)` once `principal` may read it (a caller that may not read the
+        name it gave is refused whether or not the group exists)."""
+        try:
+            group = self.resolve(name_or_arn)
+        except FeatureGroupNotFoundError:
+            http_auth.require(principal, Action.READ, group_name(name_or_arn), "Describe")
+            raise
+        http_auth.require(principal, Action.READ, group.name, "Describe")
+        return group
 
     def resolve(self, name_or_arn: Any) -> FeatureGroup:
         """The group a "name or ARN" names, without regard to case."""
@@ -152,7 +197,7 @@ class SageMakerControl:
                     return group
             raise FeatureGroupNotFoundError(name) from None
 
-    def create_feature_group(self, req: Json, region: str) -> Json:
+    def create_feature_group(self, req: Json, region: str, principal: Principal) -> Json:
         definition = shapes.definition_of(req)
         if len(definition.feature_definitions) > MAX_FEATURES:
             raise AwsError("ResourceLimitExceeded",
@@ -162,14 +207,14 @@ class SageMakerControl:
         metrics.FEATURE_GROUPS.set(len(self.registry.list()))
         return {"FeatureGroupArn": shapes.describe(group, region)["FeatureGroupArn"]}
 
-    def describe_feature_group(self, req: Json, region: str) -> Json:
+    def describe_feature_group(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("FeatureGroupName", "NextToken"), "DescribeFeatureGroupRequest")
-        group = self.resolve(field(req, "FeatureGroupName", str, True))
+        group = self.readable(principal, field(req, "FeatureGroupName", str, True))
         failure = self.registry.quarantined().get(group.name)
         # Every feature definition is in one answer: there is never a next page.
         return {**shapes.describe(group, region, failure), "NextToken": ""}
 
-    def list_feature_groups(self, req: Json, region: str) -> Json:
+    def list_feature_groups(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("NameContains", "FeatureGroupStatusEquals",
                              "OfflineStoreStatusEquals", "CreationTimeAfter",
                              "CreationTimeBefore", "SortOrder", "SortBy", "MaxResults",
@@ -185,6 +230,8 @@ class SageMakerControl:
         quarantined = self.registry.quarantined()
         records = []
         for group in self.registry.list():
+            if not principal.can(Action.READ, group.name):
+                continue
             s = shapes.summary(group, region)
             if group.name in quarantined:
                 s["FeatureGroupStatus"] = "CreateFailed"
@@ -198,7 +245,7 @@ class SageMakerControl:
         items, token = search.page(records, req, descending, default_max=10)
         return _with_token({"FeatureGroupSummaries": items}, token)
 
-    def update_feature_group(self, req: Json, region: str) -> Json:
+    def update_feature_group(self, req: Json, region: str, principal: Principal) -> Json:
         group = self.resolve(field(req, "FeatureGroupName", str, True))
         update = shapes.update_of(req)
         if len(update.feature_additions) > 100:
@@ -215,7 +262,7 @@ class SageMakerControl:
         new = self.registry.update(group.name, update)
         return {"FeatureGroupArn": shapes.describe(new, region)["FeatureGroupArn"]}
 
-    def delete_feature_group(self, req: Json, region: str) -> Json:
+    def delete_feature_group(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("FeatureGroupName",), "DeleteFeatureGroupRequest")
         group = self.resolve(field(req, "FeatureGroupName", str, True))
         self.registry.delete(group.name)
@@ -224,7 +271,7 @@ class SageMakerControl:
 
     # --- feature metadata ----------------------------------------------------------------------
 
-    def update_feature_metadata(self, req: Json, region: str) -> Json:
+    def update_feature_metadata(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("FeatureGroupName", "FeatureName", "Description",
                              "ParameterAdditions", "ParameterRemovals"),
                        "UpdateFeatureMetadataRequest")
@@ -234,10 +281,10 @@ class SageMakerControl:
         self.registry.update(group.name, FeatureGroupUpdate(feature_metadata={feature: change}))
         return {}
 
-    def describe_feature_metadata(self, req: Json, region: str) -> Json:
+    def describe_feature_metadata(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("FeatureGroupName", "FeatureName"),
                        "DescribeFeatureMetadataRequest")
-        group = self.resolve(field(req, "FeatureGroupName", str, True))
+        group = self.readable(principal, field(req, "FeatureGroupName", str, True))
         feature = field(req, "FeatureName", str, True)
         for fd in group.definition.feature_definitions:
             if fd.feature_name == feature:
@@ -247,7 +294,7 @@ class SageMakerControl:
 
     # --- search --------------------------------------------------------------------------------
 
-    def search(self, req: Json, region: str) -> Json:
+    def search(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("Resource", "SearchExpression", "SortBy", "SortOrder", "NextToken",
                              "MaxResults", "CrossAccountFilterOption", "VisibilityConditions"),
                        "SearchRequest")
@@ -258,9 +305,9 @@ class SageMakerControl:
         # CrossAccountFilterOption: one account, so SameAccount and CrossAccount agree.
         known: tuple[str, ...]
         if resource == "FeatureGroup":
-            known, records = GROUP_PROPERTIES, self._group_records(region)
+            known, records = GROUP_PROPERTIES, self._group_records(region, principal)
         elif resource == "FeatureMetadata":
-            known, records = FEATURE_PROPERTIES, self._feature_records(region)
+            known, records = FEATURE_PROPERTIES, self._feature_records(region, principal)
         else:
             raise validation(f"Resource '{resource}' is not searchable in Tessera; allowed: "
                              "FeatureGroup, FeatureMetadata")
@@ -278,10 +325,12 @@ class SageMakerControl:
                "TotalHits": {"Value": len(records), "Relation": "EqualTo"}}
         return _with_token(out, token)
 
-    def _group_records(self, region: str) -> list[tuple[str, Json]]:
+    def _group_records(self, region: str, principal: Principal) -> list[tuple[str, Json]]:
         quarantined = self.registry.quarantined()
         out = []
         for group in self.registry.list():
+            if not principal.can(Action.READ, group.name):
+                continue
             failure = quarantined.get(group.name)
 
             def build(group: FeatureGroup = group,
@@ -295,9 +344,11 @@ class SageMakerControl:
         self._records.keep(self.registry.list())
         return out
 
-    def _feature_records(self, region: str) -> list[tuple[str, Json]]:
+    def _feature_records(self, region: str, principal: Principal) -> list[tuple[str, Json]]:
         out = []
         for group in self.registry.list():
+            if not principal.can(Action.READ, group.name):
+                continue
 
             def build(group: FeatureGroup = group) -> list[tuple[str, Json]]:
                 return [(f"{group.name}/{fd.feature_name}",
@@ -352,6 +403,8 @@ def _decode(body: bytes) -> Json:
 def _as_aws(exc: Exception, request_id: str) -> AwsError:
     if isinstance(exc, AwsError):
         return exc
+    if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
+        return http_auth.aws_access_error(exc)
     if isinstance(exc, TesseraError):
         return shapes.aws_error(exc)
     log.error("SageMaker control request failed (request id %s)", request_id, exc_info=exc)

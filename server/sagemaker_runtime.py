@@ -36,8 +36,14 @@ Semantics where SageMaker leaves a choice:
   `UnprocessedIdentifiers`; write entries that could not be committed (a storage failure:
   nothing of them was written) in `UnprocessedEntries`, to send again.
 
-Requests arrive SigV4-signed; they are accepted without checking the signature for now
-(server/sigv4.py verifies one, for when authentication is switched on).
+Who may call (server/http_auth.py): with authentication on (`--auth`) the router verifies each
+request's SigV4 signature (server/sigv4.py; the access key of `tessera keys create --sigv4`)
+or bearer key; each operation then needs its permission on the group it names, once the name
+or ARN is resolved: GetRecord, BatchGetRecord and ListRecords `read`; PutRecord, DeleteRecord,
+UpdateRecord and BatchWriteRecord `write`. A refusal is AccessForbidden (403; 401 without
+credentials); BatchGetRecord and BatchWriteRecord report a group the caller may not use as
+per-item errors (AccessForbidden), never a failed call. Without authentication requests are
+served signed or not, and their signatures are not checked.
 """
 
 from __future__ import annotations
@@ -57,15 +63,19 @@ from tessera.core.errors import (
     FeatureGroupNotFoundError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     StorageError,
     TesseraError,
+    UnauthenticatedError,
 )
 from tessera.core.keys import normalize_record_id, record_key
 from tessera.core.records import validate_record
 from tessera.core.schema import CompiledSchema, fold_name
 from tessera.core.tokens import encode_token
 from tessera.proto.v1 import feature_store_pb2 as pb
+from tessera.server import http_auth
 from tessera.server import sagemaker_requests as rq
+from tessera.server.auth.permissions import Action
 from tessera.server.grpc_service import MAX_BATCH_GROUPS, MAX_BATCH_IDS
 from tessera.server.http_fast import JSON, FastRequest, FastResponse, FastRouter, json_response
 from tessera.server.reads import OnlineReader
@@ -148,6 +158,22 @@ class SageMakerRuntime:
                     return self._registry.schema(group.name)
             raise
 
+    def _allowed(self, req: FastRequest, action: Action, name_or_arn: str) -> CompiledSchema:
+        """`_schema(name_or_arn)` once the caller may do `action` on it (AccessForbidden
+        otherwise; also for a group that does not exist, when the caller may not use the name
+        it gave: a refused caller does not learn which groups exist)."""
+        principal, operation = req.principal, f"{req.method} {req.route}"
+        try:
+            try:
+                schema = self._schema(name_or_arn)
+            except FeatureGroupNotFoundError:
+                http_auth.require(principal, action, group_name(name_or_arn), operation)
+                raise
+            http_auth.require(principal, action, schema.group_name, operation)
+        except PermissionDeniedError as exc:
+            raise http_auth.aws_access_error(exc) from None
+        return schema
+
     def _newest(
         self, schema: CompiledSchema, build: Callable[[CompiledSchema], _T]
     ) -> tuple[CompiledSchema, _T]:
@@ -179,7 +205,7 @@ class SageMakerRuntime:
     # --- reads ---------------------------------------------------------------------------------
 
     def get_record(self, req: FastRequest) -> FastResponse:
-        schema = self._schema(req.params["FeatureGroupName"])
+        schema = self._allowed(req, Action.READ, req.params["FeatureGroupName"])
         query = req.query
         record_id = rq.required(query, "RecordIdentifierValueAsString")
         expiry = rq.with_expiry(req.query_one("ExpirationTimeResponse"))
@@ -214,7 +240,7 @@ class SageMakerRuntime:
                 ids = ids[:MAX_BATCH_IDS]
             failed: list[tuple[str, BaseException]]
             try:
-                schema = self._schema(name)
+                schema = self._allowed(req, Action.READ, name)
             except (TesseraError, AwsError) as exc:
                 failed = [(rid, exc) for rid in ids]
             else:
@@ -237,7 +263,7 @@ class SageMakerRuntime:
 
     def list_records(self, req: FastRequest) -> FastResponse:
         body = rq.decode(req.body, rq.ListRecordsShape)
-        schema = self._schema(req.params["FeatureGroupName"])
+        schema = self._allowed(req, Action.READ, req.params["FeatureGroupName"])
         if not schema.online:
             raise no_online_store(schema)
         limit = MAX_LIST_RESULTS if body.MaxResults is None else body.MaxResults
@@ -257,7 +283,7 @@ class SageMakerRuntime:
     async def put_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
         body = rq.decode(req.body, rq.PutRecordShape)
-        schema = self._schema(req.params["FeatureGroupName"])
+        schema = self._allowed(req, Action.WRITE, req.params["FeatureGroupName"])
         ttl_s = rq.ttl_s(body.TtlDuration, "TtlDuration")
         targets = rq.targets(body.TargetStores)
         schema, op = self._newest(schema, lambda s: self._put_op(
@@ -268,7 +294,7 @@ class SageMakerRuntime:
 
     async def delete_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
-        schema = self._schema(req.params["FeatureGroupName"])
+        schema = self._allowed(req, Action.WRITE, req.params["FeatureGroupName"])
         query = req.query
         record_id = normalize_record_id(schema, rq.required(query, "RecordIdentifierValueAsString"))
         event_time_us = eventtime.parse(rq.required(query, "EventTime"), "EventTime")
@@ -291,7 +317,7 @@ class SageMakerRuntime:
         placed: list[tuple[rq.BatchWriteEntry, CompiledSchema]] = []
         for i, entry in enumerate(entries):
             try:
-                schema = self._schema(entry.FeatureGroupName)
+                schema = self._allowed(req, Action.WRITE, entry.FeatureGroupName)
                 ttl_s = rq.ttl_s(entry.TtlDuration or body.TtlDuration, f"Entries[{i}].TtlDuration")
                 targets = rq.targets(entry.TargetStores)
                 schema, op = self._newest(schema, partial(
@@ -325,7 +351,7 @@ class SageMakerRuntime:
     async def update_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
         body = rq.decode(req.body, rq.UpdateRecordShape)
-        schema = self._schema(req.params["FeatureGroupName"])
+        schema = self._allowed(req, Action.WRITE, req.params["FeatureGroupName"])
         if not schema.online:
             raise no_online_store(schema)
         if not 1 <= len(body.Features) <= MAX_UPDATE_FEATURES:
@@ -407,9 +433,18 @@ def _event_time_us(schema: CompiledSchema, record: pb.Record) -> int:
     raise StorageError(f"the stored record has no event time feature '{spec.name}'")
 
 
+def runtime_errors(req: FastRequest, exc: Exception) -> FastResponse:
+    """The runtime routes' error mapper: the router's refusals (no or bad credentials, a
+    permission lacking) as AccessForbidden, the rest as sagemaker_requests maps them."""
+    if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
+        exc = http_auth.aws_access_error(exc)
+    return rq.aws_errors(req, exc)
+
+
 def register(router: FastRouter, runtime: SageMakerRuntime) -> None:
-    """Answer the runtime's routes (botocore's request URIs) from `router`."""
-    add = partial(router.add, errors=rq.aws_errors)
+    """Answer the runtime's routes (botocore's request URIs) from `router` (who may call
+    them: server/http_auth.py RULES, and `SageMakerRuntime._allowed`)."""
+    add = partial(router.add, errors=runtime_errors)
     group = "/FeatureGroup/{FeatureGroupName}"
     add("GET", group, runtime.get_record)
     add("PUT", group, runtime.put_record)
