@@ -315,13 +315,14 @@ class KeyIndex:
         self.data_dir = Path(data_dir)
         self.dir = auth_dir(data_dir)
         self.path = self.dir / "keys.json"
+        self._path = str(self.path)  # os.stat of a str skips a Path's fspath
         self._snapshot = _EMPTY
         self.current()  # a store that cannot be read fails at start-up, not on the first call
 
     def current(self) -> _Snapshot:
         """The snapshot of the file as it is now (a stat; a reload when it changed)."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path)
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             stamp = (0, 0, 0)
