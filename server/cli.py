@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydantic
 
-from tessera.server import cli_groups, cli_keys, cli_offline
+from tessera.server import cli_groups, cli_keys, cli_offline, safe_default
 from tessera.server.settings import (
     AuthSettings,
     OfflineStoreSettings,
@@ -57,6 +57,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     host = settings.server.host
+    refused = safe_default.refusal(settings)  # a non-loopback host without --auth
+    if refused is not None:
+        print(f"tessera: {refused}", file=sys.stderr)
+        return 2
+    safe_default.warn_while_exposed(settings)  # --insecure-no-auth: now and every minute
 
     def on_ready(grpc_port: int, http_port: int) -> None:
         print(f"tessera: serving gRPC on {host}:{grpc_port}, HTTP on "
