@@ -7,6 +7,11 @@ over gRPC and manage feature groups over HTTP; failures raise the TesseraError c
     with FeatureStoreClient(grpc="127.0.0.1:50051", http="http://127.0.0.1:8080") as fs:
         fs.put_record("users", {"user_id": "u1", "ts": 1700000000.0, "clicks": 3})
         fs.get_record("users", "u1")
+
+Against a secured server (README: Security): `api_key=` (default $TESSERA_API_KEY) and
+`tls_ca=` (the CA bundle; `tls_cert=`/`tls_key=` for mutual TLS), e.g.
+`FeatureStoreClient(grpc="tessera.internal:50051", tls_ca="ca.pem", api_key=key)`; a call without
+valid credentials raises UnauthenticatedError, one without the permission PermissionDeniedError.
 """
 
 from tessera.client._batch import BatchGetResult
@@ -20,10 +25,12 @@ from tessera.core.errors import (
     FeatureGroupNotFoundError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     PreconditionFailedError,
     SerializationError,
     StorageError,
     TesseraError,
+    UnauthenticatedError,
 )
 
 __all__ = [
@@ -37,9 +44,11 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "OfflineStore",
+    "PermissionDeniedError",
     "PreconditionFailedError",
     "RetryPolicy",
     "SerializationError",
     "StorageError",
     "TesseraError",
+    "UnauthenticatedError",
 ]

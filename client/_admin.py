@@ -14,6 +14,7 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
+from tessera.client._security import ClientSecurity
 from tessera.core.aggregation.spec import AggregationConfig, AggregationDefinition
 from tessera.core.errors import (
     FeatureGroupNotFoundError,
@@ -227,23 +228,29 @@ def _http_error(response: httpx.Response, feature_group_name: str | None) -> Tes
 
 
 @contextmanager
-def transport_errors(base_url: str) -> Iterator[None]:
-    """httpx's transport failures (refused, reset, timed out) as StorageError."""
+def transport_errors(base_url: str, security: ClientSecurity | None = None) -> Iterator[None]:
+    """httpx's transport failures (refused, reset, timed out, a TLS handshake refused) as
+    StorageError, with what a TLS failure most likely means."""
     try:
         yield
     except httpx.TransportError as exc:
-        raise StorageError(
-            f"control plane at {base_url} did not answer: {type(exc).__name__}: {exc}"
-        ) from exc
+        what = f"{type(exc).__name__}: {exc}"
+        hint = (security or ClientSecurity()).connection_hint(what, base_url)
+        raise StorageError(f"control plane at {base_url} did not answer: {what}{hint}") from exc
 
 
-def http_client_args(base_url: str, timeout_s: float) -> dict[str, Any]:
-    """Arguments shared by the sync and the async httpx client."""
-    return {"base_url": base_url, "timeout": httpx.Timeout(timeout_s)}
+def http_client_args(
+    base_url: str, timeout_s: float, security: ClientSecurity | None = None
+) -> dict[str, Any]:
+    """Arguments shared by the sync and the async httpx client: the API key's header on
+    every request."""
+    headers = security.http_headers if security is not None else {}
+    return {"base_url": base_url, "timeout": httpx.Timeout(timeout_s), "headers": headers}
 
 
 class AdminTransport:
-    """Sends AdminCalls with one httpx.Client (connection pooling, connect retries)."""
+    """Sends AdminCalls with one httpx.Client (connection pooling, connect retries); `security`:
+    the API key and TLS (client/_security.py)."""
 
     def __init__(
         self,
@@ -251,17 +258,20 @@ class AdminTransport:
         timeout_s: float,
         retries: int,
         transport: httpx.BaseTransport | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.base_url = base_url
+        self._security = security
+        verify = security.http_verify() if security is not None else True
         # httpx retries only failed connects: safe for every method, the request was not sent.
         self._http = httpx.Client(
-            transport=transport or httpx.HTTPTransport(retries=retries),
-            **http_client_args(base_url, timeout_s),
+            transport=transport or httpx.HTTPTransport(retries=retries, verify=verify),
+            **http_client_args(base_url, timeout_s, security),
         )
 
     def send(self, call: AdminCall[T]) -> T:
         """The parsed answer to `call`; raises a TesseraError."""
-        with transport_errors(self.base_url):
+        with transport_errors(self.base_url, self._security):
             response = self._http.request(call.method, call.path, json=call.body)
         return call.read(response)
 
@@ -279,16 +289,19 @@ class AsyncAdminTransport:
         timeout_s: float,
         retries: int,
         transport: httpx.AsyncBaseTransport | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.base_url = base_url
+        self._security = security
+        verify = security.http_verify() if security is not None else True
         self._http = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
-            **http_client_args(base_url, timeout_s),
+            transport=transport or httpx.AsyncHTTPTransport(retries=retries, verify=verify),
+            **http_client_args(base_url, timeout_s, security),
         )
 
     async def send(self, call: AdminCall[T]) -> T:
         """The parsed answer to `call`; raises a TesseraError."""
-        with transport_errors(self.base_url):
+        with transport_errors(self.base_url, self._security):
             response = await self._http.request(call.method, call.path, json=call.body)
         return call.read(response)
 

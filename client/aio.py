@@ -5,6 +5,7 @@ read by the same code."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from tessera.client._retry import (
     call_with_retry_async,
 )
 from tessera.client._retry import rpc_name as _rpc_name
+from tessera.client._security import client_security
 from tessera.client.sync import DEFAULT_GRPC_TARGET, DEFAULT_HTTP_URL
 from tessera.core.errors import TesseraError
 from tessera.proto.v1 import feature_store_pb2_grpc
@@ -64,16 +66,25 @@ class AsyncFeatureStoreClient:
         credentials: ChannelCredentials | None = None,
         retry_policy: RetryPolicy | None = None,
         read_your_writes: bool = True,
+        api_key: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls: bool | None = None,
     ) -> None:
-        """Arguments as for FeatureStoreClient."""
+        """Arguments as for FeatureStoreClient (the API key and TLS too)."""
         self._target = grpc
-        self._credentials = credentials
+        self._security = security = client_security(api_key, tls_ca, tls_cert, tls_key, tls)
+        self._metadata = security.grpc_metadata
+        self._credentials = credentials or security.grpc_credentials()
         self._timeout_s = timeout_s
         self._policy = retry_policy or RetryPolicy(retries=retries)
         self._tokens = _requests.WriteTokens(read_your_writes)
         self._channel: aio.Channel | None = None
         self._stub_: feature_store_pb2_grpc.FeatureStoreStub | None = None
-        self._admin = AsyncAdminTransport(http, timeout_s, retries) if http is not None else None
+        http = security.http_url(http, DEFAULT_HTTP_URL) if http is not None else None
+        self._admin = (AsyncAdminTransport(http, timeout_s, retries, security=security)
+                       if http is not None else None)
 
     # --- feature groups (HTTP) ------------------------------------------------------------------
 
@@ -263,10 +274,11 @@ class AsyncFeatureStoreClient:
         codes: frozenset[StatusCode],
         feature_group_name: str | None,
     ) -> T:
-        with rpc_errors(feature_group_name):
+        metadata = self._metadata
+        with rpc_errors(feature_group_name, self._security):
             deadline = Deadline(self._timeout_s)
             return await call_with_retry_async(
-                lambda: method(request, timeout=deadline.attempt_timeout_s()),
+                lambda: method(request, timeout=deadline.attempt_timeout_s(), metadata=metadata),
                 self._policy, codes, deadline=deadline, what=_rpc_name(method),
             )
 

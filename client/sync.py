@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from tessera.client._retry import (
     call_with_retry,
 )
 from tessera.client._retry import rpc_name as _rpc_name
+from tessera.client._security import client_security
 from tessera.client.importer import ImportResult
 from tessera.core.errors import TesseraError
 from tessera.proto.v1 import feature_store_pb2 as pb
@@ -79,17 +81,32 @@ class FeatureStoreClient:
         credentials: ChannelCredentials | None = None,
         retry_policy: RetryPolicy | None = None,
         read_your_writes: bool = True,
+        api_key: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls: bool | None = None,
     ) -> None:
         """`grpc`: 'host:port' of the data plane; `http`: base URL of the control plane (None:
-        no feature group methods); `credentials`: grpc.ChannelCredentials for TLS;
-        `read_your_writes`: reads pass `write_token` so they see this client's writes (False:
-        reads ask for nothing; `consistent_after` still works)."""
+        no feature group methods); `read_your_writes`: reads pass `write_token` so they see this
+        client's writes (False: reads ask for nothing; `consistent_after` still works).
+
+        Security (README: Security): `api_key` is sent as `authorization: Bearer <key>` on
+        every call (default: $TESSERA_API_KEY when set); `tls_ca`, the CA bundle (PEM) the
+        server's certificate must chain to, turns TLS on for both APIs (the default `http` URL
+        becomes https); `tls_cert` and `tls_key`, a client certificate and its key (PEM), for
+        mutual TLS; `tls=True`: TLS verified by the system's CAs. `credentials`: the gRPC
+        channel's own grpc.ChannelCredentials instead (the HTTP client is then plaintext)."""
         self._timeout_s = timeout_s
         self._policy = retry_policy or RetryPolicy(retries=retries)
         self._tokens = _requests.WriteTokens(read_your_writes)
-        self._channel = open_channel(grpc, credentials)
+        self._security = security = client_security(api_key, tls_ca, tls_cert, tls_key, tls)
+        self._metadata = security.grpc_metadata
+        http = security.http_url(http, DEFAULT_HTTP_URL) if http is not None else None
+        self._channel = open_channel(grpc, credentials or security.grpc_credentials())
         self._stub = feature_store_pb2_grpc.FeatureStoreStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
-        self._admin = AdminTransport(http, timeout_s, retries) if http is not None else None
+        self._admin = (AdminTransport(http, timeout_s, retries, security=security)
+                       if http is not None else None)
         self._put_records_raw: Callable[..., Any] | None = None
 
     # --- feature groups (HTTP) ------------------------------------------------------------------
@@ -322,10 +339,11 @@ class FeatureStoreClient:
         codes: frozenset[StatusCode],
         feature_group_name: str | None,
     ) -> T:
-        with rpc_errors(feature_group_name):
+        metadata = self._metadata
+        with rpc_errors(feature_group_name, self._security):
             deadline = Deadline(self._timeout_s)
             return call_with_retry(
-                lambda: method(request, timeout=deadline.attempt_timeout_s()),
+                lambda: method(request, timeout=deadline.attempt_timeout_s(), metadata=metadata),
                 self._policy, codes, deadline=deadline, what=_rpc_name(method),
             )
 
