@@ -6,6 +6,9 @@ One topic from flags:
     tessera ingest --bootstrap-servers 127.0.0.1:9092 --topic clicks --feature-group users \\
         --dead-letter-topic clicks.dlq --grpc 127.0.0.1:50051 --http http://127.0.0.1:8080
 
+Against a secured server: `--api-key KEY` (or $TESSERA_API_KEY) and `--tls-ca ca.pem`
+(`--tls-cert`/`--tls-key` for mutual TLS).
+
 Several topics from a file (JSON, TOML, or YAML with PyYAML): `tessera ingest --config FILE`.
 Stops on SIGTERM / SIGINT after finishing and committing the current batch.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -75,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--grpc", default="127.0.0.1:50051", help="the server's gRPC address")
     out.add_argument("--http", default="http://127.0.0.1:8080",
                      help="the server's HTTP URL (for the feature groups' schemas)")
+    out.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"),
+                     help="API key with write (and read) on the feature groups (default "
+                          "$TESSERA_API_KEY)")
+    out.add_argument("--tls-ca", type=Path,
+                     help="CA bundle (PEM) the server's certificate must chain to: TLS on both "
+                          "APIs (the default --http becomes https)")
+    out.add_argument("--tls-cert", type=Path, help="client certificate (PEM; mutual TLS)")
+    out.add_argument("--tls-key", type=Path, help="the client certificate's key (PEM)")
     out.add_argument("--metrics-port", type=int,
                      help="serve Prometheus metrics on this port (0: any free port)")
     out.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
@@ -177,7 +189,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sink = GrpcSink(args.grpc, args.http)
+    sink = GrpcSink(args.grpc, args.http, api_key=args.api_key, tls_ca=args.tls_ca,
+                    tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
         run_consumers(config, sink, stop, metrics)
     except IngestFailedError as exc:

@@ -6,6 +6,7 @@ The only ingest module that imports the client SDK (`tessera.client`): the embed
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from tessera.client import FeatureStoreClient
@@ -20,15 +21,27 @@ class GrpcSink:
     Each batch is one PutRecords call, the records sent as the bytes validation produced (the
     server validates them again and makes them durable in one group commit); the client's own
     retries are off, the consumer retries with its backoff.
+
+    `api_key` (default $TESSERA_API_KEY), `tls_ca`, `tls_cert`, `tls_key`: as for
+    FeatureStoreClient; the key needs `write` on the groups written and `read` on them (their
+    schemas).
     """
 
-    def __init__(self, grpc: str, http: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, grpc: str, http: str, timeout_s: float = 10.0, *, api_key: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._grpc, self._http, self._timeout_s = grpc, http, timeout_s
+        self._api_key, self._tls = api_key, (tls_ca, tls_cert, tls_key)
         self._client = self._connect()
 
     def _connect(self) -> FeatureStoreClient:
         return FeatureStoreClient(
-            grpc=self._grpc, http=self._http, timeout_s=self._timeout_s, retries=0
+            grpc=self._grpc, http=self._http, timeout_s=self._timeout_s, retries=0,
+            api_key=self._api_key, tls_ca=self._tls[0], tls_cert=self._tls[1],
+            tls_key=self._tls[2],
         )
 
     def schema(self, feature_group: str) -> CompiledSchema:

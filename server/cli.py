@@ -106,7 +106,7 @@ def _serve_processes(
 def _demo(args: argparse.Namespace) -> int:
     from tessera.server.demo import run_demo
 
-    run_demo(args.grpc, args.http)
+    run_demo(args.grpc, args.http, **cli_offline.client_options(args))
     return 0
 
 
@@ -114,7 +114,7 @@ def _put(args: argparse.Namespace) -> int:
     from tessera.client import FeatureStoreClient
 
     record = json.loads(args.record)
-    with FeatureStoreClient(grpc=args.grpc) as fs:
+    with FeatureStoreClient(grpc=args.grpc, http=None, **cli_offline.client_options(args)) as fs:
         applied = fs.put_record(args.group, record, ttl_s=args.ttl_s)
     print("applied" if applied else "kept the stored record (it has a newer event time)")
     return 0
@@ -124,7 +124,7 @@ def _get(args: argparse.Namespace) -> int:
     from tessera.client import FeatureStoreClient
 
     features = args.features.split(",") if args.features else None
-    with FeatureStoreClient(grpc=args.grpc) as fs:
+    with FeatureStoreClient(grpc=args.grpc, http=None, **cli_offline.client_options(args)) as fs:
         record = fs.get_record(args.group, args.record_id, features=features)
     if record is None:
         print(f"no record '{args.record_id}' in '{args.group}'", file=sys.stderr)

@@ -5,24 +5,49 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_OFFLINE_ROOT = Path("tessera-data") / "offline"
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK's security arguments from the client flags (--api-key, --tls-ca, --tls-cert,
+    --tls-key): FeatureStoreClient(..., **client_options(args))."""
+    return {"api_key": args.api_key, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key}
+
+
+def _post(args: argparse.Namespace, base_url: str, path: str, **kwargs: Any) -> Any:
+    """POST `path` of the server at `base_url` (the default http:// URL becomes https with
+    --tls-ca) with the client flags' API key and TLS; the httpx.Response. A connection failure
+    is a StorageError saying what it most likely means (a TLS port, a refused certificate)."""
+    import httpx
+
+    from tessera.client._admin import transport_errors
+    from tessera.client._security import client_security
+    from tessera.client.sync import DEFAULT_HTTP_URL
+
+    security = client_security(**client_options(args))
+    url = security.http_url(base_url.rstrip("/"), DEFAULT_HTTP_URL)
+    with httpx.Client(base_url=url, headers=security.http_headers,
+                      verify=security.http_verify(), timeout=None) as http, \
+            transport_errors(url, security):
+        return http.post(path, **kwargs)
 
 
 def _sql(args: argparse.Namespace) -> int:
     from tessera.core.sql_results import format_result, json_result, render_text_table
 
     if args.http:
-        import httpx
-
         # A text table is made here from the Parquet answer, as for a local query.
         wire = "parquet" if args.format == "table" else args.format
         request: dict[str, object] = {"query": args.query, "format": wire}
         if args.timeout is not None:
             request["timeout_s"] = args.timeout
-        resp = httpx.post(f"{args.http.rstrip('/')}/v1/sql", json=request, timeout=None)
+        resp = _post(args, args.http, "/v1/sql", json=request)
         if resp.status_code != 200:
             try:
                 message = resp.json().get("error", {}).get("message", resp.text)
@@ -95,17 +120,17 @@ def _import(args: argparse.Namespace) -> int:
     from tessera.client import FeatureStoreClient
     from tessera.client.importer import import_table
 
-    with FeatureStoreClient(grpc=args.grpc, http=args.http) as fs:
+    with FeatureStoreClient(grpc=args.grpc, http=args.http, **client_options(args)) as fs:
         result = import_table(fs, args.group, args.file, batch_size=args.batch_size)
     print(f"imported {result.written} rows of {args.file} into '{args.group}'")
     return 0
 
 
 def _compact(args: argparse.Namespace) -> int:
-    import httpx
+    from urllib.parse import quote
 
-    resp = httpx.post(f"{args.http}/v1/feature-groups/{args.group}/compact",
-                      params={"min_files": args.min_files}, timeout=None)
+    resp = _post(args, args.http, f"/v1/feature-groups/{quote(args.group, safe='')}/compact",
+                 params={"min_files": args.min_files})
     if resp.status_code != 200:
         print(f"tessera: compaction failed: {resp.text}", file=sys.stderr)
         return 2
@@ -122,6 +147,12 @@ def register(sub: argparse._SubParsersAction, client_args: argparse.ArgumentPars
     sql.add_argument("--offline-root", default=DEFAULT_OFFLINE_ROOT,
                      help="offline store path or URI (default ./tessera-data/offline)")
     sql.add_argument("--http", help="ask a running server instead (its base URL)")
+    sql.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"),
+                     help="with --http: API key (default $TESSERA_API_KEY)")
+    sql.add_argument("--tls-ca", type=Path,
+                     help="with --http: CA bundle (PEM) to verify the server (TLS)")
+    sql.add_argument("--tls-cert", type=Path, help="client certificate (PEM; mutual TLS)")
+    sql.add_argument("--tls-key", type=Path, help="client certificate's key (PEM)")
     sql.add_argument("--format", choices=("table", "csv", "parquet", "json"), default="table")
     sql.add_argument("--output", help="write the result here instead of stdout")
     sql.add_argument("--max-rows", type=int, default=100, help="rows shown as a table")

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from tessera.client import FeatureStoreClient
 
 
-def run_demo(grpc: str, http: str) -> None:
+def run_demo(grpc: str, http: str, api_key: str | None = None, tls_ca: Path | None = None,
+             tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    """The tour against the server at `grpc` and `http`; the API key and TLS files as for
+    FeatureStoreClient."""
+
     def say(text: str) -> None:
         print(f"demo: {text}", flush=True)
 
     group = "demo_users"
-    with FeatureStoreClient(grpc=grpc, http=http) as fs:
+    with FeatureStoreClient(grpc=grpc, http=http, api_key=api_key, tls_ca=tls_ca,
+                            tls_cert=tls_cert, tls_key=tls_key) as fs:
         if any(g["feature_group_name"] == group for g in fs.list_feature_groups()):
             fs.delete_feature_group(group)
             say(f"deleted the previous run's feature group '{group}'")
