@@ -4,11 +4,10 @@ dead letters (`Preparer` -> `PreparedBatch`). No Kafka client here: the consumer
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any
 
 import numpy as np
@@ -17,9 +16,9 @@ from tessera.core.errors import InvalidRequestError, SerializationError
 from tessera.core.records import MAX_RECORD_BYTES, validate_record
 from tessera.core.schema import CompiledSchema
 from tessera.ingest import json_batch
-from tessera.ingest.columns import ColumnsBuilder, RecordColumns
+from tessera.ingest.columns import ColumnsBuilder, RecordColumns, collector_paused
 from tessera.ingest.config import TopicConfig
-from tessera.ingest.decode import Decoded, Decoder, decoder_for
+from tessera.ingest.decode import Decoded, Decoder, decode_json_objects, decoder_for
 from tessera.ingest.dlq import OVERSIZED, SCHEMA, UNDECODABLE, DeadLetter, KafkaMessage
 from tessera.ingest.encode import FastEncoder
 from tessera.ingest.json_batch import BatchEncoder
@@ -121,20 +120,6 @@ class PreparedBatch:
         return not self.next_offsets
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (process-wide) for the block, if it runs; whoever
-    paused it resumes it (a block that found it paused leaves it be)."""
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
-
-
 class Preparer:
     """Decodes, maps and validates the messages of one topic.
 
@@ -184,7 +169,7 @@ class Preparer:
         older object of the process as they get promoted (measured: ~3.5 us per record, a
         third of the whole consumer's CPU). None of them is part of a cycle; reference
         counting frees them, and collection resumes with the next batch's allocations."""
-        with _collector_paused():
+        with collector_paused():
             bulk = self._bulk(schema)
             if bulk is not None:
                 return self._prepare_bulk(messages, schema, bulk)
@@ -209,13 +194,14 @@ class Preparer:
         objects encoded together, in columns; what it leaves goes the per-message way."""
         n = len(messages)
         builder = ColumnsBuilder(n)
-        sources = _Sources(n)
+        sources = _Sources.of(messages)
         dead_at: dict[int, DeadLetter] = {}
-        objects: list[dict[str, Any]] = []
-        where: list[int] = []
         decode, max_bytes = self._decode, self._max_bytes
-        for i, msg in enumerate(messages):
-            source = sources.add(i, msg)
+        objects = decode_json_objects(list(map(_VALUE, messages)), max_bytes)
+        where: list[int] = list(range(n)) if objects is not None else []
+        objects_each: list[dict[str, Any]] = []  # when the whole batch is not all objects
+        for i, msg in enumerate(messages if objects is None else ()):
+            source = sources.of_message(i)
             value = msg.value()
             if value is None or len(value) > max_bytes:
                 dead_at[i] = self._refused(msg, value)
@@ -226,10 +212,12 @@ class Preparer:
                 dead_at[i] = DeadLetter(msg, UNDECODABLE, exc.message)
                 continue
             if isinstance(decoded, dict):
-                objects.append(decoded)
+                objects_each.append(decoded)
                 where.append(i)
             else:  # not from the JSON decoder; here for the type checker
                 self._place(builder, dead_at, i, self._from_decoded(msg, decoded, schema, source))
+        if objects is None:
+            objects = objects_each
         positions = np.asarray(where, np.int64)
         left = np.ones(len(objects), np.bool_)
         for enc in bulk.encode_columns(objects):
@@ -240,7 +228,7 @@ class Preparer:
         for k in np.flatnonzero(left).tolist():  # the per-message path decides and words why
             i = where[k]
             self._place(builder, dead_at, i,
-                        self._from_decoded(messages[i], objects[k], schema, sources.of(i)))
+                        self._from_decoded(messages[i], objects[k], schema, sources.of_message(i)))
         dead = [dead_at[i] for i in sorted(dead_at)]
         return _batch(messages, schema, builder, sources, dead)
 
@@ -312,14 +300,44 @@ class Preparer:
         return SinkRecord(validated, source)
 
 
+_TOPIC, _PARTITION = methodcaller("topic"), methodcaller("partition")
+_OFFSET, _VALUE = methodcaller("offset"), methodcaller("value")
+
+
 class _Sources:
     """Each message's source ("kafka:<topic>/<partition>/<offset>") and each partition's next
-    offset to commit, gathered in one pass over a batch."""
+    offset to commit."""
 
     def __init__(self, n: int) -> None:
         self.texts = [""] * n
         self.next_offsets: dict[TopicPartition, int] = {}
         self._prefixes: dict[TopicPartition, str] = {}
+
+    @classmethod
+    def of(cls, messages: Sequence[KafkaMessage]) -> _Sources:
+        """Those of every message of a batch, a column at a time (no Python call per message
+        beyond the client's getters)."""
+        n = len(messages)
+        out = cls(n)
+        topics = list(map(_TOPIC, messages))
+        partitions = list(map(_PARTITION, messages))
+        offsets = list(map(_OFFSET, messages))
+        if None in topics or None in partitions or None in offsets:  # not from a broker
+            for i, msg in enumerate(messages):
+                out.add(i, msg)
+            return out
+        tps = list(zip(topics, partitions, strict=True))
+        prefixes = {tp: f"kafka:{tp[0]}/{tp[1]}/" for tp in set(tps)}
+        out.texts = list(map(str.__add__, map(prefixes.__getitem__, tps), map(str, offsets)))
+        if len(prefixes) == 1:
+            out.next_offsets = {tps[0]: max(offsets) + 1}
+        else:
+            by_tp = np.fromiter(map(list(prefixes).index, tps), np.int64, n)
+            last = np.full(len(prefixes), -1, np.int64)
+            np.maximum.at(last, by_tp, np.asarray(offsets, np.int64))
+            out.next_offsets = {tp: int(o) + 1 for tp, o in zip(prefixes, last.tolist(),
+                                                                  strict=True)}
+        return out
 
     def add(self, i: int, msg: KafkaMessage) -> str:
         tp = (msg.topic() or "", msg.partition() or 0)
@@ -332,7 +350,7 @@ class _Sources:
         source = self.texts[i] = prefix + str(offset)
         return source
 
-    def of(self, i: int) -> str:
+    def of_message(self, i: int) -> str:
         return self.texts[i]
 
 

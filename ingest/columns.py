@@ -15,7 +15,9 @@ buffers kept whole: a record's bytes are not copied here) and the per-message pa
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import overload
 
@@ -59,8 +61,35 @@ class RecordColumns(Sequence[SinkRecord]):
         return self._record(index % n)
 
     def __iter__(self) -> Iterator[SinkRecord]:
-        for i in range(len(self)):
-            yield self._record(i)
+        return iter(self.records())
+
+    def records(self) -> list[SinkRecord]:
+        """Every record as a SinkRecord (built once, on the first call: a sink that reads
+        records one by one pays for the objects, one that reads columns never does)."""
+        cached: list[SinkRecord] | None = self.__dict__.get("_records")
+        if cached is not None:
+            return cached
+        n = len(self)
+        expires = ([None] * n if self.expires_at_us is None
+                   else self.expires_at_us.tolist())
+        aggregations = self.aggregations if self.aggregations is not None else [None] * n
+        with collector_paused():  # thousands of acyclic objects (batch.Preparer.prepare)
+            ids = [raw.decode() for raw in _slices(self.buf, self.id_starts, self.id_ends)]
+            out = list(map(
+                SinkRecord,
+                map(ValidatedRecord, ids, self.event_time_us.tolist(), expires,
+                    _slices(self.buf, self.payload_starts, self.payload_ends), aggregations),
+                self.sources()))
+        self.__dict__["_records"] = out
+        return out
+
+    def payloads(self) -> list[bytes]:
+        """Each record's payload."""
+        return _slices(self.buf, self.payload_starts, self.payload_ends)
+
+    def sources(self) -> list[str]:
+        """Each record's source."""
+        return [raw.decode() for raw in _slices(self.buf, self.source_starts, self.source_ends)]
 
     def _record(self, i: int) -> SinkRecord:
         buf = self.buf
@@ -93,6 +122,24 @@ class RecordColumns(Sequence[SinkRecord]):
             builder.add_record(i, record.validated)
         columns, _ = builder.build([r.source for r in records])
         return columns
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (process-wide) for the block, if it runs; whoever
+    paused it resumes it (a block that found it paused leaves it be)."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _slices(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
+    return list(map(buf.__getitem__, map(slice, starts.tolist(), ends.tolist())))
 
 
 class ColumnsBuilder:
