@@ -96,17 +96,26 @@ def auth_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serv
     KeyStore(data).create("root", ["admin"])  # made before start, as an operator would
     proc = ServerProcess(data, extra_env={"TESSERA_AUTH__ENABLED": "true"},
                          workers=request.param)
-    proc.start(timeout_s=60)
+    proc.start(timeout_s=120)  # a busy 2-core machine: 35-60 s seen for --workers 2
     try:
         yield proc
     finally:
         proc.stop()
 
 
-def _get_keys(url: str, token: str) -> httpx.Response:
+def _get(url: str, token: str, path: str = "/v1/keys") -> httpx.Response:
     # a connection per request: with --workers 2 the kernel spreads them over both processes
-    return httpx.get(f"{url}/v1/keys", headers={"authorization": f"Bearer {token}"},
-                     timeout=30)
+    return httpx.get(f"{url}{path}", headers={"authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _refused_everywhere(server: ServerProcess, token: str, name: str, path: str) -> None:
+    answers = [_get(server.http_url, token, path) for _ in range(12)]
+    assert {r.status_code for r in answers} == {401}
+    assert all(f"the API key '{name}' is revoked" in r.json()["error"]["message"]
+               for r in answers)
+    if server.workers > 1:  # the revoke reached every serving process at once
+        pids = {r.headers.get("x-tessera-pid") for r in answers}
+        assert len(pids) == 2, pids
 
 
 def test_online_create_list_revoke(auth_server: ServerProcess, keys: Keys) -> None:
@@ -136,14 +145,12 @@ def test_online_create_list_revoke(auth_server: ServerProcess, keys: Keys) -> No
     missing = keys("revoke", "ghost", "--http", url, "--api-key", ops)
     assert missing.returncode == 2 and "no key named 'ghost' to revoke" in missing.stderr
 
-    assert all(_get_keys(url, ops).status_code == 200 for _ in range(4))
+    assert all(_get(url, ops).status_code == 200 for _ in range(4))
+    assert all(_get(url, reader, "/v1/feature-groups").status_code == 200 for _ in range(4))
+    assert keys("revoke", "reader", "--http", url, "--api-key", ops).returncode == 0
+    _refused_everywhere(auth_server, reader, "reader", "/v1/feature-groups")
     assert keys("revoke", "ops", "--http", url, "--api-key", boot).returncode == 0
-    answers = [_get_keys(url, ops) for _ in range(12)]
-    assert {r.status_code for r in answers} == {401}
-    assert all("the API key 'ops' is revoked" in r.json()["error"]["message"] for r in answers)
-    if auth_server.workers > 1:  # the revoke reached every serving process at once
-        pids = {r.headers.get("x-tessera-pid") for r in answers}
-        assert len(pids) == 2, pids
+    _refused_everywhere(auth_server, ops, "ops", "/v1/keys")
 
     lines = [json.loads(x) for x in (auth_server.data_dir / "audit.log").read_text()
              .splitlines()]
