@@ -262,8 +262,8 @@ class SageMakerRuntime:
                                    "UnprocessedIdentifiers": unprocessed})
 
     def list_records(self, req: FastRequest) -> FastResponse:
-        body = rq.decode(req.body, rq.ListRecordsShape)
         schema = self._allowed(req, Action.READ, req.params["FeatureGroupName"])
+        body = rq.decode(req.body, rq.ListRecordsShape)
         if not schema.online:
             raise no_online_store(schema)
         limit = MAX_LIST_RESULTS if body.MaxResults is None else body.MaxResults
@@ -282,8 +282,8 @@ class SageMakerRuntime:
 
     async def put_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
-        body = rq.decode(req.body, rq.PutRecordShape)
         schema = self._allowed(req, Action.WRITE, req.params["FeatureGroupName"])
+        body = rq.decode(req.body, rq.PutRecordShape)
         ttl_s = rq.ttl_s(body.TtlDuration, "TtlDuration")
         targets = rq.targets(body.TargetStores)
         schema, op = self._newest(schema, lambda s: self._put_op(
@@ -350,8 +350,8 @@ class SageMakerRuntime:
 
     async def update_record(self, req: FastRequest) -> FastResponse:
         api_us = now_us()
-        body = rq.decode(req.body, rq.UpdateRecordShape)
         schema = self._allowed(req, Action.WRITE, req.params["FeatureGroupName"])
+        body = rq.decode(req.body, rq.UpdateRecordShape)
         if not schema.online:
             raise no_online_store(schema)
         if not 1 <= len(body.Features) <= MAX_UPDATE_FEATURES:
