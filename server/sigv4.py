@@ -1,9 +1,12 @@
 """AWS Signature Version 4: verifying a signed request (the one place Tessera does it).
 
 boto3 signs every request of the SageMaker-compatible APIs (server/sagemaker_runtime.py, the
-control plane) with SigV4. Tessera accepts them unverified for now; `verify` is what checks one
-when authentication is switched on: it rebuilds the signature from the request as it arrived
-and the secret of the access key the request names, and compares.
+control plane) with SigV4. With authentication on (`--auth`), the HTTP edge (server/http_fast.py)
+hands every request whose Authorization is a SigV4 signature, with its raw path, query, headers
+and body, to the authenticator (server/auth/authenticator.py), which calls `verify` with the
+secrets of the access keys `tessera keys create --sigv4` made: it rebuilds the signature from
+the request as it arrived and the secret of the access key the request names, and compares.
+Without authentication signatures are not checked (any, or none, is served).
 
 The steps (AWS's "Create a signed AWS API request", as botocore's `SigV4Auth` signs):
 1. canonical request: method, canonical URI (the path as sent, dot segments and repeated slashes

@@ -3,7 +3,7 @@
 Walks every path of `/openapi.json`, every fast route (the SageMaker runtime's are not in the
 OpenAPI schema: they are read from the router they register into), every operation of the
 SageMaker control plane, and every gRPC method found by server reflection. Each is called with
-no credentials (401 / UNAUTHENTICATED, unless declared open), with a key lacking the permission
+no credentials (401 / UNAUTHENTICATED, unless declared open; the server protects /metrics), with a key lacking the permission
 it declares (403 / PERMISSION_DENIED) and with a key holding it or an admin key (neither). A new
 route or RPC without a declared permission fails here: add it to server/http_auth.py RULES (or
 sagemaker_control.OPERATION_RULES), and a gRPC method to GRPC_RULES below once
@@ -75,7 +75,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     keys = Keys(*(store.create(name, perms).secret for name, perms in (
         ("root", ["admin"]), ("reader", ["read:tbl_*"]), ("writer", ["write:tbl_*"]),
         ("both", ["read:*", "write:*"]), ("nothing", ["read:zzz_*"]))))
-    proc = ServerProcess(data, extra_env={"TESSERA_AUTH__ENABLED": "true"}).start(timeout_s=90)
+    proc = ServerProcess(data, extra_env={"TESSERA_AUTH__ENABLED": "true",
+                                          "TESSERA_AUTH__PROTECT_METRICS": "true"})
+    proc.start(timeout_s=90)
     with httpx.Client(base_url=proc.http_url, timeout=10,
                       headers={"authorization": f"Bearer {keys.admin}"}) as http:
         made = http.post("/v1/feature-groups", json={
@@ -132,6 +134,10 @@ def test_every_http_route_declares_a_permission_and_gets_it_enforced(
         path = _filled(template, rule)
         where = f"{method} {path} ({rule.describe()})"
         anon = _call(http, method, path, None)
+        if rule is http_auth.METRICS:  # this server protects /metrics: any principal
+            assert anon.status_code == 401, (where, anon.text)
+            assert _call(http, method, path, keys.nothing).status_code == 200, where
+            continue
         if not rule.needs_principal:
             assert anon.status_code not in (401, 403), (where, anon.text)
             continue
