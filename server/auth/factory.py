@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from tessera.server.auth import audit
 from tessera.server.auth.authenticator import KeyAuthenticator
 from tessera.server.auth.authn import OPEN_ACCESS, Authenticator
 from tessera.server.auth.jwt import JwtVerifier
 from tessera.server.auth.keys import KeyIndex
 from tessera.server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
@@ -18,4 +22,9 @@ def authenticator_for(settings: Settings) -> Authenticator:
     if not settings.auth.enabled:
         return OPEN_ACCESS
     jwt = JwtVerifier.for_settings(settings.auth) if settings.auth.jwt_jwks else None
-    return KeyAuthenticator(KeyIndex(settings.data_dir), jwt)
+    keys = KeyIndex(settings.data_dir)
+    if jwt is None and not keys.current().by_hash and not keys.current().by_access_key:
+        log.warning("authentication is on but %s holds no key and no --jwt-jwks is set: every "
+                    "call is refused until a key is made (tessera keys create admin --allow "
+                    "admin --data-dir %s)", keys.path, settings.data_dir)
+    return KeyAuthenticator(keys, jwt)

@@ -256,3 +256,16 @@ def test_now_is_utc_iso(tmp_path: Path) -> None:
     info = KeyStore(tmp_path).create("k", ["admin"]).info
     created = datetime.fromisoformat(info.created_at.replace("Z", "+00:00"))
     assert abs((datetime.now(UTC) - created).total_seconds()) < 60
+
+
+def test_auth_on_without_any_key_warns_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(audit, "_current", audit.get())
+    settings = Settings(data_dir=tmp_path, auth=AuthSettings(enabled=True))
+    authenticator_for(settings)
+    assert "every call is refused until a key is made" in caplog.text
+    caplog.clear()
+    KeyStore(tmp_path).create("k", ["admin"])
+    authenticator_for(settings)
+    assert "every call is refused" not in caplog.text
