@@ -23,7 +23,8 @@ process) go through the servicer's `FeatureStoreService` (the request turned int
 message, its response bytes into JSON), other reads through its `OnlineReader`
 (server/reads.py), so validation, newer-schema retries and read-your-writes are the gRPC
 API's. A read answers from the stored record's bytes: the protobuf answer is spliced as the
-gRPC one is (server/wire.py), the JSON one decodes the record once. Errors are
+gRPC one is (server/wire.py), the JSON one written from them in one compiled pass
+(server/record_json.py). Errors are
 Tessera's HTTP error body with the status of the error class (http_fast.tessera_errors); a
 malformed body is 422 and a body over MAX_BODY_BYTES 413.
 """
@@ -34,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import numpy as np
 from fastapi import FastAPI
 from google.protobuf.message import DecodeError
 
@@ -55,6 +55,14 @@ from tessera.server.http_fast import (
     tessera_errors,
 )
 from tessera.server.reads import OnlineReader
+from tessera.server.record_json import (
+    BatchGetResult,
+    BatchRecord,
+    RecordBody,
+    batch_get_body,
+    get_record_body,
+    record_json,
+)
 from tessera.server.registry import Registry
 from tessera.server.store import OnlineStore, now_us
 
@@ -66,7 +74,6 @@ RECORDS = "/v1/feature-groups/{group}/records"
 BATCH_GET = "/v1/feature-groups/{group}/records:batchGet"
 
 _PROTOBUF = b"application/x-protobuf"
-_SCALARS = frozenset(("int_value", "float_value", "string_value"))
 
 
 # --- bodies (msgspec: decoded and typed in one pass; also their OpenAPI schemas) --------------
@@ -88,30 +95,12 @@ class BatchGetBody(msgspec.Struct, forbid_unknown_fields=True):
     consistent_after: str = ""
 
 
-class RecordBody(msgspec.Struct):
-    record: dict[str, Any]
-    expires_at: str | None
-
-
 class WriteResult(msgspec.Struct):
     """`applied` is false when the stored record has a newer event time; `write_token` makes a
     later read see this write (`consistent_after`)."""
 
     applied: bool
     write_token: str
-
-
-class BatchRecord(msgspec.Struct):
-    record_id: str
-    record: dict[str, Any]
-    expires_at: str | None
-
-
-class BatchGetResult(msgspec.Struct):
-    """The records found, in the order asked, and the ids not found (canonical form)."""
-
-    records: list[BatchRecord]
-    missing: list[str]
 
 
 _decode_put = msgspec.json.Decoder(PutRecordBody).decode
@@ -132,20 +121,6 @@ def _wants_protobuf(req: FastRequest) -> bool:
 # --- values ------------------------------------------------------------------------------------
 
 
-def record_json(record: pb.Record) -> dict[str, Any]:
-    """A stored record as JSON values (the SDK's types; vectors as lists of float32 values)."""
-    out: dict[str, Any] = {}
-    for fv in record.features:
-        kind = fv.WhichOneof("value")
-        if kind in _SCALARS:
-            out[fv.feature_name] = getattr(fv, kind)
-        elif kind == "vector_value":
-            out[fv.feature_name] = np.frombuffer(fv.vector_value, dtype="<f4").tolist()
-        elif kind is not None:
-            out[fv.feature_name] = list(getattr(fv, kind).values)
-    return out
-
-
 def _wire_record(values: dict[str, Any]) -> pb.Record:
     """A JSON record as the wire Record validate_record checks (as the SDK builds it)."""
     record = pb.Record()
@@ -159,11 +134,6 @@ def _wire_record(values: dict[str, Any]) -> pb.Record:
             raise InvalidRequestError(
                 f"record: feature '{name}': {value!r} is not a valid value: {exc}") from None
     return record
-
-
-def _stored(payload: memoryview) -> pb.Record:
-    """A stored record's bytes as a Record (upb parses any buffer: no copy to bytes)."""
-    return pb.Record.FromString(payload)  # type: ignore[arg-type]
 
 
 def _iso(expires_at_us: int | None) -> str | None:
@@ -200,7 +170,7 @@ class RestRuntime:
         payload, expires_at_us = hit
         if _wants_protobuf(req):
             return FastResponse(200, PROTOBUF, wire.get_record_response(payload, expires_at_us))
-        return _json(RecordBody(record_json(_stored(payload)), _iso(expires_at_us)))
+        return FastResponse(200, _JSON, get_record_body(payload, expires_at_us))
 
     async def _get_record_after(self, req: FastRequest, group: str, record_id: str,
                                 features: list[str], token: str) -> FastResponse:
@@ -253,10 +223,8 @@ class RestRuntime:
             return FastResponse(200, PROTOBUF, b"".join(
                 wire.batch_result_detail(group_enc, rid, payload, expires_at_us)
                 for rid, (payload, expires_at_us) in read.found))
-        records = [BatchRecord(rid, record_json(_stored(payload)),
-                               _iso(expires_at_us))
-                   for rid, (payload, expires_at_us) in read.found]
-        return _json(BatchGetResult(records, self._missing(group, ids, records)))
+        missing = self._missing(group, ids, [rid for rid, _ in read.found])
+        return FastResponse(200, _JSON, batch_get_body(read.found, missing))
 
     async def _batch_get_record_after(self, req: FastRequest, group: str, ids: list[str],
                                       body: BatchGetBody) -> FastResponse:
@@ -277,11 +245,12 @@ class RestRuntime:
                         _iso(r.expires_at_us if r.HasField("expires_at_us") else None))
             for r in response.records
         ]
-        return _json(BatchGetResult(records, self._missing(group, ids, records)))
+        missing = self._missing(group, ids, [r.record_id for r in records])
+        return _json(BatchGetResult(records, missing))
 
-    def _missing(self, group: str, ids: list[str], records: list[BatchRecord]) -> list[str]:
+    def _missing(self, group: str, ids: list[str], found_ids: list[str]) -> list[str]:
         """The ids asked (canonical form, once each) that were not found."""
-        found = {r.record_id for r in records}
+        found = set(found_ids)
         if len(found) == len(ids):
             return []
         schema = self._registry.schema(group)
