@@ -219,11 +219,12 @@ _REQUESTS = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) suc
 
 def h2load_segment(target: str, path: str, message: bytes, concurrency: int, seconds: float,
                    warmup_s: float, work: Path, response_frame_bytes: int,
-                   headers: tuple[str, ...] = ()) -> Segment:
+                   headers: tuple[str, ...] = (), scheme: str = "http") -> Segment:
     """A warm-up h2load run, then a timed one (benchmarks/h2load.py's layout and per-request
     log). The timed run's response bytes must be its OK calls' whole responses (plus at most
     one per stream still in flight at the deadline): a gRPC error has no body. `headers`:
-    more request headers ("name: value"), e.g. the call's authorization metadata."""
+    more request headers ("name: value"), e.g. the call's authorization metadata; `scheme`
+    "https": over TLS (h2load negotiates h2 by ALPN and does not verify the certificate)."""
     work.mkdir(parents=True, exist_ok=True)
     body, log = work / "body.bin", work / "requests.log"
     body.write_bytes(data.grpc_frame(message))
@@ -231,7 +232,7 @@ def h2load_segment(target: str, path: str, message: bytes, concurrency: int, sec
     base = ["h2load", "-c", str(conns), "-m", str(streams), "-t", "1", "-N", "30s",
             "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
             *(arg for h in headers for arg in ("-H", h))]
-    url = f"http://{target}{path}"
+    url = f"{scheme}://{target}{path}"
     subprocess.run([*base, "-D", f"{round(warmup_s * 1000)}ms", url], capture_output=True,
                    timeout=300, check=True)
     log.unlink(missing_ok=True)
