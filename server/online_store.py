@@ -425,7 +425,7 @@ class RocksDBOnlineStore:
                 result: OpResult
                 if isinstance(op, PutBatch):
                     seq = self._put_batch(wb, stored, op, batch_keys[id(op)], at_us, seq,
-                                          results)
+                                          results, aggregates)
                     n += len(op) - 1
                     continue
                 if isinstance(op, PutOp | DeleteOp):
@@ -514,15 +514,25 @@ class RocksDBOnlineStore:
 
     def _put_batch(
         self, wb: rocksdict.WriteBatch, stored: _Stored, op: PutBatch, keys: list[bytes],
-        at_us: int, seq: int, results: list[OpResult],
+        at_us: int, seq: int, results: list[OpResult], aggregates: CommitAggregates,
     ) -> int:
         """`_put` of every record of `op`, in order, in columns: one result per record appended
-        to `results`; the outbox rows numbered after `seq`; returns the last seq used."""
+        to `results`; the outbox rows numbered after `seq`; its aggregation events added to
+        `aggregates`; returns the last seq used."""
         count = len(keys)
         if op.group_id in self._dropped:
             results += [StorageError("the feature group was deleted while this write was queued")
                         ] * count
             return seq
+        if op.aggregates is not None and op.online:
+            # Every record is accepted (applied, or older than the stored one: both are events,
+            # as `_apply` decides for a PutOp), with the seq a PutOp in its place would have:
+            # its outbox row's, or the last one before it when the group keeps no history.
+            if op.history is not None and op.history_offsets is not None:
+                event_seqs = np.arange(seq + 1, seq + count + 1, dtype=np.int64)
+            else:
+                event_seqs = np.full(count, seq, np.int64)
+            aggregates.add_columns(op.group_id, op.aggregates, op.event_time_us, event_seqs)
         if op.online:
             picked = self._batch_applied(stored, op, keys, at_us)
             n_picked = count if picked is None else len(picked)

@@ -6,10 +6,15 @@ schema (`scan_records`: the checks `validate_record` makes, strictly, since prot
 parsed these bytes) and builds the `PutBatch` the store commits (server/batch_kernels.py
 `encode_puts`: keys, payloads as sent, history rows).
 
+A group with aggregations (and an online store) also gets the records' aggregation inputs in
+columns (`batch_aggregates`: core/aggregation/record_inputs.py's compiled scan of the payloads),
+which the store's commit folds as it folds a `PutOp`'s event; the writer process rebuilds them
+from the payloads it receives (server/writer_ipc.py), so they never cross its socket.
+
 Only the common case takes this path: every record valid, every value already in its schema's
-form, a group without aggregations. Anything else (`None` from `scan` or `encode`: malformed
-bytes, a value to normalize, any error, a ttl out of range, sources that do not match the
-records) goes the per-record way (`validate_record`, `put_op`), which decides with its exact
+form. Anything else (`None` from `scan` or `encode`: malformed bytes, a value to normalize, any
+error, a ttl out of range, sources that do not match the records, an aggregation input the scan
+cannot read) goes the per-record way (`validate_record`, `put_op`), which decides with its exact
 messages; so both paths accept the same requests and write the same rows, and an error reads the
 same whichever path met it.
 """
@@ -23,8 +28,11 @@ import numpy as np
 
 from tessera.core import eventtime
 from tessera.core import records as core_records
+from tessera.core.aggregation.inputs import AggregateColumns
+from tessera.core.aggregation.plan import AggregationPlan
+from tessera.core.aggregation.record_inputs import RecordInputsError, aggregate_columns
 from tessera.core.errors import InvalidRequestError
-from tessera.core.keys import MAX_RECORD_ID_BYTES
+from tessera.core.keys import MAX_RECORD_ID_BYTES, group_prefix
 from tessera.core.records import MAX_RECORD_BYTES
 from tessera.core.schema import MAX_TTL_S, CompiledSchema
 from tessera.server import batch_kernels as bk
@@ -68,7 +76,7 @@ def encode(
     from tessera.core import record_scan
 
     n = len(request)
-    if n == 0 or schema.aggregations is not None:
+    if n == 0:
         return None
     if request.source_starts.shape[0] not in (0, n):
         return None  # the per-record path names the mismatch
@@ -102,12 +110,40 @@ def encode(
         api_invocation_time_us, bk.readonly(request.source_starts),
         bk.readonly(request.source_ends), schema.offline,
     )
+    keys_blob, payloads_blob = keys.tobytes(), payloads.tobytes()
+    key_off, pay_off = bk.readonly(key_off), bk.readonly(pay_off)
+    aggregates = None
+    if schema.aggregations is not None and schema.online:
+        try:
+            aggregates = batch_aggregates(schema.group_name, schema.aggregations, keys_blob,
+                                          key_off, payloads_blob, pay_off)
+        except RecordInputsError:
+            return None
     return PutBatch(
-        schema.group_id, schema.online, keys.tobytes(), bk.readonly(key_off), payloads.tobytes(),
-        bk.readonly(pay_off), bk.readonly(et_us), expires,
-        rows.tobytes() if schema.offline else None,
-        bk.readonly(row_off) if schema.offline else None,
+        schema.group_id, schema.online, keys_blob, key_off, payloads_blob, pay_off,
+        bk.readonly(et_us), expires, rows.tobytes() if schema.offline else None,
+        bk.readonly(row_off) if schema.offline else None, aggregates,
     )
+
+
+def batch_aggregates(
+    group_name: str, plan: AggregationPlan, keys: bytes, key_offsets: np.ndarray,
+    payloads: bytes, payload_offsets: np.ndarray,
+) -> AggregateColumns:
+    """A batch's aggregation inputs (a `PutBatch`'s `aggregates`) from its keys and payloads:
+    what `validate_record` gives each record (its `aggregation`), in columns. Raises
+    RecordInputsError for a payload the compiled scan cannot read or an input not in its
+    schema's form (the per-record path decides those)."""
+    bounds = key_offsets.tolist()
+    starts = [a + _GROUP_PREFIX_BYTES for a in bounds[:-1]]
+    try:
+        record_ids = [keys[a:b].decode() for a, b in zip(starts, bounds[1:], strict=True)]
+    except UnicodeDecodeError as exc:
+        raise RecordInputsError(f"a record key is not UTF-8: {exc}") from exc
+    return aggregate_columns(group_name, plan, record_ids, payloads, payload_offsets)
+
+
+_GROUP_PREFIX_BYTES = len(group_prefix(0))
 
 
 _NONE = bk.readonly(np.zeros(0, np.int64))

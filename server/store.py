@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from tessera.core.errors import ConflictError, TesseraError
-from tessera.server.aggregates import AggregateEvent
+from tessera.server.aggregates import AggregateColumns, AggregateEvent
 
 
 def now_us() -> int:
@@ -69,7 +69,11 @@ class PutBatch:
     `PutOp`s say one by one, with the same rules, without an object per record. Record i's key
     is keys[key_offsets[i]:key_offsets[i + 1]], its payload and its history row (when the group
     keeps history) likewise; its event time event_time_us[i], its expiry expires_at_us[i] (None:
-    none of them expires). Its results in a commit are one per record, in order."""
+    none of them expires). Its results in a commit are one per record, in order.
+
+    A group with aggregations: `aggregates` holds the records' inputs to them in columns
+    (server/put_batch.py `batch_aggregates`), each accepted record one event, as a `PutOp`'s
+    `aggregate` is; a batch of such a group without them folds no events."""
 
     group_id: int
     online: bool
@@ -81,6 +85,8 @@ class PutBatch:
     expires_at_us: np.ndarray | None
     history: bytes | None = None
     history_offsets: np.ndarray | None = None
+    #: The records' inputs to the group's aggregation features (None: the group has none).
+    aggregates: AggregateColumns | None = None
 
     def __len__(self) -> int:
         return int(self.event_time_us.shape[0])

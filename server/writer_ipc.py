@@ -12,7 +12,11 @@ Puts and deletes ride in two lists, with `order` saying how they interleave when
 them. A `PutBatch` (a PutRecords request's puts in columns) crosses as one `WireBatch`: its
 buffers and its arrays' bytes, no object per record (a third list, a third kind in `order`).
 A put's aggregation event is sent apart: its group's `AggregationPlan` once per connection
-(`WirePlan`, numbered by the client), then per put only the plan number and the inputs.
+(`WirePlan`, numbered by the client), then per put only the plan number and the inputs. A
+batch's aggregation inputs do not cross at all: the `WireBatch` names its plan, and the writer
+rebuilds the columns from the keys and payloads it receives anyway (server/put_batch.py
+`batch_aggregates`, one compiled scan), instead of every input value and key text crossing a
+second time.
 
 `CompactGroup` runs an offline compaction (`POST /v1/feature-groups/{name}/compact` answered by
 a serving process) where the flusher and its lock live; the reply carries the result's counts.
@@ -53,6 +57,7 @@ from tessera.core.aggregation.plan import (
 )
 from tessera.core.errors import TesseraError
 from tessera.server.aggregates import AggregateEvent
+from tessera.server.put_batch import batch_aggregates
 from tessera.server.store import DeleteOp, Op, OpResult, PutBatch, PutOp
 
 M = TypeVar("M", bound=BaseModel)
@@ -121,6 +126,9 @@ class WireBatch(msgspec.Struct, array_like=True):
     expires_at_us: bytes | None
     history: bytes | None
     history_offsets: bytes | None
+    #: The plan (a `WirePlan`'s number) the writer rebuilds the batch's aggregation inputs
+    #: with; 0: the batch has none.
+    plan_no: int = 0
 
 
 class Submit(msgspec.Struct, array_like=True, tag=1):
@@ -339,10 +347,15 @@ class PlanNumbers:
         self._numbers: dict[int, tuple[AggregationPlan, str, int]] = {}
 
     def number(self, event: AggregateEvent) -> tuple[int, AggregationPlan, str]:
-        known = self._numbers.get(id(event.plan))
-        if known is None or known[1] != event.group_name:
-            known = (event.plan, event.group_name, len(self._numbers) + 1)
-            self._numbers[id(event.plan)] = known
+        return self.number_plan(event.group_name, event.plan)
+
+    def number_plan(
+        self, group_name: str, plan: AggregationPlan
+    ) -> tuple[int, AggregationPlan, str]:
+        known = self._numbers.get(id(plan))
+        if known is None or known[1] != group_name:
+            known = (plan, group_name, len(self._numbers) + 1)
+            self._numbers[id(plan)] = known
         return known[2], known[0], known[1]
 
 
@@ -357,16 +370,24 @@ def encode_submit(
     aggregates: list[WireAggregate] = []
     plans: list[WirePlan] = []
     kinds = bytearray()
+
+    def plan_number(group_name: str, plan: AggregationPlan) -> int:
+        plan_no, plan, group_name = numbers.number_plan(group_name, plan)
+        if plan_no not in sent_plans:
+            plans.append(plan_to_wire(plan_no, group_name, plan))
+            sent_plans.add(plan_no)
+        return plan_no
+
     for op in ops:
         if isinstance(op, PutBatch):
-            batches.append(batch_to_wire(op))
+            wire = batch_to_wire(op)
+            if op.aggregates is not None:
+                wire.plan_no = plan_number(op.aggregates.group_name, op.aggregates.plan)
+            batches.append(wire)
             kinds.append(_BATCH)
         elif isinstance(op, PutOp):
             if op.aggregate is not None:
-                plan_no, plan, group_name = numbers.number(op.aggregate)
-                if plan_no not in sent_plans:
-                    plans.append(plan_to_wire(plan_no, group_name, plan))
-                    sent_plans.add(plan_no)
+                plan_no = plan_number(op.aggregate.group_name, op.aggregate.plan)
                 inputs = op.aggregate.inputs
                 aggregates.append(WireAggregate(len(puts), plan_no, list(inputs.keys),
                                                 [list(v) for v in inputs.values]))
@@ -397,8 +418,12 @@ def _i64(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, np.int64)  # read-only: the kernels' one signature
 
 
-def batch_from_wire(wire: WireBatch) -> PutBatch:
-    """The PutBatch; ValueError when its arrays disagree (a client bug)."""
+def batch_from_wire(
+    wire: WireBatch, plans: dict[int, tuple[str, AggregationPlan]] | None = None
+) -> PutBatch:
+    """The PutBatch, with its aggregation inputs rebuilt when it names a plan (of `plans`, the
+    connection's table); ValueError when its arrays disagree or its plan is unknown (a client
+    bug), RecordInputsError when its payloads do not give the inputs (the client checked)."""
     key_offsets, payload_offsets = _i64(wire.key_offsets), _i64(wire.payload_offsets)
     event_time_us = _i64(wire.event_time_us)
     expires = None if wire.expires_at_us is None else _i64(wire.expires_at_us)
@@ -414,8 +439,16 @@ def batch_from_wire(wire: WireBatch) -> PutBatch:
     if (expires is not None and expires.shape[0] != n) or (
             (wire.history is None) != (history_offsets is None)):
         raise ValueError("a PutBatch whose columns disagree")
+    aggregates = None
+    if wire.plan_no:
+        known = (plans or {}).get(wire.plan_no)
+        if known is None:
+            raise ValueError(f"a PutBatch naming plan {wire.plan_no}, never sent")
+        aggregates = batch_aggregates(known[0], known[1], wire.keys, key_offsets, wire.payloads,
+                                      payload_offsets)
     return PutBatch(wire.group_id, wire.online, wire.keys, key_offsets, wire.payloads,
-                    payload_offsets, event_time_us, expires, wire.history, history_offsets)
+                    payload_offsets, event_time_us, expires, wire.history, history_offsets,
+                    aggregates)
 
 
 def decode_ops(msg: Submit, plans: dict[int, tuple[str, AggregationPlan]]) -> list[Op]:
@@ -430,7 +463,7 @@ def decode_ops(msg: Submit, plans: dict[int, tuple[str, AggregationPlan]]) -> li
             inputs = AggregationInput(tuple(agg.keys), tuple(tuple(v) for v in agg.values))
             puts[agg.index] = replace(puts[agg.index], aggregate=AggregateEvent(
                 group_name, plan, inputs))
-    batches = [batch_from_wire(b) for b in msg.batches]
+    batches = [batch_from_wire(b, plans) for b in msg.batches]
     if not msg.deletes and not batches:
         return list(puts)
     if msg.order is None:

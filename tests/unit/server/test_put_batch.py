@@ -79,6 +79,15 @@ def _assert_same(batch: PutBatch, ops: list[PutOp]) -> None:
     assert _columns(batch) == [
         (op.key, op.event_time_us, op.expires_at_us, op.payload, op.history) for op in ops]
     assert {(batch.group_id, batch.online)} == {(op.group_id, op.online) for op in ops}
+    events = [op.aggregate for op in ops]
+    if batch.aggregates is None:
+        assert events == [None] * len(ops)
+        return
+    columns = batch.aggregates
+    for sid, stream in enumerate(columns.plan.streams):
+        assert list(columns.keys[sid]) == [e.inputs.keys[sid] for e in events if e]
+        expected = np.array([e.inputs.values[sid] for e in events if e], np.float64)
+        np.testing.assert_array_equal(columns.values[sid], expected.reshape(-1, stream.n_sources))
 
 
 @st.composite
@@ -211,9 +220,14 @@ def test_the_utf8_check_agrees_with_python(raw: bytes) -> None:
     assert record_scan._utf8(raw, 0, len(raw)) is ok
 
 
-def test_aggregation_groups_take_the_per_record_path() -> None:
+def test_an_aggregation_groups_batch_carries_its_inputs() -> None:
     schema = _schema(aggregations=True)
-    assert _bulk(schema, _request(_ID_A + _TS)) is None
+    data = _request(_ID_A + _TS + _feature(b"s", b"\x22\x01k") + _feature(b"n", b"\x10\x07"))
+    batch = _bulk(schema, data)
+    assert batch is not None and batch.aggregates is not None
+    reference = _reference(schema, data)
+    assert not isinstance(reference, str)
+    _assert_same(batch, reference)
 
 
 # --- the writer's commit -------------------------------------------------------------------------
