@@ -11,10 +11,12 @@ permissions are the claim `--jwt-permissions-claim` names (a list of `read:GLOB`
 `realm_access.roles`). No claim: no permissions (403 on every call); an entry that is not a
 permission: 401 `bad_permissions`.
 
-The JWKS: a file is read at start and again when it changes (checked on a cache miss); a URL is
-fetched with PyJWKClient and cached for `JWKS_LIFESPAN_S`; a `kid` not in the set refetches it,
-at most once per `REFETCH_COOLDOWN_S` (a stream of made-up kids cannot hammer the issuer). The
-fetch is blocking I/O on the calling thread; it happens on those misses only.
+The JWKS: a file is read at start and again when it changes (checked on a cache miss). A URL is
+fetched with PyJWKClient at start (an unreachable issuer is logged, and JWTs are refused with
+503 until it answers; API keys keep working) and again, on a thread of its own, once the set is
+`JWKS_LIFESPAN_S` old (the serving thread never waits for it). A `kid` not in the set fetches
+it on the calling thread, at most once per `REFETCH_COOLDOWN_S` (a rotation is picked up at
+once; a stream of made-up kids cannot hammer the issuer nor stall serving).
 
 A verified token is cached until its `exp` (one dict lookup and a clock read per later call):
 verifying a signature costs ~30-100 us of CPU. A key removed from the JWKS therefore stops
@@ -53,17 +55,24 @@ ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "E
 class JwksSource:
     """The issuer's keys, from a file or a URL (the module docstring)."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, lifespan_s: float = JWKS_LIFESPAN_S) -> None:
         self.location = location
+        self.lifespan_s = lifespan_s
         self._lock = threading.Lock()
-        self._last_refetch = 0.0
+        self._last_fetch_try = -REFETCH_COOLDOWN_S
+        self._fetched_at = 0.0
+        self._refreshing = False
         self._client: jwt.PyJWKClient | None = None
         self._file_stamp: tuple[int, int] | None = None
         self._keys: dict[str | None, PyJWK] = {}
-        self._set: PyJWKSet | None = None  # the fetched set _keys was made from
         if location.startswith(("http://", "https://")):
-            self._client = jwt.PyJWKClient(location, cache_jwk_set=True,
-                                           lifespan=JWKS_LIFESPAN_S, timeout=10)
+            # The set is cached here, not in the client: a refresh runs off the serving thread.
+            self._client = jwt.PyJWKClient(location, cache_jwk_set=False, timeout=10)
+            try:
+                self._fetch()
+            except StorageError as exc:  # the issuer down: API keys still work; retried later
+                log.warning("%s; JWTs are refused until it can be (retried every %.0f s)",
+                            exc.message, REFETCH_COOLDOWN_S)
         else:
             self._load_file()
 
@@ -73,8 +82,10 @@ class JwksSource:
         key = keys.get(kid) if kid is not None else None
         if key is None and kid is None and len(keys) == 1:
             key = next(iter(keys.values()))
-        if key is None and kid is not None and self._may_refetch():
-            key = self._current(refresh=True).get(kid)
+        if key is None and kid is not None and self._client is not None and self._may_fetch():
+            # A key the issuer may have just added: fetched now, at most once per cooldown.
+            self._fetch()
+            key = self._keys.get(kid)
         if key is None:
             known = ", ".join(sorted(str(k) for k in keys)) or "(none)"
             raise UnauthenticatedError(
@@ -84,26 +95,60 @@ class JwksSource:
                 reason="unknown_key")
         return key
 
-    def _current(self, refresh: bool = False) -> dict[str | None, PyJWK]:
+    def _current(self) -> dict[str | None, PyJWK]:
         if self._client is None:
             self._load_file()
             return self._keys
+        if not self._keys:  # never fetched: try now (at most once per cooldown)
+            if not self._may_fetch():
+                raise StorageError(f"the JWT issuer's JWKS at {self.location} cannot be "
+                                   f"fetched (retried every {REFETCH_COOLDOWN_S:.0f} s)")
+            self._fetch()
+        elif time.monotonic() - self._fetched_at > self.lifespan_s:
+            self._refresh_in_background()
+        return self._keys
+
+    def _fetch(self) -> None:
+        client = self._client
+        if client is None:  # a file: read by _load_file
+            return
         try:
-            jwk_set = self._client.get_jwk_set(refresh=refresh)
+            jwk_set = client.get_jwk_set()
         except jwt.PyJWKClientError as exc:
             raise StorageError(
                 f"the JWT issuer's JWKS at {self.location} cannot be fetched: {exc}") from exc
-        if jwk_set is not self._set:
-            self._set = jwk_set
-            self._keys = _usable(jwk_set, self.location)
-        return self._keys
+        except jwt.PyJWKSetError as exc:
+            raise StorageError(
+                f"the JWT issuer's JWKS at {self.location} is not a JSON Web Key Set: {exc}"
+            ) from exc
+        self._keys = _usable(jwk_set, self.location)
+        self._fetched_at = time.monotonic()
 
-    def _may_refetch(self) -> bool:
+    def _refresh_in_background(self) -> None:
+        """The set is past its lifespan: fetch it on a thread of its own (the current keys
+        keep serving meanwhile; a failure keeps them and retries after the cooldown)."""
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def refresh() -> None:
+            try:
+                self._fetch()
+            except StorageError as exc:
+                log.warning("%s; the keys fetched before keep serving", exc.message)
+                self._fetched_at = time.monotonic() - self.lifespan_s + REFETCH_COOLDOWN_S
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=refresh, name="jwks-refresh", daemon=True).start()
+
+    def _may_fetch(self) -> bool:
         with self._lock:
             now = time.monotonic()
-            if now - self._last_refetch < REFETCH_COOLDOWN_S:
+            if now - self._last_fetch_try < REFETCH_COOLDOWN_S:
                 return False
-            self._last_refetch = now
+            self._last_fetch_try = now
             return True
 
     def _load_file(self) -> None:

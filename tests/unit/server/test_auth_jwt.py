@@ -230,7 +230,23 @@ def test_jwks_served_over_http(tmp_path: Path, jwks_url: str) -> None:
     assert _JwksHandler.hits == 2
 
 
-def test_unreachable_jwks_url_is_unavailable_not_unauthenticated(tmp_path: Path) -> None:
-    auth = _auth(tmp_path, "http://127.0.0.1:9/jwks.json")
-    with pytest.raises(StorageError, match="cannot be fetched"):
-        auth.authenticate(f"Bearer {_token()}")
+def test_an_old_set_is_refreshed_off_the_calling_thread(tmp_path: Path, jwks_url: str) -> None:
+    verifier = JwtVerifier(JwksSource(jwks_url, lifespan_s=0.2), ISSUER, AUDIENCE)
+    auth = KeyAuthenticator(KeyIndex(tmp_path), verifier)
+    assert _JwksHandler.hits == 1
+    time.sleep(0.3)
+    assert auth.authenticate(f"Bearer {_token(sub='x')}").name == "x"  # the old set serves
+    deadline = time.monotonic() + 10
+    while _JwksHandler.hits < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _JwksHandler.hits == 2
+
+
+def test_unreachable_jwks_url_is_unavailable_not_unauthenticated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = _auth(tmp_path, "http://127.0.0.1:9/jwks.json")  # starts: API keys still work
+    assert "JWTs are refused until it can be" in caplog.text
+    for _ in range(2):  # fetched again, then refused without a fetch during the cooldown
+        with pytest.raises(StorageError, match="cannot be fetched"):
+            auth.authenticate(f"Bearer {_token()}")
