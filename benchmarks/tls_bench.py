@@ -1,28 +1,29 @@
-"""The cost of TLS on the gRPC read path, one command:
+"""The cost of TLS on the read path, one command:
 
     .venv/bin/python -m benchmarks.tls_bench [--quick] [--workers 1,2]
 
 For each layout (`tessera serve --workers N`) two servers run side by side, each in its own
 data directory with the same records: one plaintext, one with TLS on both ports
-(TESSERA_TLS__CERT / __KEY: a certificate of a CA made for the run, tests/certs.py). GetRecord
-is driven by h2load (benchmarks/scaling_bench.h2load_segment: one prepared protobuf body per
-segment, a random key per round; over TLS h2load negotiates h2 by ALPN, the handshake falls in
-the warm-up run) at concurrency 1 and 16; segments are interleaved (both servers at one
-concurrency, then the next; the order rotates each round), so the machine's drifts fall on both
-alike. Per cell: calls/s, p50/p99 and the server's CPU per call (the supervisor and all its
-children, psutil). The figures that survive this machine's noise are the ratios within a round
-and the server CPU per call; the report lists both, with `other_processes_cores` (CPU used by
-everything else while the cell ran).
+(TESSERA_TLS__CERT / __KEY: a certificate of a CA made for the run, tests/certs.py). h2load
+drives, at concurrency 1 and 16, gRPC GetRecord (benchmarks/scaling_bench.h2load_segment: one
+prepared protobuf body per segment, a random key per round; over TLS h2load negotiates h2 by
+ALPN) and the REST runtime's GET of one record (JSON over HTTP/1.1, granian; rest_bench's
+h2load_http), the handshakes falling in each run's warm-up; segments are interleaved (both
+servers at one method and concurrency, then the next; the order rotates each round), so the
+machine's drifts fall on both alike. Per cell: calls/s, p50/p99 and the server's CPU per call
+(the supervisor and all its children, psutil). The figures that survive this machine's noise
+are the ratios within a round and the server CPU per call; the report lists both, with
+`other_processes_cores` (CPU used by everything else while the cell ran).
 
 Also, what an inference service in Python sees: `sdk`: FeatureStoreClient.get_record at c=1
 (the SDK's TLS channel with `tls_ca=` vs its plaintext one), p50/p99 of each over alternating
 blocks of calls, and the client process's CPU per call.
 
 Checks: every key read back through grpcio (over TLS from the TLS server, verified against the
-run's CA) and compared with the record written, on both servers; the TLS server refuses a
-plaintext call (UNAVAILABLE) and its HTTP port answers only HTTPS; each h2load segment's
-response bytes equal its OK calls' responses (a gRPC error has no body). Writes
-benchmarks/results/tls.json.
+run's CA) and compared with the record written, and over REST, on both servers; the TLS server
+refuses a plaintext call (UNAVAILABLE) and its HTTP port answers only HTTPS; each h2load gRPC
+segment's response bytes equal its OK calls' responses (a gRPC error has no body), each REST
+answer is 200. Writes benchmarks/results/tls.json.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import httpx
 import numpy as np
 
 from benchmarks import data, h2load, report, verify
+from benchmarks.rest_bench import h2load_http
 from benchmarks.scaling_bench import busy_s, children_cpu_s, h2load_segment, tree_cpu_s
 from benchmarks.segments import Cell
 from tessera.client import FeatureStoreClient
@@ -55,6 +57,9 @@ GET = "/tessera.v1.FeatureStore/GetRecord"
 PUT_RECORDS = "/tessera.v1.FeatureStore/PutRecords"
 GROUP = "tls_read"  # offline store off: no history flush during the read segments
 CONCURRENCIES = (1, 16)
+#: The methods measured: gRPC GetRecord (HTTP/2), and the REST runtime's GET of one record
+#: (JSON over HTTP/1.1, one connection per request in flight: what most REST clients do).
+METHODS = ("grpc_get", "rest_get_h1")
 FULL = {"records": 20_000, "rounds": 4, "segment_s": 4.0, "warmup_s": 1.0, "sdk_calls": 4000}
 QUICK = {"records": 5_000, "rounds": 2, "segment_s": 2.0, "warmup_s": 0.5, "sdk_calls": 1000}
 
@@ -135,11 +140,16 @@ class Subject:
         self.server.kill()
 
 
-def _segment(s: Subject, c: int, body: bytes, frame: int, mode: dict[str, Any],
-             work: Path) -> Any:
+def _segment(s: Subject, method: str, c: int, key: int, body: bytes, frame: int,
+             mode: dict[str, Any], work: Path) -> Any:
     cpu0, busy0, gen0, t0 = tree_cpu_s(s.pids()), busy_s(), children_cpu_s(), time.monotonic()
-    seg = h2load_segment(s.target, GET, body, c, mode["segment_s"], mode["warmup_s"],
-                         work / "h2", frame, scheme="https" if s.tls else "http")
+    if method == "grpc_get":
+        seg = h2load_segment(s.target, GET, body, c, mode["segment_s"], mode["warmup_s"],
+                             work / "h2", frame, scheme="https" if s.tls else "http")
+    else:
+        # rest_bench's h2load run (warm-up excluded from its log; any answer but 200 fails).
+        seg = h2load_http(s.http_url + _record_path(key), "h1", c, [], None,
+                          mode["segment_s"], mode["warmup_s"], work / "h1")
     seg.wall_s = time.monotonic() - t0
     seg.server_cpu_s = tree_cpu_s(s.pids()) - cpu0
     seg.generator_cpu_s = children_cpu_s() - gen0
@@ -148,6 +158,10 @@ def _segment(s: Subject, c: int, body: bytes, frame: int, mode: dict[str, Any],
     # from the measured rate over the wall time.
     seg.server_calls = round(seg.latencies_us.size / seg.seconds * seg.wall_s)
     return seg
+
+
+def _record_path(k: int) -> str:
+    return f"/v1/feature-groups/{GROUP}/records/{data.record_id(k)}"
 
 
 def bench_reads(subjects: list[Subject], mode: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -164,43 +178,61 @@ def bench_reads(subjects: list[Subject], mode: dict[str, Any], work: Path) -> di
                 if not data.matches(k, pb.GetRecordResponse.FromString(raw).record):
                     raise verify.CheckFailed(f"{s.name}: GetRecord({k}) is not record {k}")
                 frames[body] = len(data.grpc_frame(raw))
+        verify_tls: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(s.certs.ca)) if s.tls else True)
+        with httpx.Client(base_url=s.http_url, timeout=10, verify=verify_tls) as http:
+            for k in keys:
+                answer = http.get(_record_path(k))
+                if answer.status_code != 200 or data.record_id(k) not in answer.text:
+                    raise verify.CheckFailed(f"{s.name}: REST GET of {k}: {answer.text[:200]}")
         s.check_tls_is_on()
-    cells = {(s.name, c): Cell(s.name, c) for s in subjects for c in CONCURRENCIES}
+    cells = {(s.name, m, c): Cell(f"{s.name}/{m}", c)
+             for s in subjects for m in METHODS for c in CONCURRENCIES}
     for r in range(mode["rounds"]):
-        for c in CONCURRENCIES:
-            for s in subjects[r % len(subjects):] + subjects[:r % len(subjects)]:
-                cells[(s.name, c)].add(_segment(s, c, bodies[r], frames[bodies[r]], mode, work))
-            _say(f"round {r + 1} c={c}: " + ", ".join(
-                f"{s.name} {cells[(s.name, c)].rates()[-1]:,.0f}/s" for s in subjects))
+        for m in METHODS:
+            for c in CONCURRENCIES:
+                for s in subjects[r % len(subjects):] + subjects[:r % len(subjects)]:
+                    cells[(s.name, m, c)].add(_segment(s, m, c, keys[r], bodies[r],
+                                                       frames[bodies[r]], mode, work))
+                _say(f"round {r + 1} {m} c={c}: " + ", ".join(
+                    f"{s.name} {cells[(s.name, m, c)].rates()[-1]:,.0f}/s" for s in subjects))
     out: dict[str, Any] = {
         "records": n, "keys": keys,
-        "cells": {s.name: {str(c): cells[(s.name, c)].summary() for c in CONCURRENCIES}
+        "cells": {s.name: {m: {str(c): cells[(s.name, m, c)].summary() for c in CONCURRENCIES}
+                           for m in METHODS}
                   for s in subjects},
     }
     ratios: dict[str, Any] = {}
     for w in sorted({s.workers for s in subjects}):
         on, off = f"workers_{w}_tls", f"workers_{w}_plain"
-        per_c: dict[str, Any] = {}
-        for c in CONCURRENCIES:
-            a, b = out["cells"][on][str(c)], out["cells"][off][str(c)]
-            # Round by round (the two segments of a round ran back to back): the spread of the
-            # ratio says how much of it is noise.
-            by_round = [round(x / y, 3) for x, y in zip(
-                cells[(on, c)].rates(), cells[(off, c)].rates(), strict=True) if y]
-            per_c[str(c)] = {
-                "calls_per_s": round(a["calls_per_s"] / b["calls_per_s"], 3),
-                "calls_per_s_by_round": by_round,
-                "calls_per_s_median_of_rounds": round(statistics.median(by_round), 3),
-                "p50": round(a["p50_ms"] / b["p50_ms"], 3),
-                "p99": round(a["p99_ms"] / b["p99_ms"], 3),
-                "server_cpu_us_per_call_added": _diff(a.get("server_cpu_us_per_call"),
-                                                      b.get("server_cpu_us_per_call")),
-                "server_cpu_us_per_call": _ratio(a.get("server_cpu_us_per_call"),
-                                                 b.get("server_cpu_us_per_call")),
-            }
-        ratios[f"workers_{w}_tls_over_plain"] = per_c
+        for m in METHODS:
+            ratios[f"workers_{w}_tls_over_plain_{m}"] = _ratios(cells, out, on, off, m)
     out["ratios"] = ratios
     return out
+
+
+def _ratios(cells: dict[tuple[str, str, int], Cell], out: dict[str, Any], on: str, off: str,
+            m: str) -> dict[str, Any]:
+    """TLS over plaintext for one method, per concurrency."""
+    per_c: dict[str, Any] = {}
+    for c in CONCURRENCIES:
+        a, b = out["cells"][on][m][str(c)], out["cells"][off][m][str(c)]
+        # Round by round (the two segments of a round ran back to back): the spread of the
+        # ratio says how much of it is noise.
+        by_round = [round(x / y, 3) for x, y in zip(
+            cells[(on, m, c)].rates(), cells[(off, m, c)].rates(), strict=True) if y]
+        per_c[str(c)] = {
+            "calls_per_s": round(a["calls_per_s"] / b["calls_per_s"], 3),
+            "calls_per_s_by_round": by_round,
+            "calls_per_s_median_of_rounds": round(statistics.median(by_round), 3),
+            "p50": round(a["p50_ms"] / b["p50_ms"], 3),
+            "p99": round(a["p99_ms"] / b["p99_ms"], 3),
+            "server_cpu_us_per_call_added": _diff(a.get("server_cpu_us_per_call"),
+                                                  b.get("server_cpu_us_per_call")),
+            "server_cpu_us_per_call": _ratio(a.get("server_cpu_us_per_call"),
+                                             b.get("server_cpu_us_per_call")),
+        }
+    return per_c
 
 
 def bench_sdk(subjects: list[Subject], calls: int, blocks: int = 8) -> dict[str, Any]:
@@ -296,11 +328,11 @@ def main(argv: list[str] | None = None) -> int:
 def _table(r: dict[str, Any]) -> dict[str, Any]:
     t: dict[str, Any] = {"load_average": [r["machine"].get("load_avg_1m_at_start"),
                                           r["machine"]["load_average_at_end"]]}
-    t["GetRecord calls/s | p50 | p99 ms | server us/call | other cores"] = {
-        name: {c: f"{v['calls_per_s']:,.0f} | {v['p50_ms']} | {v['p99_ms']} | "
-                  f"{v.get('server_cpu_us_per_call')} | {v.get('other_processes_cores')}"
-               for c, v in cells.items()}
-        for name, cells in r["reads"]["cells"].items()}
+    t["calls/s | p50 | p99 ms | server us/call | other cores"] = {
+        f"{name} {m}": {c: f"{v['calls_per_s']:,.0f} | {v['p50_ms']} | {v['p99_ms']} | "
+                           f"{v.get('server_cpu_us_per_call')} | {v.get('other_processes_cores')}"
+                        for c, v in per_c.items()}
+        for name, methods in r["reads"]["cells"].items() for m, per_c in methods.items()}
     t["tls / plain"] = r["reads"]["ratios"]
     t["sdk c=1"] = r["sdk"]
     return t
