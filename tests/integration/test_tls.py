@@ -19,9 +19,16 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tessera.client import AsyncFeatureStoreClient, FeatureStoreClient, StorageError
+from tessera.client import (
+    AsyncFeatureStoreClient,
+    FeatureStoreClient,
+    PermissionDeniedError,
+    StorageError,
+    UnauthenticatedError,
+)
 from tessera.core.values import to_record
 from tessera.ingest.grpc_sink import GrpcSink
+from tessera.server.auth.keys import KeyStore
 from tests.certs import Certs, make_certs
 from tests.serverproc import ServerProcess
 
@@ -190,6 +197,55 @@ def test_tls_client_at_a_plaintext_port_fails_clearly(
             fs.get_record("any", "u1")
     finally:
         plain.stop()
+
+
+# --- TLS with authentication: the secured setup ---------------------------------------------------
+
+
+def test_secured_server_takes_api_keys_over_tls(
+    certs: Certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS + --auth, keys made in the key store before the start (as `tessera keys create
+    --data-dir` makes them): an admin creates the group, a writer key writes through the SDK
+    and the ingest sink, a reader key reads through the CLI from $TESSERA_API_KEY; a missing
+    key is UnauthenticatedError on both APIs, the reader writing PermissionDeniedError."""
+    monkeypatch.delenv("TESSERA_API_KEY", raising=False)
+    keys = KeyStore(tmp_path / "data")
+    admin = keys.create("admin", ["admin"]).secret
+    writer = keys.create("ingest", ["read:events_*", "write:events_*"]).secret
+    reader = keys.create("inference", ["read:events_*"]).secret
+    server = ServerProcess(tmp_path / "data", extra_env={
+        **certs.server_env(), "TESSERA_AUTH__ENABLED": "true"}).start(timeout_s=90)
+    try:
+        with _client(server, tls_ca=certs.ca, api_key=admin) as fs:
+            fs.create_feature_group("events_clicks", "user_id", "ts", FEATURES)
+        with _client(server, tls_ca=certs.ca, api_key=writer) as fs:
+            assert fs.put_record("events_clicks", {"user_id": "s1", "ts": 1.0, "clicks": 2})
+        sink = GrpcSink(server.grpc_target, _https(server), tls_ca=certs.ca, api_key=writer)
+        try:
+            schema = sink.schema("events_clicks")
+            record = to_record({"user_id": "s2", "ts": 1.0, "clicks": 5})
+            sink._client.put_records_encoded(schema.group_name, [record.SerializeToString()])
+        finally:
+            sink.close()
+        env = {**os.environ, "TESSERA_API_KEY": reader}
+        get = subprocess.run([*TESSERA, "get", "events_clicks", "s2", "--grpc",
+                              server.grpc_target, "--tls-ca", str(certs.ca)],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert get.returncode == 0, get.stderr
+        assert '"clicks": 5' in get.stdout
+        with _client(server, tls_ca=certs.ca, api_key=reader) as fs:
+            assert fs.get_record("events_clicks", "s1") == {"user_id": "s1", "ts": 1.0,
+                                                            "clicks": 2}
+            with pytest.raises(PermissionDeniedError, match="write"):
+                fs.put_record("events_clicks", {"user_id": "s1", "ts": 2.0, "clicks": 0})
+        with _client(server, tls_ca=certs.ca) as fs:
+            with pytest.raises(UnauthenticatedError):
+                fs.get_record("events_clicks", "s1")
+            with pytest.raises(UnauthenticatedError):
+                fs.list_feature_groups()
+    finally:
+        server.stop()
 
 
 # --- mutual TLS ----------------------------------------------------------------------------------
