@@ -1,14 +1,16 @@
 """`tessera keys` for real: offline on a data directory, then against a running server with
---auth (--workers 1 and 2), through the HTTP key routes; a revoked key is refused at once by
-every serving process."""
+--auth (--workers 1 over mutual TLS, and 2), through the HTTP key routes; a revoked key is
+refused at once by every serving process."""
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 
 from tessera.server.auth.keys import KeyStore
 from tessera.server.cli import main
+from tests.certs import make_certs
 from tests.serverproc import ServerProcess
 
 
@@ -90,74 +93,103 @@ def test_offline_create_list_revoke(tmp_path: Path, keys: Keys) -> None:
     assert all(admin not in json.dumps(x) and secret not in json.dumps(x) for x in lines)
 
 
-@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
-def auth_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+@dataclass
+class Served:
+    """A server with --auth; `tls`: its CLI options (mutual TLS) when it serves HTTPS."""
+
+    proc: ServerProcess
+    url: str
+    tls: list[str]
+    verify: ssl.SSLContext | bool
+
+
+@pytest.fixture(params=[1, 2], ids=["workers1-mtls", "workers2"])
+def auth_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """--workers 1 serves mutual TLS (the CLI's --tls-ca/--tls-cert/--tls-key), --workers 2
+    plaintext (a revoke seen by both serving processes): one server start each."""
     data = tmp_path / "data"
     KeyStore(data).create("root", ["admin"])  # made before start, as an operator would
-    proc = ServerProcess(data, extra_env={"TESSERA_AUTH__ENABLED": "true"},
-                         workers=request.param)
+    env = {"TESSERA_AUTH__ENABLED": "true"}
+    tls: list[str] = []
+    verify: ssl.SSLContext | bool = True
+    if request.param == 1:
+        certs = make_certs(tmp_path)
+        env |= certs.server_env(mutual=True)
+        tls = ["--tls-ca", str(certs.ca), "--tls-cert", str(certs.client.cert),
+               "--tls-key", str(certs.client.key)]
+        verify = ssl.create_default_context(cafile=str(certs.ca))
+        verify.load_cert_chain(certs.client.cert, certs.client.key)
+    proc = ServerProcess(data, extra_env=env, workers=request.param)
     proc.start(timeout_s=120)  # a busy 2-core machine: 35-60 s seen for --workers 2
+    scheme = "https" if tls else "http"
     try:
-        yield proc
+        yield Served(proc, f"{scheme}://127.0.0.1:{proc.http_port}", tls, verify)
     finally:
         proc.stop()
 
 
-def _get(url: str, token: str, path: str = "/v1/keys") -> httpx.Response:
+def _get(server: Served, token: str, path: str = "/v1/keys") -> httpx.Response:
     # a connection per request: with --workers 2 the kernel spreads them over both processes
-    return httpx.get(f"{url}{path}", headers={"authorization": f"Bearer {token}"}, timeout=30)
+    return httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {token}"},
+                     timeout=30, verify=server.verify)
 
 
-def _refused_everywhere(server: ServerProcess, token: str, name: str, path: str) -> None:
-    answers = [_get(server.http_url, token, path) for _ in range(12)]
+def _refused_everywhere(server: Served, token: str, name: str, path: str) -> None:
+    answers = [_get(server, token, path) for _ in range(12)]
     assert {r.status_code for r in answers} == {401}
     assert all(f"the API key '{name}' is revoked" in r.json()["error"]["message"]
                for r in answers)
-    if server.workers > 1:  # the revoke reached every serving process at once
+    if server.proc.workers > 1:  # the revoke reached every serving process at once
         pids = {r.headers.get("x-tessera-pid") for r in answers}
         assert len(pids) == 2, pids
 
 
-def test_online_create_list_revoke(auth_server: ServerProcess, keys: Keys) -> None:
-    url = auth_server.http_url
-    boot = KeyStore(auth_server.data_dir).create("bootstrap", ["admin"]).secret  # while serving
-    ops = last_line(keys_process("create", "ops", "--allow", "admin", "--http", url,
-                                 "--api-key", boot))
-    reader = last_line(keys("create", "reader", "--allow", "read:*", "--http", url,
-                            "--api-key", ops))
-    sig = last_line(keys("create", "sm", "--allow", "read:*", "--sigv4", "--http", url,
-                         "--api-key", ops))
+def test_online_create_list_revoke(auth_server: Served, keys: Keys) -> None:
+    data_dir = auth_server.proc.data_dir
+    boot = KeyStore(data_dir).create("bootstrap", ["admin"]).secret  # while serving
+
+    def online(*args: str, key: str | None) -> list[str]:
+        return [*args, "--http", auth_server.url, *auth_server.tls,
+                *(("--api-key", key) if key else ())]
+
+    ops = last_line(keys_process(*online("create", "ops", "--allow", "admin", key=boot)))
+    reader = last_line(keys(*online("create", "reader", "--allow", "read:*", key=ops)))
+    sig = last_line(keys(*online("create", "sm", "--allow", "read:*", "--sigv4", key=ops)))
     assert reader.startswith("tsk_") and len(sig.split(" ")[0]) == 20
 
-    denied = keys("list", "--http", url, "--api-key", reader)
+    denied = keys(*online("list", key=reader))
     assert denied.returncode == 2
     assert "HTTP 403" in denied.stderr and "'reader' lacks the permission admin" in denied.stderr
-    anonymous = keys("list", "--http", url)
+    if auth_server.tls:  # mutual TLS: the CA alone is not enough
+        no_cert = keys("list", "--http", auth_server.url, *auth_server.tls[:2], "--api-key", ops)
+        assert no_cert.returncode == 1 and "cannot reach" in no_cert.stderr
+    anonymous = keys(*online("list", key=None))
     assert anonymous.returncode == 2 and "HTTP 401" in anonymous.stderr
 
-    listed = keys("list", "--json", "--http", url, "--api-key", ops)
+    listed = keys(*online("list", "--json", key=ops))
     names = [k["name"] for k in json.loads(listed.stdout)["keys"]]
     assert names == ["root", "bootstrap", "ops", "reader", "sm"]
     assert reader not in listed.stdout and sig.split(" ")[1] not in listed.stdout
 
-    bad = keys("create", "x", "--allow", "nope", "--http", url, "--api-key", ops)
+    bad = keys(*online("create", "x", "--allow", "nope", key=ops))
     assert bad.returncode == 2 and "permission 'nope' is not" in bad.stderr
-    missing = keys("revoke", "ghost", "--http", url, "--api-key", ops)
+    missing = keys(*online("revoke", "ghost", key=ops))
     assert missing.returncode == 2 and "no key named 'ghost' to revoke" in missing.stderr
 
-    assert all(_get(url, ops).status_code == 200 for _ in range(4))
-    assert all(_get(url, reader, "/v1/feature-groups").status_code == 200 for _ in range(4))
-    assert keys("revoke", "reader", "--http", url, "--api-key", ops).returncode == 0
+    assert all(_get(auth_server, ops).status_code == 200 for _ in range(4))
+    assert all(_get(auth_server, reader, "/v1/feature-groups").status_code == 200
+               for _ in range(4))
+    assert keys(*online("revoke", "reader", key=ops)).returncode == 0
     _refused_everywhere(auth_server, reader, "reader", "/v1/feature-groups")
-    assert keys("revoke", "ops", "--http", url, "--api-key", boot).returncode == 0
+    assert keys(*online("revoke", "ops", key=boot)).returncode == 0
     _refused_everywhere(auth_server, ops, "ops", "/v1/keys")
 
-    lines = [json.loads(x) for x in (auth_server.data_dir / "audit.log").read_text()
+    lines = [json.loads(x) for x in (data_dir / "audit.log").read_text()
              .splitlines()]
     changes = [(x["principal"], x["action"], x.get("key"), x["outcome"]) for x in lines
                if x["action"] in ("CreateKey", "RevokeKey", "ListKeys")]
     assert ("bootstrap", "CreateKey", "ops", "allowed") in changes
     assert ("ops", "CreateKey", "reader", "allowed") in changes
     assert ("bootstrap", "RevokeKey", "ops", "allowed") in changes
-    text = (auth_server.data_dir / "audit.log").read_text()
+    text = (data_dir / "audit.log").read_text()
     assert ops not in text and reader not in text and boot not in text
