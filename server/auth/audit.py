@@ -9,7 +9,10 @@ token or a record's values: callers pass names, not requests.
 
 Where: `settings.auth.audit_log` (default `<data-dir>/audit.log`, made 0600; "-" = stdout).
 Every process of a server appends to the same file: it is opened O_APPEND and each line goes
-out in one write(2), so lines from several processes never interleave.
+out in one write(2), so lines from several processes never interleave. A rotation that renames
+or removes the file (logrotate's default) is noticed at the next line, which goes to a new file
+at the path. A line that cannot be written (disk full) goes to the server's log instead, and
+the call it records goes on.
 
 The API the edges use (C: gRPC, D: HTTP, E: SQL):
 
@@ -26,6 +29,7 @@ every refused credential (action "authenticate", outcome "denied", the failure's
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from datetime import UTC, datetime
@@ -34,6 +38,8 @@ from typing import Any
 
 from tessera.server.auth.permissions import Action, Principal
 from tessera.server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ALLOWED = "allowed"
 DENIED = "denied"
@@ -50,12 +56,28 @@ class AuditLog:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self._lock = threading.Lock()
+        self._inode = (0, 0)
         if path is None:
             self._fd = 1
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                               0o600)
+            self._fd = self._open(path)
+
+    def _open(self, path: Path) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        st = os.fstat(fd)
+        self._inode = (st.st_dev, st.st_ino)
+        return fd
+
+    def _rotated(self, path: Path) -> bool:
+        """Whether `path` is no longer the file the log writes to (renamed or removed by a log
+        rotation): lines are rare, so a stat per line is cheap."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._inode
 
     def record(
         self, principal: Principal | str | None, action: Action | str, group: str | None,
@@ -79,12 +101,23 @@ class AuditLog:
         if key is not None:
             line["key"] = key
         data = (json.dumps(line, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
-        os.write(self._fd, data)  # one write: O_APPEND keeps concurrent lines whole
+        with self._lock:
+            try:
+                if self.path is not None and self._rotated(self.path):
+                    old, self._fd = self._fd, self._open(self.path)
+                    os.close(old)
+                os.write(self._fd, data)  # one write: O_APPEND keeps concurrent lines whole
+            except OSError as exc:
+                # The call goes on (a denial stays a denial); the line is not lost: it is in
+                # the server's log.
+                log.error("audit log %s: cannot write (%s): %s", self.path or "stdout", exc,
+                          data.decode().rstrip())
 
     def close(self) -> None:
-        if self._fd > 2:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd > 2:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class _Dropped(AuditLog):
@@ -93,6 +126,7 @@ class _Dropped(AuditLog):
     def __init__(self) -> None:
         self.path = None
         self._fd = -1
+        self._lock = threading.Lock()
 
     def record(
         self, principal: Principal | str | None, action: Action | str, group: str | None,

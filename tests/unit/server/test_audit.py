@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import stat
 import subprocess
 import sys
@@ -116,3 +117,26 @@ def test_refused_credentials_are_audited_without_the_secret(tmp_path: Path) -> N
     assert revoked["outcome"] == "denied" and revoked["action"] == "authenticate"
     assert str(revoked["reason"]).startswith("revoked: the API key 'reader' is revoked")
     assert str(missing["reason"]).startswith("missing:")
+
+
+def test_a_rotated_log_is_reopened_at_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = audit.AuditLog(path)
+    log.record("a", "x", None, audit.ALLOWED)
+    path.rename(tmp_path / "audit.log.1")  # logrotate
+    log.record("b", "x", None, audit.ALLOWED)
+    path.unlink()
+    log.record("c", "x", None, audit.ALLOWED)
+    assert [x["principal"] for x in _lines(tmp_path / "audit.log.1")] == ["a"]
+    assert [x["principal"] for x in _lines(path)] == ["c"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_line_that_cannot_be_written_goes_to_the_server_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = audit.AuditLog(tmp_path / "audit.log")
+    os.close(log._fd)  # the descriptor fails like a full disk would: EBADF
+    log.record("p", "DeleteFeatureGroup", "g", audit.ERROR)
+    assert "audit log" in caplog.text and '"action":"DeleteFeatureGroup"' in caplog.text
+    log._fd = -1
