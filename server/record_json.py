@@ -30,8 +30,9 @@ from tessera.server import record_json_kernels as kernels
 
 _SCALARS = frozenset(("int_value", "float_value", "string_value"))
 _encode = msgspec.json.Encoder().encode
-_NO_IDS = np.zeros(0, np.uint8)
+_NO_BYTES = np.zeros(0, np.uint8)
 _NONE = kernels.NO_EXPIRY
+_NO_EXPIRY = np.array((_NONE,), np.int64)
 
 
 class RecordBody(msgspec.Struct):
@@ -57,7 +58,7 @@ def get_record_body(payload: bytes | memoryview, expires_at_us: int | None) -> b
     buf = np.frombuffer(payload, np.uint8)
     offsets = np.array((0, buf.shape[0]), np.int64)
     expires = np.array((_NONE if expires_at_us is None else expires_at_us,), np.int64)
-    body = _compiled(buf, offsets, expires, False, b"", 0, b"")
+    body = _compiled(buf, offsets, expires, kernels.GET, b"", 0, b"")
     return reference_get_record_body(payload, expires_at_us) if body is None else body
 
 
@@ -73,26 +74,48 @@ def batch_get_body(
     np.cumsum([len(p) for p in payloads], out=offsets[1:])
     expires = np.array([_NONE if hit[1] is None else hit[1] for _, hit in found], np.int64)
     ids = _encode([rid for rid, _ in found])
-    body = _compiled(buf, offsets, expires, True, ids, n, _encode(missing))
+    body = _compiled(buf, offsets, expires, kernels.BATCH, ids, n, _encode(missing))
     return reference_batch_get_body(found, missing) if body is None else body
 
 
-def _compiled(buf: np.ndarray, offsets: np.ndarray, expires: np.ndarray, batch: bool,
+def sagemaker_record(payload: bytes | memoryview) -> bytes | None:
+    """SageMaker's Record of a stored record (server/sagemaker_values.py's `record_json`):
+    the list of {"FeatureName", "ValueAsString" | "ValueAsStringList"}, values as text (ints in
+    decimal, doubles as Python's repr, vector members as NumPy's float32 text); None when the
+    kernels leave it to the reference path."""
+    buf = np.frombuffer(payload, np.uint8)
+    offsets = np.array((0, buf.shape[0]), np.int64)
+    return _compiled(buf, offsets, _NO_EXPIRY, kernels.SAGEMAKER, b"", 0, b"")
+
+
+def _compiled(buf: np.ndarray, offsets: np.ndarray, expires: np.ndarray, shape: int,
               ids: bytes, n: int, missing: bytes) -> bytes | None:
     """The answer from the kernels; None when they leave it to the reference path."""
-    floats = np.empty(buf.shape[0] // 4 + 1, np.float64)
-    status, size, nf = kernels.measure(buf, offsets, expires, batch, floats)
+    room = buf.shape[0] // 4 + 1
+    sm = shape == kernels.SAGEMAKER
+    floats = np.empty(room, np.float64)
+    floats32 = np.empty(room if sm else 0, np.float32)
+    status, size, nf, nf32 = kernels.measure(buf, offsets, expires, shape, floats, floats32)
     if status != kernels.OK:
         return None
-    ftext = _encode(floats[:nf].tolist())
-    # Texts of the floats and of the record ids: their JSON lists less brackets and commas.
-    size += len(ftext) - 1 - max(nf, 1)
-    if batch:
+    text32 = b""
+    if sm:  # the reference path's texts: repr of each double, NumPy's of each float32
+        text = repr(floats[:nf].tolist()).encode()
+        size += len(text) - 2 - 2 * max(nf - 1, 0)  # "[a, b]": less brackets and separators
+        if nf32:
+            text32 = ("[" + ",".join(floats32[:nf32].astype(str).tolist()) + "]").encode()
+            size += len(text32) - 1 - nf32
+    else:
+        text = _encode(floats[:nf].tolist())
+        # Texts of the floats and of the record ids: their JSON lists less brackets and commas.
+        size += len(text) - 1 - max(nf, 1)
+    if shape == kernels.BATCH:
         size += len(ids) - 1 - max(n, 1) + len(missing)
     return kernels.write(
-        buf, offsets, expires, batch, np.frombuffer(ftext, np.uint8),
-        np.frombuffer(ids, np.uint8) if ids else _NO_IDS,
-        np.frombuffer(missing, np.uint8) if missing else _NO_IDS, size,
+        buf, offsets, expires, shape, np.frombuffer(text, np.uint8),
+        np.frombuffer(text32, np.uint8) if text32 else _NO_BYTES,
+        np.frombuffer(ids, np.uint8) if ids else _NO_BYTES,
+        np.frombuffer(missing, np.uint8) if missing else _NO_BYTES, size,
     ).tobytes()
 
 

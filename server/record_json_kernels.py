@@ -1,13 +1,19 @@
 """Compiled writing of stored records (the wire bytes of `tessera.v1.Record`) straight into the
-JSON text of the REST runtime's answers, without protobuf's Python objects or a dict per record.
+JSON text of the read answers, without protobuf's Python objects or a dict per record. Three
+shapes: the REST runtime's GetRecord (GET) and batchGet (BATCH) answers, typed values; and
+SageMaker's Record (SAGEMAKER: a list of {FeatureName, ValueAsString | ValueAsStringList}, values
+as text, server/sagemaker_values.py).
 
 Two passes over the records' bytes, each one kernel:
 
 - `measure` checks every record and counts the bytes of the answer but its floats' text, and
-  collects every float (Fractionals, float lists, vector members widened to float64) in order;
-- the caller formats those floats in one msgspec call (the text msgspec gives each float, NaN and
-  infinities as null, is the answer's by construction);
-- `write` writes the answer, copying each float's text from that call's output.
+  collects every float in order (Fractionals, float lists, vector members: widened to float64
+  for the REST shapes; for SAGEMAKER the float32 vector members apart);
+- the caller formats those floats in one call per kind (REST: msgspec's JSON of the list, NaN
+  and infinities as null; SAGEMAKER: Python's repr of the list of floats and NumPy's text of the
+  float32 array, what the reference path writes per value): the text is the reference path's
+  by construction;
+- `write` writes the answer, copying each float's text from those calls' output.
 
 Anything a record's bytes hold that is not what the server stores (an unknown field, a value field
 given twice, a feature name given twice, malformed UTF-8 or wire data, a vector that is not whole
@@ -29,6 +35,8 @@ import numpy as np
 from numba import types as nbt
 
 OK, FALLBACK = 0, 1
+#: The answer's shape.
+GET, BATCH, SAGEMAKER = 0, 1, 2
 #: The expiry of a record without one (any other negative expiry falls back).
 NO_EXPIRY = -(2**63)
 #: Expiries from 1970 up to the end of year 9999 (what datetime formats), in microseconds.
@@ -38,6 +46,7 @@ _U8 = nbt.Array(nbt.uint8, 1, "C", readonly=True)
 _OUT_U8 = nbt.Array(nbt.uint8, 1, "C")
 _I64 = nbt.Array(nbt.int64, 1, "C")
 _F64 = nbt.Array(nbt.float64, 1, "C")
+_F32 = nbt.Array(nbt.float32, 1, "C")
 _Tuple: Any = nbt.Tuple
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +65,12 @@ _RECORDS_HEAD = np.frombuffer(b'{"records":[', np.uint8)
 _RECORD_ID = np.frombuffer(b'{"record_id":', np.uint8)
 _RECORD_KEY = np.frombuffer(b',"record":', np.uint8)
 _MISSING = np.frombuffer(b'],"missing":', np.uint8)
+_SM_NAME = np.frombuffer(b'{"FeatureName":', np.uint8)
+_SM_SCALAR = np.frombuffer(b',"ValueAsString":', np.uint8)
+_SM_LIST = np.frombuffer(b',"ValueAsStringList":', np.uint8)
+# The state of a walk (an int64 array, updated in place): position in the doubles' text, doubles
+# seen, position in the float32s' text, float32s seen.
+_FP, _NF, _FP32, _NF32 = 0, 1, 2, 3
 
 
 def _compiled(signature: Any) -> Callable[[F], F]:
@@ -182,18 +197,48 @@ def _string(buf: Any, a: int, b: int, out: np.ndarray, o: int, write: bool) -> i
 
 
 @numba.njit(cache=True, nogil=True)
-def _float(value: float, out: np.ndarray, o: int, write: bool, ftext: Any, fp: int,
-           floats: np.ndarray, nf: int) -> tuple[int, int, int]:
-    """One float: counted and collected (measure), or its text copied from `ftext` at `fp`
-    (write: msgspec's list of every float, read in order); (o, fp, nf)."""
+def _float(value: float, out: np.ndarray, o: int, write: bool, sm: bool, text: Any,
+           floats: np.ndarray, st: np.ndarray) -> int:
+    """One double: collected (measure), or its text copied from `text` (write: the list of
+    every double, read in order; SageMaker's quoted, its list separated by ", ")."""
     if not write:
-        floats[nf] = value
-        return o, fp, nf + 1
-    while ftext[fp] != _COMMA and ftext[fp] != _RBRACKET:
-        out[o] = ftext[fp]
+        floats[st[_NF]] = value
+        st[_NF] += 1
+        return o + 2 if sm else o
+    return _copy_token(out, o, sm, text, st, _FP, 2 if sm else 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _float32(value: Any, out: np.ndarray, o: int, write: bool, sm: bool, text: Any,
+             text32: Any, floats: np.ndarray, floats32: np.ndarray, st: np.ndarray) -> int:
+    """One vector member: a double for the REST shapes, a float32 (its own text) for SageMaker's."""
+    if not sm:
+        return _float(np.float64(value), out, o, write, sm, text, floats, st)
+    if not write:
+        floats32[st[_NF32]] = value
+        st[_NF32] += 1
+        return o + 2
+    return _copy_token(out, o, sm, text32, st, _FP32, 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_token(out: np.ndarray, o: int, quoted: bool, text: Any, st: np.ndarray, at: int,
+                sep: int) -> int:
+    """Copy the token at text[st[at]] (up to "," or "]") to out, quoted if `quoted`; move
+    st[at] past it and its separator (`sep` bytes)."""
+    tp = st[at]
+    if quoted:
+        out[o] = _QUOTE
         o += 1
-        fp += 1
-    return o, fp + 1, nf + 1
+    while text[tp] != _COMMA and text[tp] != _RBRACKET:
+        out[o] = text[tp]
+        o += 1
+        tp += 1
+    st[at] = tp + sep
+    if quoted:
+        out[o] = _QUOTE
+        o += 1
+    return o
 
 
 @numba.njit(cache=True, nogil=True)
@@ -205,12 +250,13 @@ def _name_hash(buf: Any, a: int, b: int) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _record(buf: Any, s: int, e: int, out: np.ndarray, o: int, write: bool, ftext: Any,
-            fp: int, floats: np.ndarray, nf: int, hashes: np.ndarray, bits: np.ndarray
-            ) -> tuple[int, int, int]:
-    """The record at buf[s:e] as a JSON object {name: value} in the order stored (features
-    without a value left out); (o, fp, nf), o = -1 when the record needs the reference path."""
-    o = _byte(out, o, _LBRACE, write)
+def _record(buf: Any, s: int, e: int, out: np.ndarray, o: int, write: bool, sm: bool,
+            text: Any, text32: Any, floats: np.ndarray, floats32: np.ndarray, st: np.ndarray,
+            hashes: np.ndarray, bits: np.ndarray) -> int:
+    """The record at buf[s:e], features in the order stored (those without a value left out):
+    a JSON object {name: value}, or SageMaker's list of FeatureValue objects (`sm`); -1 when
+    the record needs the reference path."""
+    o = _byte(out, o, _LBRACKET if sm else _LBRACE, write)
     as_f64 = bits.view(np.float64)
     as_f32 = bits.view(np.float32)
     count = 0
@@ -218,10 +264,10 @@ def _record(buf: Any, s: int, e: int, out: np.ndarray, o: int, write: bool, ftex
     while p < e:
         t, p = _varint(buf, p, e)
         if p < 0 or t != np.uint64(10):  # Record.features: field 1, length-delimited
-            return -1, fp, nf
+            return -1
         ln, p = _varint(buf, p, e)
         if p < 0 or ln > np.uint64(e - p):
-            return -1, fp, nf
+            return -1
         q, fe = p, p + _i64(ln)
         p = fe
         name_a = name_b = q
@@ -231,28 +277,28 @@ def _record(buf: Any, s: int, e: int, out: np.ndarray, o: int, write: bool, ftex
         while q < fe:
             t, q = _varint(buf, q, fe)
             if q < 0:
-                return -1, fp, nf
+                return -1
             f, wt = _i64(t >> np.uint64(3)), _i64(t & np.uint64(7))
             if f < 1 or f > 8 or (f == 1 and has_name) or (f > 1 and field):
-                return -1, fp, nf
+                return -1
             if f == 2:
                 if wt != 0:
-                    return -1, fp, nf
+                    return -1
                 a = q
                 _, q = _varint(buf, q, fe)
                 if q < 0:
-                    return -1, fp, nf
+                    return -1
             elif f == 3:
                 if wt != 1 or fe - q < 8:
-                    return -1, fp, nf
+                    return -1
                 a = q
                 q += 8
             else:
                 if wt != 2:
-                    return -1, fp, nf
+                    return -1
                 ln, q = _varint(buf, q, fe)
                 if q < 0 or ln > np.uint64(fe - q):
-                    return -1, fp, nf
+                    return -1
                 a = q
                 q += _i64(ln)
             if f == 1:
@@ -263,58 +309,67 @@ def _record(buf: Any, s: int, e: int, out: np.ndarray, o: int, write: bool, ftex
             continue
         h = _name_hash(buf, name_a, name_b)
         if count == hashes.shape[0]:
-            return -1, fp, nf
+            return -1
         for k in range(count):
             if hashes[k] == h:  # a name given twice (or a collision): the reference decides
-                return -1, fp, nf
+                return -1
         hashes[count] = h
         if count:
             o = _byte(out, o, _COMMA, write)
         count += 1
+        if sm:
+            o = _put(out, o, _SM_NAME, write)
         o = _string(buf, name_a, name_b, out, o, write)
         if o < 0:
-            return -1, fp, nf
-        o = _byte(out, o, _COLON, write)
+            return -1
+        if sm:
+            o = _put(out, o, _SM_SCALAR if 2 <= field <= 4 else _SM_LIST, write)
+        else:
+            o = _byte(out, o, _COLON, write)
         if field == 2:
             v, _ = _varint(buf, va, vb)
+            if sm:
+                o = _byte(out, o, _QUOTE, write)
             o = _decimal(out, o, _i64(v), write)
+            if sm:
+                o = _byte(out, o, _QUOTE, write)
         elif field == 3:
-            out_bits = np.uint64(0)
+            word = np.uint64(0)
             for k in range(8):
-                out_bits |= np.uint64(buf[va + k]) << np.uint64(8 * k)
-            bits[0] = out_bits
-            o, fp, nf = _float(as_f64[0], out, o, write, ftext, fp, floats, nf)
+                word |= np.uint64(buf[va + k]) << np.uint64(8 * k)
+            bits[0] = word
+            o = _float(as_f64[0], out, o, write, sm, text, floats, st)
         elif field == 4:
             o = _string(buf, va, vb, out, o, write)
             if o < 0:
-                return -1, fp, nf
+                return -1
         elif field == 8:
             if (vb - va) % 4:
-                return -1, fp, nf
+                return -1
             o = _byte(out, o, _LBRACKET, write)
             for k in range(va, vb, 4):
                 if k > va:
                     o = _byte(out, o, _COMMA, write)
-                bits[0] = np.uint64(0)
                 word = np.uint64(0)
                 for j in range(4):
                     word |= np.uint64(buf[k + j]) << np.uint64(8 * j)
                 bits[0] = word
-                o, fp, nf = _float(np.float64(as_f32[0]), out, o, write, ftext, fp, floats, nf)
+                o = _float32(as_f32[0], out, o, write, sm, text, text32, floats, floats32, st)
             o = _byte(out, o, _RBRACKET, write)
         else:
-            o, fp, nf = _list(buf, va, vb, field, out, o, write, ftext, fp, floats, nf, bits)
+            o = _list(buf, va, vb, field, out, o, write, sm, text, floats, st, bits)
             if o < 0:
-                return -1, fp, nf
-    return _byte(out, o, _RBRACE, write), fp, nf
+                return -1
+        if sm:
+            o = _byte(out, o, _RBRACE, write)
+    return _byte(out, o, _RBRACKET if sm else _RBRACE, write)
 
 
 @numba.njit(cache=True, nogil=True)
-def _list(buf: Any, a: int, b: int, field: int, out: np.ndarray, o: int, write: bool,
-          ftext: Any, fp: int, floats: np.ndarray, nf: int, bits: np.ndarray
-          ) -> tuple[int, int, int]:
+def _list(buf: Any, a: int, b: int, field: int, out: np.ndarray, o: int, write: bool, sm: bool,
+          text: Any, floats: np.ndarray, st: np.ndarray, bits: np.ndarray) -> int:
     """An IntList (5), FloatList (6) or StringList (7) message at buf[a:b] as a JSON array
-    (packed or not, in several runs or one, as protobuf reads them)."""
+    (packed or not, in several runs or one, as protobuf reads them); members as text (`sm`)."""
     as_f64 = bits.view(np.float64)
     o = _byte(out, o, _LBRACKET, write)
     first = True
@@ -322,38 +377,38 @@ def _list(buf: Any, a: int, b: int, field: int, out: np.ndarray, o: int, write: 
     while q < b:
         t, q = _varint(buf, q, b)
         if q < 0 or (t >> np.uint64(3)) != np.uint64(1):
-            return -1, fp, nf
+            return -1
         wt = _i64(t & np.uint64(7))
         stop = q
         if wt == 2:
             ln, q = _varint(buf, q, b)
             if q < 0 or ln > np.uint64(b - q):
-                return -1, fp, nf
+                return -1
             stop = q + _i64(ln)
         if field == 7:
             if wt != 2:
-                return -1, fp, nf
+                return -1
             if not first:
                 o = _byte(out, o, _COMMA, write)
             first = False
             o = _string(buf, q, stop, out, o, write)
             if o < 0:
-                return -1, fp, nf
+                return -1
             q = stop
             continue
         if wt == 2:  # a packed run (possibly empty)
             if field == 6 and (stop - q) % 8:
-                return -1, fp, nf
+                return -1
             if q == stop:
                 continue
         elif field == 5 and wt == 0:
             stop = -1  # one varint
         elif field == 6 and wt == 1:
             if b - q < 8:
-                return -1, fp, nf
+                return -1
             stop = q + 8
         else:
-            return -1, fp, nf
+            return -1
         while True:
             if not first:
                 o = _byte(out, o, _COMMA, write)
@@ -361,18 +416,22 @@ def _list(buf: Any, a: int, b: int, field: int, out: np.ndarray, o: int, write: 
             if field == 5:
                 v, q = _varint(buf, q, b if stop < 0 else stop)
                 if q < 0:
-                    return -1, fp, nf
+                    return -1
+                if sm:
+                    o = _byte(out, o, _QUOTE, write)
                 o = _decimal(out, o, _i64(v), write)
+                if sm:
+                    o = _byte(out, o, _QUOTE, write)
             else:
                 word = np.uint64(0)
                 for k in range(8):
                     word |= np.uint64(buf[q + k]) << np.uint64(8 * k)
                 bits[0] = word
-                o, fp, nf = _float(as_f64[0], out, o, write, ftext, fp, floats, nf)
+                o = _float(as_f64[0], out, o, write, sm, text, floats, st)
                 q += 8
             if stop < 0 or q >= stop:
                 break
-    return _byte(out, o, _RBRACKET, write), fp, nf
+    return _byte(out, o, _RBRACKET, write)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -446,19 +505,24 @@ def _token(text: Any, tp: int, out: np.ndarray, o: int) -> tuple[int, int]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _answer(buf: Any, offsets: np.ndarray, expires: np.ndarray, batch: bool, out: np.ndarray,
-            write: bool, ftext: Any, floats: np.ndarray, ids: Any, missing: Any
-            ) -> tuple[int, int]:
-    """The whole answer (its length, without the floats', record ids' and missing ids' texts,
-    when measuring); (o, nf), o = -1 for the reference path."""
+def _answer(buf: Any, offsets: np.ndarray, expires: np.ndarray, shape: int, out: np.ndarray,
+            write: bool, text: Any, text32: Any, floats: np.ndarray, floats32: np.ndarray,
+            ids: Any, missing: Any, st: np.ndarray) -> int:
+    """The whole answer (its length without the floats', record ids' and missing ids' texts,
+    when measuring); -1 for the reference path."""
     n = offsets.shape[0] - 1
     longest = 0
     for i in range(n):
         longest = max(longest, offsets[i + 1] - offsets[i])
     hashes = np.empty(longest // 2 + 1, np.uint64)
     bits = np.zeros(1, np.uint64)
-    o = nf = 0
-    fp = 1  # past the "[" of the floats' list
+    sm = shape == SAGEMAKER
+    batch = shape == BATCH
+    if not batch and n != 1:
+        return -1
+    st[_FP] = st[_FP32] = 1  # past the "[" of the floats' lists
+    st[_NF] = st[_NF32] = 0
+    o = 0
     tp = 1
     if batch:
         o = _put(out, o, _RECORDS_HEAD, write)
@@ -470,53 +534,60 @@ def _answer(buf: Any, offsets: np.ndarray, expires: np.ndarray, batch: bool, out
             if write:
                 o, tp = _token(ids, tp, out, o)
             o = _put(out, o, _RECORD_KEY, write)
-        else:
+        elif not sm:
             o = _put(out, o, _RECORD_HEAD, write)
-        o, fp, nf = _record(buf, offsets[i], offsets[i + 1], out, o, write, ftext, fp,
-                            floats, nf, hashes, bits)
+        o = _record(buf, offsets[i], offsets[i + 1], out, o, write, sm, text, text32, floats,
+                    floats32, st, hashes, bits)
         if o < 0:
-            return -1, nf
+            return -1
+        if sm:
+            continue
         o = _put(out, o, _EXPIRES, write)
         o = _iso(expires[i], out, o, write)
         if o < 0:
-            return -1, nf
+            return -1
         o = _byte(out, o, _RBRACE, write)
     if batch:
         o = _put(out, o, _MISSING, write)
         o = _put(out, o, missing, write)
         o = _byte(out, o, _RBRACE, write)
-    elif n != 1:
-        return -1, nf
-    return o, nf
+    return o
 
 
 _NO_U8 = np.zeros(0, np.uint8)
 _NO_F64 = np.zeros(0, np.float64)
+_NO_F32 = np.zeros(0, np.float32)
 
 
-@_compiled(_Tuple((nbt.int64, nbt.int64, nbt.int64))(_U8, _I64, _I64, nbt.boolean, _F64))
-def measure(buf: np.ndarray, offsets: np.ndarray, expires: np.ndarray, batch: bool,
-            floats: np.ndarray) -> tuple[int, int, int]:
-    """(status, bytes, floats) of the answer of the records buf[offsets[i]:offsets[i + 1]]
-    with expiries `expires` (NO_EXPIRY: none): a batchGet answer up to its missing ids'
-    text (`batch`) or a GetRecord answer (one record). `bytes` leaves out the floats' and the
-    record ids' texts; the floats are written to `floats[:count]` (room: one per 4 bytes)."""
-    o, nf = _answer(buf, offsets, expires, batch, _NO_U8.copy(), False, _NO_U8, floats,
-                    _NO_U8, _NO_U8)
+@_compiled(_Tuple((nbt.int64, nbt.int64, nbt.int64, nbt.int64))(
+    _U8, _I64, _I64, nbt.int64, _F64, _F32))
+def measure(buf: np.ndarray, offsets: np.ndarray, expires: np.ndarray, shape: int,
+            floats: np.ndarray, floats32: np.ndarray) -> tuple[int, int, int, int]:
+    """(status, bytes, doubles, float32s) of the answer of `shape` for the records
+    buf[offsets[i]:offsets[i + 1]] (one for GET and SAGEMAKER) with expiries `expires`
+    (NO_EXPIRY: none; unused by SAGEMAKER). `bytes` leaves out the floats' texts and, for a
+    batch, the record ids' and the missing ids' texts. The doubles are written to
+    `floats[:doubles]`, the float32s (SAGEMAKER's vector members; in `floats` otherwise) to
+    `floats32[:float32s]` (room: one per 4 bytes of the records)."""
+    st = np.zeros(4, np.int64)
+    o = _answer(buf, offsets, expires, shape, _NO_U8.copy(), False, _NO_U8, _NO_U8, floats,
+                floats32, _NO_U8, _NO_U8, st)
     if o < 0:
-        return FALLBACK, 0, 0
-    return OK, o, nf
+        return FALLBACK, 0, 0, 0
+    return OK, o, st[_NF], st[_NF32]
 
 
-@_compiled(_OUT_U8(_U8, _I64, _I64, nbt.boolean, _U8, _U8, _U8, nbt.int64))
-def write(buf: np.ndarray, offsets: np.ndarray, expires: np.ndarray, batch: bool,
-          ftext: np.ndarray, ids: np.ndarray, missing: np.ndarray, size: int) -> np.ndarray:
-    """The answer `measure` measured, `size` bytes: `ftext` is msgspec's JSON of the list of
-    floats `measure` collected; for a batch, `ids` its JSON of the list of the records' ids and
-    `missing` of the list of the ids not found."""
+@_compiled(_OUT_U8(_U8, _I64, _I64, nbt.int64, _U8, _U8, _U8, _U8, nbt.int64))
+def write(buf: np.ndarray, offsets: np.ndarray, expires: np.ndarray, shape: int,
+          text: np.ndarray, text32: np.ndarray, ids: np.ndarray, missing: np.ndarray,
+          size: int) -> np.ndarray:
+    """The answer `measure` measured, `size` bytes: `text` is the list of the doubles it
+    collected as text (REST: msgspec's JSON; SAGEMAKER: Python's repr of the list), `text32`
+    SAGEMAKER's float32s as text ("[a,b]"); for a batch, `ids` msgspec's JSON of the list of
+    the records' ids and `missing` of the list of the ids not found."""
     out = np.empty(size, np.uint8)
-    o, _ = _answer(buf, offsets, expires, batch, out, True, ftext, _NO_F64.copy(), ids,
-                   missing)
+    o = _answer(buf, offsets, expires, shape, out, True, text, text32, _NO_F64.copy(),
+                _NO_F32.copy(), ids, missing, np.zeros(4, np.int64))
     if o != size:  # cannot happen after a measure of the same input; never send a short body
         raise ValueError("record_json_kernels.write: the answer's size differs from measure's")
     return out

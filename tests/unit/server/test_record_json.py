@@ -1,7 +1,7 @@
-"""The REST runtime's JSON answers written by the compiled kernels (server/record_json.py) against
-the reference path (decode, dict, msgspec): the same bytes for records of every value type,
-expiries, record ids and missing ids; bytes the server never stores go to the reference path and
-fail or answer as it does."""
+"""The JSON answers written by the compiled kernels (server/record_json.py) against the reference
+paths (REST: decode, dict, msgspec; SageMaker's Record: server/sagemaker_values.py value by
+value): the same bytes for records of every value type, expiries, record ids and missing ids;
+bytes the server never stores go to the reference path and fail or answer as it does."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tessera.core import eventtime
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import record_json as rj
 from tessera.server import record_json_kernels as kernels
+from tessera.server import sagemaker_values as smv
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 DOUBLES = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
@@ -65,13 +66,17 @@ def records(draw: Any, unique: bool = True) -> bytes:
     return record.SerializeToString()
 
 
-def _compiled_status(payloads: list[bytes], expiries: list[int | None], batch: bool) -> int:
+def _compiled_status(payloads: list[bytes], expiries: list[int | None], batch: bool,
+                     shape: int | None = None) -> int:
     buf = np.frombuffer(b"".join(payloads), np.uint8)
     offsets = np.zeros(len(payloads) + 1, np.int64)
     np.cumsum([len(p) for p in payloads], out=offsets[1:])
     expires = np.array([kernels.NO_EXPIRY if e is None else e for e in expiries], np.int64)
-    floats = np.empty(buf.shape[0] // 4 + 1, np.float64)
-    status: int = kernels.measure(buf, offsets, expires, batch, floats)[0]
+    room = buf.shape[0] // 4 + 1
+    if shape is None:
+        shape = kernels.BATCH if batch else kernels.GET
+    status: int = kernels.measure(buf, offsets, expires, shape, np.empty(room, np.float64),
+                                  np.empty(room, np.float32))[0]
     return status
 
 
@@ -106,6 +111,21 @@ def test_batch_get_body_is_the_reference_answer(
     assert answer["missing"] == missing
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=records())
+def test_sagemaker_record_is_the_reference_answer_for_every_value_type(payload: bytes) -> None:
+    assert _compiled_status([payload], [None], False, kernels.SAGEMAKER) == kernels.OK
+    body = smv.record_json(payload)
+    assert body == smv.reference_record_json(payload)
+    json.loads(body)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=records(unique=False))
+def test_sagemaker_record_with_names_given_twice_is_the_reference(payload: bytes) -> None:
+    assert smv.record_json(payload) == smv.reference_record_json(payload)
+
+
 @settings(max_examples=60, deadline=None)
 @given(payload=records(unique=False))
 def test_feature_names_given_twice_answer_as_the_reference(payload: bytes) -> None:
@@ -124,6 +144,7 @@ def test_corrupted_bytes_fail_or_answer_as_the_reference(payload: bytes, data: A
     corrupted = bytes(raw)
     assert (_outcome(rj.get_record_body, corrupted, None)
             == _outcome(rj.reference_get_record_body, corrupted, None))
+    assert _outcome(smv.record_json, corrupted) == _outcome(smv.reference_record_json, corrupted)
 
 
 def test_expiries_outside_what_datetime_writes_fail_as_the_reference() -> None:
@@ -155,6 +176,7 @@ def test_wire_forms_protobuf_reads_alike_answer_as_the_reference() -> None:
         payload = bytes([0x0A, len(fv)]) + fv
         assert _compiled_status([payload], [None], False) == kernels.OK
         assert rj.get_record_body(payload, None) == rj.reference_get_record_body(payload, None)
+        assert smv.record_json(payload) == smv.reference_record_json(payload)
 
 
 def test_value_before_name_and_unknown_fields() -> None:
@@ -183,3 +205,4 @@ def test_a_large_batch_of_wide_records() -> None:
         payloads.append(record.SerializeToString())
     hits = [(f"id{i}", (memoryview(p), None)) for i, p in enumerate(payloads)]
     assert rj.batch_get_body(hits, ["gone"]) == rj.reference_batch_get_body(hits, ["gone"])
+    assert smv.record_json(payloads[0]) == smv.reference_record_json(payloads[0])
