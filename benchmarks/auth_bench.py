@@ -85,7 +85,7 @@ class Subject:
                            "reader": keys.create("inference", ["read:auth_*"]).secret}
             env = {"TESSERA_AUTH__ENABLED": "true"}
         self.data_dir = data_dir
-        self.server = ServerProcess(data_dir, extra_env=env, workers=workers).start(timeout_s=120)
+        self.server = ServerProcess(data_dir, extra_env=env, workers=workers).start(timeout_s=300)
 
     @property
     def target(self) -> str:
@@ -192,7 +192,13 @@ def bench_reads(subjects: list[Subject], mode: dict[str, Any], work: Path) -> di
             # the ratio says how much of it is noise.
             by_round = [round(x / y, 3) for x, y in zip(
                 cells[(on, c)].rates(), cells[(off, c)].rates(), strict=True) if y]
+            cpu_by_round = [round(x / y, 3) for x, y in zip(
+                _cpu_per_call(cells[(on, c)]), _cpu_per_call(cells[(off, c)]), strict=True)
+                if y]
             per_c[str(c)] = {
+                "server_cpu_us_per_call_by_round": cpu_by_round,
+                "server_cpu_us_per_call_median_of_rounds": round(
+                    statistics.median(cpu_by_round), 3) if cpu_by_round else None,
                 "calls_per_s": round(a["calls_per_s"] / b["calls_per_s"], 3),
                 "calls_per_s_by_round": by_round,
                 "calls_per_s_median_of_rounds": round(statistics.median(by_round), 3),
@@ -206,6 +212,12 @@ def bench_reads(subjects: list[Subject], mode: dict[str, Any], work: Path) -> di
         ratios[f"workers_{w}_key_over_off"] = per_c
     out["ratios"] = ratios
     return out
+
+
+def _cpu_per_call(cell: Cell) -> list[float]:
+    """Server CPU us per call of each segment (round), in order."""
+    return [s.server_cpu_s * 1e6 / s.server_calls if s.server_calls else 0.0
+            for s in cell.segments]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -338,11 +350,14 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a smoke run (~1.5 min)")
     p.add_argument("--workers", default="1,2", help="layouts (default 1,2)")
+    p.add_argument("--rounds", type=int, help="rounds of segments (default 4; quick 2)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/auth.json"))
     a = p.parse_args(argv)
     if not h2load.available():
         sys.exit("h2load is not installed: apt-get install -y nghttp2-client")
-    mode = QUICK if a.quick else FULL
+    mode = dict(QUICK if a.quick else FULL)
+    if a.rounds:
+        mode["rounds"] = a.rounds
     workers = [int(w) for w in a.workers.split(",")]
     t0 = time.monotonic()
     result: dict[str, Any] = {

@@ -4,6 +4,7 @@ directory's key store before the start, as `tessera keys create --data-dir` make
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tessera.client import AsyncFeatureStoreClient, FeatureStoreClient
+from tessera.core.errors import PermissionDeniedError, UnauthenticatedError
 from tessera.core.values import from_record, to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.proto.v1 import feature_store_pb2_grpc as pb_grpc
@@ -69,7 +72,7 @@ def auth_server(
     tokens = {name: keys.create(name, perms).secret for name, perms in KEYS.items()}
     keys.revoke("revoked")
     proc = ServerProcess(data_dir, workers=request.param,
-                         extra_env={"TESSERA_AUTH__ENABLED": "true"}).start()
+                         extra_env={"TESSERA_AUTH__ENABLED": "true"}).start(timeout_s=90)
     channel = grpc.insecure_channel(proc.grpc_target)
     try:
         with httpx.Client(base_url=proc.http_url, timeout=10,
@@ -131,8 +134,8 @@ def test_every_rpc_needs_a_valid_key(auth_server: AuthServer) -> None:
         assert (method, code) == (method, "UNAUTHENTICATED"), details
         assert "no credentials" in details
         code, details = _status(lambda call=call: call("revoked"))  # type: ignore[misc]
-        assert (method, code, details) == (
-            method, "UNAUTHENTICATED", "the API key 'revoked' is revoked")
+        assert (method, code) == (method, "UNAUTHENTICATED")
+        assert "'revoked' is revoked" in details
     bogus = auth_server.stub.GetRecord
     code, details = _status(lambda: bogus(
         pb.GetRecordRequest(feature_group_name="users_a", record_identifier="r1"),
@@ -250,8 +253,7 @@ def test_a_revoked_key_is_refused_by_every_serving_process_at_once(
         for stub in stubs:
             code, details = _status(lambda stub=stub: stub.GetRecord(  # type: ignore[misc]
                 request, metadata=auth_server.md("revoked_live"), timeout=10))
-            assert (code, details) == (
-                "UNAUTHENTICATED", "the API key 'revoked_live' is revoked")
+            assert code == "UNAUTHENTICATED" and "'revoked_live' is revoked" in details
     finally:
         for ch in channels.values():
             ch.close()
@@ -269,6 +271,26 @@ def test_health_and_reflection_need_no_credentials(auth_server: AuthServer) -> N
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
     names = {s.name for s in answer.list_services_response.service}
     assert {"tessera.v1.FeatureStore", "tessera.v1.Diagnostics"} <= names
+
+
+def test_the_sdk_sends_its_api_key(auth_server: AuthServer) -> None:
+    target = auth_server.proc.grpc_target
+    with FeatureStoreClient(grpc=target, http=None, api_key=auth_server.tokens["users"]) as sdk:
+        assert sdk.put_record("users_a", {"id": "s1", "ts": 1.0, "n": 5})
+        assert sdk.get_record("users_a", "s1") == {"id": "s1", "ts": 1.0, "n": 5}
+        with pytest.raises(PermissionDeniedError, match="write on feature group 'items'"):
+            sdk.put_record("items", {"id": "s1", "ts": 1.0, "n": 5})
+        result = sdk.batch_get_record({"users_a": ["s1"], "items": ["r1"]})
+        assert [r["record_identifier"] for r in result.records] == ["s1"]
+        assert [(e["feature_group_name"], e["error_code"]) for e in result.errors] == [
+            ("items", "PERMISSION_DENIED")]
+
+    async def without_a_key() -> None:
+        async with AsyncFeatureStoreClient(grpc=target, http=None, api_key=None) as sdk:
+            await sdk.get_record("users_a", "s1")
+
+    with pytest.raises(UnauthenticatedError, match="no credentials"):
+        asyncio.run(without_a_key())
 
 
 def _wait_for(read: Callable[[], list[dict[str, Any]]], timeout_s: float = 5.0
