@@ -7,9 +7,9 @@ a JWT. Every failure is an UnauthenticatedError whose `reason` labels
 bad_signature, wrong_issuer, wrong_audience, bad_permissions, jwt_not_configured); messages
 never repeat a secret.
 
-The hot path (an API key already seen): one dict lookup of the raw header value, and a stat
-of the key store to notice a change (a revoke in another process takes effect on the next
-call). Resolving a new token costs a SHA-256 and a second lookup.
+The hot path (an API key already seen): one dict lookup of the raw header value and a clock
+read (the key store is stat'ed for a change at most every 0.1 s, and a revoke returns only
+after that: server/auth/keys.py). Resolving a new token costs a SHA-256 and a second lookup.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import stat
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tessera.server import metrics
 from tessera.server.auth import audit
 from tessera.server.auth.authenticator import KeyAuthenticator
 from tessera.server.auth.factory import authenticator_for
-from tessera.server.auth.keys import KeyIndex, KeyStore
+from tessera.server.auth.keys import CHECK_INTERVAL_S, KeyIndex, KeyStore
 from tessera.server.auth.permissions import Action
 from tessera.server.settings import AuthSettings, Settings
 
@@ -123,6 +124,26 @@ def test_a_key_created_while_serving_is_accepted_at_once(tmp_path: Path) -> None
     assert auth.authenticate(f"Bearer {created.secret}").is_admin
 
 
+def test_a_change_is_seen_within_the_check_interval_and_a_writer_waits_it_out(
+    tmp_path: Path
+) -> None:
+    store = KeyStore(tmp_path)
+    created = store.create("k", ["read:*"])
+    auth = _auth(tmp_path)
+    header = f"Bearer {created.secret}"
+    assert auth.authenticate(header).name == "k"
+    KeyStore(tmp_path, settle_s=0).revoke("k")  # a writer that does not wait
+    time.sleep(CHECK_INTERVAL_S)
+    with pytest.raises(UnauthenticatedError, match="revoked"):
+        auth.authenticate(header)
+    again = store.create("k", ["read:*"])
+    started = time.monotonic()
+    store.revoke("k")  # waits the interval out: every reader has seen it when it returns
+    assert time.monotonic() - started >= CHECK_INTERVAL_S
+    with pytest.raises(UnauthenticatedError, match="revoked"):
+        auth.authenticate(f"Bearer {again.secret}")
+
+
 @pytest.mark.parametrize(
     ("header", "reason", "message"),
     [
@@ -158,14 +179,16 @@ def test_corrupted_store_fails_closed(tmp_path: Path) -> None:
     auth = _auth(tmp_path)
     assert auth.authenticate(f"Bearer {created.secret}").name == "k"
     (tmp_path / "auth" / "keys.json").write_text("{not json")
-    with pytest.raises(StorageError, match="is not a Tessera key store"):
-        auth.authenticate(f"Bearer {created.secret}")
+    time.sleep(CHECK_INTERVAL_S)
+    for _ in range(2):  # checked again on every call until it can be read
+        with pytest.raises(StorageError, match="is not a Tessera key store"):
+            auth.authenticate(f"Bearer {created.secret}")
     with pytest.raises(StorageError, match="is not a Tessera key store"):
         KeyIndex(tmp_path)
 
 
 def _create_many(data_dir: str, prefix: str, n: int) -> None:
-    store = KeyStore(Path(data_dir))
+    store = KeyStore(Path(data_dir), settle_s=0)
     for i in range(n):
         store.create(f"{prefix}{i}", ["read:*"])
 
