@@ -7,8 +7,9 @@ only waits on a socket: GetRecord and the probes keep their latency while a quer
 
 A query sees the views of the groups its caller may read (the principal the HTTP edge left at
 `scope["tessera.principal"]`; everyone is LOCAL, an admin, with authentication off): a view it
-may not read answers 403 naming the group. No caller may call a table function that reads
-files. See `sql_worker`.
+may not read answers 403 naming the group, written to the audit log (action "POST /v1/sql")
+with the request id the message names. No caller may call a table function that reads files.
+See `sql_worker`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Response
@@ -26,9 +28,10 @@ from tessera.core.catalog import Catalog
 from tessera.core.errors import StorageError, TesseraError
 from tessera.core.sql_sandbox import QueryTooLargeError, check_query_size
 from tessera.server import metrics
+from tessera.server.auth import audit
 from tessera.server.auth.permissions import LOCAL, Principal
 from tessera.server.settings import SqlSettings
-from tessera.server.sql_worker import SqlWorkers
+from tessera.server.sql_worker import SqlPermissionDeniedError, SqlWorkers
 
 #: Room for the JSON around the query, and for escapes (\uXXXX: 6 bytes for one character).
 _BODY_FACTOR = 6
@@ -122,11 +125,19 @@ def register_sql_routes(app: FastAPI, workers: SqlWorkers | None, settings: SqlS
             async def is_disconnected() -> bool:
                 return gone.is_set()
 
+            principal = _principal_of(request)
             try:
                 media, payload = await workers.run(
                     body.query, body.format, body.max_rows, is_disconnected, timeout,
-                    principal=_principal_of(request),
+                    principal=principal,
                 )
+            except SqlPermissionDeniedError as exc:
+                request_id = uuid.uuid4().hex[:16]
+                audit.record(principal, "POST /v1/sql", exc.group, audit.DENIED, request_id,
+                             reason=exc.message)
+                exc.message = f"{exc.message} (request id {request_id})"
+                exc.args = (exc.message,)
+                raise
             finally:
                 watcher.cancel()
         except TesseraError as exc:

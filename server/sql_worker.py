@@ -24,7 +24,8 @@ call a table function that reads files (`sql_sandbox.check_views_only`).
 The protocol is pickled tuples over `multiprocessing.connection.Connection` (both ends are this
 module): ("run", id, query, format, max_rows, max_result_bytes, timeout_s, reader),
 ("cancel", id) -> ("ok", id, media_type, body) or ("error", id, http_status, class_name,
-message). `reader` is None for an admin, else (principal name, its permission strings).
+message, group). `reader` is None for an admin, else (principal name, its permission strings);
+`group` names the group of a SqlPermissionDeniedError (None otherwise), for the audit line.
 """
 
 from __future__ import annotations
@@ -85,10 +86,20 @@ KILL_GRACE_S = 5.0
 #: Arrow data held while reading a csv or parquet result, as a multiple of max_result_bytes:
 #: encoded results are smaller (Parquet compresses), so only a runaway result stops here.
 _ARROW_FACTOR = 8
+
+
+class SqlPermissionDeniedError(PermissionDeniedError):
+    """A query names a group its caller may not read: 403 naming `group`."""
+
+    def __init__(self, message: str, group: str | None = None) -> None:
+        super().__init__(message)
+        self.group = group
+
+
 _ERRORS: dict[str, type[TesseraError]] = {
     cls.__name__: cls
     for cls in (QueryTooLargeError, ResultTooLargeError, QueryTimeoutError, QueryCancelledError,
-                PermissionDeniedError)
+                SqlPermissionDeniedError)
 }
 #: Catalogs of some groups a worker keeps (one per set of readable groups), least recently
 #: used dropped first: each is a DuckDB database with its own threads and footer cache.
@@ -278,8 +289,11 @@ class SqlWorkers:
             ) from exc
         if reply[0] == "ok":
             return str(reply[2]), bytes(reply[3])
-        _, _, status, name, message = reply
-        raise _error(int(status), str(name), str(message))
+        _, _, status, name, message, group = reply
+        err = _error(int(status), str(name), str(message))
+        if isinstance(err, SqlPermissionDeniedError):
+            err.group = group
+        raise err
 
     def _discard(self, worker: _Worker) -> None:
         self._all.discard(worker)
@@ -399,9 +413,9 @@ def _encode(
     except UnknownTableError as exc:
         denied = [n for n in exc.names if not principal.can(Action.READ, n)]
         if denied:
-            raise PermissionDeniedError(
+            raise SqlPermissionDeniedError(
                 f"sql: {denied_message(principal, Action.READ, denied[0])}, so its view is not "
-                "in this query's catalog"
+                "in this query's catalog", denied[0]
             ) from exc
         raise
     table = pa.Table.from_batches(kept, schema=schema)
@@ -441,11 +455,12 @@ def _serve(conn: Connection, catalogs: _Catalogs, max_query_bytes: int) -> None:
                 out.append(("ok", request[1], media, body))
             except TesseraError as exc:
                 out.append(("error", request[1], exc.http_status, type(exc).__name__,
-                            exc.message))
+                            exc.message, getattr(exc, "group", None)))
             except Exception as exc:  # noqa: BLE001  (reported to the server, which logs it)
                 traceback.print_exc()
                 out.append(("error", request[1], 500, type(exc).__name__,
-                            f"sql: internal error in the SQL worker: {type(exc).__name__}"))
+                            f"sql: internal error in the SQL worker: {type(exc).__name__}",
+                            None))
 
         thread = threading.Thread(target=work, name=f"tessera-sql-{qid}", daemon=True)
         thread.start()

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from tessera.core.catalog import UnknownTableError
-from tessera.core.errors import PermissionDeniedError
 from tessera.server import sql_worker
 from tessera.server.auth.permissions import LOCAL, Principal, parse_permissions
-from tessera.server.sql_worker import _Catalogs, _encode, reader_of
+from tessera.server.sql_worker import SqlPermissionDeniedError, _Catalogs, _encode, reader_of
 from tests.offline_fixtures import make_group, write_history
 
 
@@ -100,14 +99,14 @@ def test_naming_a_group_the_caller_may_not_read_is_permission_denied(
     reader = _principal("read:a_*")
     for query in ("SELECT * FROM b_1", "SELECT * FROM a_1, b_1",
                   "SELECT * FROM zz_not_a_group"):
-        with pytest.raises(PermissionDeniedError) as err:
+        with pytest.raises(SqlPermissionDeniedError) as err:
             _query(catalogs, reader, query)
         name = "zz_not_a_group" if "zz" in query else "b_1"
         assert err.value.message == (
             f"sql: 'p' lacks the permission read on feature group '{name}', so its view is "
             "not in this query's catalog"
         )
-        assert err.value.http_status == 403
+        assert err.value.http_status == 403 and err.value.group == name
     # A name it could read if it existed: the unknown-table error, not a 403.
     with pytest.raises(UnknownTableError, match="does not exist") as unknown:
         _query(catalogs, reader, "SELECT * FROM a_9")
