@@ -86,29 +86,30 @@ class ClientSecurity:
         guess). `http_url`: the URL of an HTTP request that failed (None: a gRPC call)."""
         text = message.lower()
         plaintext = not self.tls if http_url is None else http_url.startswith("http://")
+        # grpc reports a connection the server closed during the handshake as "Socket
+        # closed" while connecting; the same words on an established connection (a server
+        # that died) are no hint.
+        closed = "socket closed" in text and (http_url is not None or "failed to connect" in text)
         if plaintext and (
-            "socket closed" in text or "illegal request line" in text
-            or "connection reset" in text or "disconnected without sending" in text
-            or "remoteprotocolerror" in text
+            closed or "illegal request line" in text or "connection reset" in text
+            or "disconnected without sending" in text or "remoteprotocolerror" in text
         ):
             return ("; the server may require TLS: pass tls_ca=PATH (CLI: --tls-ca)"
                     + ("" if http_url is None else " and an https:// URL"))
-        if not plaintext and "wrong_version_number" in text:
+        if plaintext:
+            return ""
+        if "wrong_version_number" in text:
             return "; the server may not use TLS (it answered in plaintext)"
-        if not plaintext and (
-            "certificate_verify_failed" in text or "certificate verify failed" in text
-        ):
+        if "certificate_verify_failed" in text or "certificate verify failed" in text:
             return ("; the server's certificate does not chain to the CA bundle (tls_ca) or "
                     "is not valid now (expired?) or not for this host name")
-        if not plaintext and not self.mutual and (
-            "certificate required" in text or "certificate_required" in text
-            or "socket closed" in text
+        if not self.mutual and (
+            "certificate required" in text or "certificate_required" in text or closed
         ):
             return ("; the server may require a client certificate (mutual TLS): pass "
                     "tls_cert=PATH and tls_key=PATH (CLI: --tls-cert, --tls-key)")
-        if not plaintext and self.mutual and (
-            "unknown ca" in text or "unknown_ca" in text or "bad certificate" in text
-            or "socket closed" in text
+        if self.mutual and (
+            "unknown ca" in text or "unknown_ca" in text or "bad certificate" in text or closed
         ):
             return ("; the server may have refused the client certificate (tls_cert): it "
                     "must chain to the server's client CA")

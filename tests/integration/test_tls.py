@@ -35,6 +35,7 @@ from tests.serverproc import ServerProcess
 pytestmark = pytest.mark.integration
 
 FEATURES = {"user_id": "String", "ts": "Fractional", "clicks": "Integral"}
+START_S = 120.0  # a busy 2-core machine has taken 40-90 s to start --workers 2
 TESSERA = [sys.executable, "-m", "tessera.server"]
 
 
@@ -44,7 +45,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 def _serve(tmp: Path, env: dict[str, str], workers: int = 1) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp / "data", extra_env=env, workers=workers).start(timeout_s=90)
+    proc = ServerProcess(tmp / "data", extra_env=env, workers=workers).start(timeout_s=START_S)
     yield proc
     proc.stop()
 
@@ -187,7 +188,7 @@ def test_client_refuses_a_server_certificate_of_another_ca(
 def test_tls_client_at_a_plaintext_port_fails_clearly(
     certs: Certs, tmp_path: Path
 ) -> None:
-    plain = ServerProcess(tmp_path / "data").start()
+    plain = ServerProcess(tmp_path / "data").start(timeout_s=START_S)
     try:
         with (
             FeatureStoreClient(grpc=plain.grpc_target, http=None, tls_ca=certs.ca,
@@ -215,7 +216,7 @@ def test_secured_server_takes_api_keys_over_tls(
     writer = keys.create("ingest", ["read:events_*", "write:events_*"]).secret
     reader = keys.create("inference", ["read:events_*"]).secret
     server = ServerProcess(tmp_path / "data", extra_env={
-        **certs.server_env(), "TESSERA_AUTH__ENABLED": "true"}).start(timeout_s=90)
+        **certs.server_env(), "TESSERA_AUTH__ENABLED": "true"}).start(timeout_s=START_S)
     try:
         with _client(server, tls_ca=certs.ca, api_key=admin) as fs:
             fs.create_feature_group("events_clicks", "user_id", "ts", FEATURES)
@@ -307,7 +308,7 @@ def test_mutual_tls_refuses_a_client_certificate_of_another_ca(
 
 def test_client_refuses_an_expired_server_certificate(certs: Certs, tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data",
-                           extra_env=certs.server_env(pair=certs.expired_server)).start()
+                           extra_env=certs.server_env(pair=certs.expired_server)).start(START_S)
     try:
         with _client(server, tls_ca=certs.ca) as fs:
             with pytest.raises(StorageError, match="(?i)expired"):

@@ -198,3 +198,41 @@ def test_tls_urls() -> None:
     assert plain.http_url("tessera.internal:8080", default) == "http://tessera.internal:8080"
     assert plain.http_url("https://x:1", default) == "https://x:1"
     assert tls.grpc_credentials() is not None and plain.grpc_credentials() is None
+
+
+#: What grpcio and httpx report for each failure (seen against real servers, test_tls.py).
+_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
+_HANDSHAKE = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Tls "
+              "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+              "routines:OPENSSL_internal:")
+
+
+@pytest.mark.parametrize(("tls", "mutual", "message", "http_url", "hint"), [
+    (False, False, _REFUSED + "Socket closed", None, "the server may require TLS"),
+    (False, False, "RemoteProtocolError: illegal request line", "http://h:1",
+     "may require TLS: pass tls_ca=PATH (CLI: --tls-ca) and an https:// URL"),
+    (True, False, _HANDSHAKE + "WRONG_VERSION_NUMBER", None, "may not use TLS"),
+    (True, False, _HANDSHAKE + "CERTIFICATE_VERIFY_FAILED: certificate has expired", None,
+     "not valid now (expired?)"),
+    (True, False, "ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed",
+     "https://h:1", "does not chain to the CA bundle"),
+    (True, False, _REFUSED + "Socket closed", None, "may require a client certificate"),
+    (True, False, "ReadError: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate "
+     "required", "https://h:1", "may require a client certificate"),
+    (True, True, _REFUSED + "Socket closed", None, "refused the client certificate"),
+    (True, True, "ReadError: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca",
+     "https://h:1", "refused the client certificate"),
+    # No guess: a server that is down, or that closed an established connection.
+    (False, False, _REFUSED + "Connection refused", None, ""),
+    (False, False, "Socket closed", None, ""),
+    (True, False, _REFUSED + "Connection refused", None, ""),
+])
+def test_connection_failures_say_what_they_most_likely_mean(
+    tmp_path: Path, tls: bool, mutual: bool, message: str, http_url: str | None, hint: str
+) -> None:
+    certs = make_certs(tmp_path) if mutual else None
+    security = client_security(
+        tls=tls or None, tls_cert=certs.client.cert if certs else None,
+        tls_key=certs.client.key if certs else None)
+    said = security.connection_hint(message, http_url)
+    assert (hint in said) if hint else said == ""
