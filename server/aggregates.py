@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -27,7 +28,8 @@ from tessera.core.aggregation.plan import AggregationPlan, StreamPlan
 from tessera.core.keys import aggregate_key
 from tessera.proto.v1 import feature_store_pb2 as pb
 
-__all__ = ["AggregateColumns", "AggregateEvent", "CommitAggregates", "ensure_kernels"]
+__all__ = ["AggregateColumns", "AggregateEvent", "CommitAggregates", "TileCache",
+           "ensure_kernels"]
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +258,73 @@ def _group_parts(evs: list[_OpEvent | _BatchEvents]) -> list[_Part]:
                                np.asarray(times, np.int64), np.asarray(seqs, np.int64)))
     close_run()
     return parts
+
+
+class TileCache:
+    """The writer's copy of the stored tile values it wrote last, most recently written kept,
+    at most `max_bytes` of keys and values: a commit's fold reads its keys from here and
+    multi-gets only the others. The writer is the only writer of the aggregates, so a value
+    here is the stored one as long as the writer keeps the rules: `update` only after the
+    commit's WriteBatch is durable, `clear` when the stored values may have changed otherwise
+    (a group dropped, a failed write that may still have reached the WAL, a reopen). One
+    thread (the writer's) uses it."""
+
+    #: Bytes counted per entry beyond its key and value (the dict slot, two bytes objects).
+    ENTRY_OVERHEAD = 120
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._values: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def read(
+        self, keys: list[bytes], load: Callable[[list[bytes]], Sequence[bytes | None]]
+    ) -> list[bytes | None]:
+        """The stored value of each key (None: absent): from the cache, the others from
+        `load` (one call for all of them)."""
+        get = self._values.get
+        out: list[bytes | None] = [get(key) for key in keys]
+        missing = [i for i, value in enumerate(out) if value is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            loaded = load([keys[i] for i in missing])
+            for i, value in zip(missing, loaded, strict=True):
+                out[i] = value
+        return out
+
+    def update(self, written: dict[bytes, bytes | None]) -> None:
+        """A durable commit wrote these values (None: deleted the key); the least recently
+        written keys go when the cache is over its budget."""
+        if self.max_bytes <= 0:
+            return
+        values = self._values
+        size = self._bytes
+        extra = self.ENTRY_OVERHEAD
+        for key, value in written.items():
+            old = values.pop(key, None)
+            if old is not None:
+                size -= len(key) + len(old) + extra
+            if value is not None:
+                values[key] = value
+                size += len(key) + len(value) + extra
+        while size > self.max_bytes and values:
+            key, old = values.popitem(last=False)
+            size -= len(key) + len(old) + extra
+        self._bytes = size
+
+    def clear(self) -> None:
+        self._values.clear()
+        self._bytes = 0
 
 
 # --- reads -------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from tessera.core.eventtime import to_iso
 from tessera.core.keys import group_prefix
 from tessera.server import batch_kernels as bk
 from tessera.server import history, metrics
-from tessera.server.aggregates import CommitAggregates
+from tessera.server.aggregates import CommitAggregates, TileCache
 from tessera.server.rocksdb import AGGREGATES, EXPIRY, OUTBOX, RECORDS, RocksDB
 from tessera.server.storage_health import (
     STORAGE_DEGRADED,
@@ -188,7 +188,8 @@ class RocksDBOnlineStore:
     """The online store on RocksDB (see the module docstring)."""
 
     def __init__(
-        self, rocks: RocksDB, max_commit_records: int = 20_000, recovery: Backoff | None = None
+        self, rocks: RocksDB, max_commit_records: int = 20_000, recovery: Backoff | None = None,
+        tile_cache_mb: int = 128,
     ) -> None:
         # Column families are looked up per use (never kept): the DB may be reopened.
         self._rocks = rocks
@@ -208,6 +209,9 @@ class RocksDBOnlineStore:
         #: advances it; a commit is acknowledged after it is set, so readers never lag it).
         self._committed_seq = int(self._rocks.db.latest_sequence_number())
         self._dropped: set[int] = set()
+        #: The tile values the writer wrote last (server/aggregates.py `TileCache`): a fold
+        #: multi-gets only the keys not in it. Only the writer thread touches it.
+        self.tiles = TileCache(tile_cache_mb << 20)
         self.commits = 0
         self.committed_ops = 0
         self._writer = threading.Thread(target=self._run_writer, name="tessera-writer")
@@ -355,6 +359,7 @@ class RocksDBOnlineStore:
         except Exception as exc:  # a RocksDB failure fails the whole group, nothing acknowledged
             cause = exc.__cause__ if isinstance(exc, _WriteFailed) else exc
             err = StorageError(f"the online store could not write: {cause}")
+            self.tiles.clear()  # a failed write may still have reached the WAL
             if isinstance(exc, _WriteFailed):
                 self._degrade(cause)
             else:
@@ -382,6 +387,7 @@ class RocksDBOnlineStore:
         if not self._rocks.has_free_space():
             self._recovery.failed()
             return False
+        self.tiles.clear()
         try:
             self._rocks.reopen()
         except StorageError as exc:
@@ -458,12 +464,15 @@ class RocksDBOnlineStore:
                     result = self._drop(wb, stored, op)
                 results.append(result)
             out.append(results)
+        tiles: dict[bytes, bytes | None] = {}
         if aggregates:
-            self._fold(wb, aggregates, at_us)
+            tiles = self._fold(wb, aggregates, at_us)
         try:
             self._rocks.db.write(wb, self._sync)
         except Exception as exc:
             raise _WriteFailed() from exc
+        if tiles:
+            self.tiles.update(tiles)
         # Read right after the write, by the only writer of records: covers this commit.
         self._committed_seq = int(self._rocks.db.latest_sequence_number())
         self.last_seq = seq
@@ -471,17 +480,31 @@ class RocksDBOnlineStore:
         self.committed_ops += n
         return out
 
-    def _fold(self, wb: rocksdict.WriteBatch, aggregates: CommitAggregates, at_us: int) -> None:
+    def _fold(
+        self, wb: rocksdict.WriteBatch, aggregates: CommitAggregates, at_us: int
+    ) -> dict[bytes, bytes | None]:
+        """Fold the commit's events into `wb`; the tile values written (None: deleted), for
+        the tile cache once the commit is durable."""
         cf = self._rocks.handle(AGGREGATES)
         aggregates.discard_groups(self._dropped)  # a drop in this commit range-deleted them
+        written: dict[bytes, bytes | None] = {}
+        put = wb.put
+
+        def put_tile(key: bytes, value: bytes) -> None:
+            put(key, value, cf)
+            written[key] = value
+
+        def delete_tile(key: bytes) -> None:
+            wb.delete(key, cf)
+            written[key] = None
+
         dropped = aggregates.fold(
-            self.get_aggregates,
-            lambda key, value: wb.put(key, value, cf),
-            lambda key: wb.delete(key, cf),
+            lambda keys: self.tiles.read(keys, self.get_aggregates), put_tile, delete_tile,
             at_us,
         )
         for group_name, count in dropped.items():
             metrics.AGGREGATE_EVENTS_TOO_LATE.labels(group_name).inc(count)
+        return written
 
     def _newer_stored(self, stored: _Stored, key: bytes, et: int, at: int) -> int:
         """The stored event time if a live-or-tombstoned record newer than `et` exists, else -1."""
@@ -652,6 +675,7 @@ class RocksDBOnlineStore:
 
     def _drop(self, wb: rocksdict.WriteBatch, stored: _Stored, op: _DropGroupOp) -> OpResult:
         self._dropped.add(op.group_id)
+        self.tiles.clear()  # the range delete below removes the group's tiles
         start, end = group_prefix(op.group_id), group_prefix(op.group_id + 1)
         wb.delete_range(start, end, self._rocks.handle(RECORDS))
         wb.delete_range(start, end, self._rocks.handle(AGGREGATES))

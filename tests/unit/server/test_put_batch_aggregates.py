@@ -32,7 +32,7 @@ from tessera.core.schema import (
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tessera.server import online_store, put_batch
 from tessera.server import writer_ipc as ipc
-from tessera.server.aggregates import ensure_kernels, read_features
+from tessera.server.aggregates import TileCache, ensure_kernels, read_features
 from tessera.server.online_store import RocksDBOnlineStore
 from tessera.server.rocksdb import open_rocksdb
 from tessera.server.store import OnlineStore, Op, PutBatch
@@ -260,3 +260,66 @@ def test_a_batch_naming_a_plan_never_sent_is_refused() -> None:
     wire.plan_no = 9
     with pytest.raises(ValueError, match="plan 9"):
         ipc.batch_from_wire(wire, {})
+
+
+# --- the writer's tile cache ---------------------------------------------------------------------
+
+
+def test_the_tile_cache_reads_what_it_holds_and_loads_the_rest_in_one_call() -> None:
+    cache = TileCache(max_bytes=3 * (TileCache.ENTRY_OVERHEAD + 2 + 10))
+    cache.update({b"k1": b"1" * 10, b"k2": b"2" * 10, b"gone": None})
+    calls: list[list[bytes]] = []
+
+    def load(keys: list[bytes]) -> list[bytes | None]:
+        calls.append(keys)
+        return [b"db:" + k if k != b"k4" else None for k in keys]
+
+    assert cache.read([b"k3", b"k1", b"k4", b"k2"], load) == [
+        b"db:k3", b"1" * 10, None, b"2" * 10]
+    assert calls == [[b"k3", b"k4"]] and (cache.hits, cache.misses) == (2, 2)
+    cache.update({b"k3": b"3" * 10, b"k1": b"x" * 10})  # k2 is now the least recently written
+    cache.update({b"k5": b"5" * 10})
+    assert len(cache) == 3 and cache.size_bytes <= cache.max_bytes
+    assert cache.read([b"k2"], load) == [b"db:k2"]  # evicted
+    cache.update({b"k1": None})  # deleted
+    assert cache.read([b"k1", b"k3", b"k5"], load) == [b"db:k1", b"3" * 10, b"5" * 10]
+    cache.clear()
+    assert len(cache) == 0 and cache.size_bytes == 0
+
+
+def test_folds_through_the_tile_cache_equal_folds_without_it(tmp_path: Path) -> None:
+    """Several commits over the same keys (the later ones read their tiles from the cache),
+    a group dropped in between (the cache forgets, the tiles are gone), a cache too small for
+    every key: the same stored tiles as a writer that reads every tile from RocksDB."""
+    ensure_kernels()
+    schema = _schema(offline=True, ttl=False)
+    commits: list[list[_Put]] = [
+        [("a", 10, 1.0, 1, "k1"), ("b", 20, 2.0, 2, "k2")],
+        [("a", 5, 3.0, 3, "k2"), ("c", 30, None, None, "k1")],
+        [("b", 1, 4.0, 4, None), ("a", 2, 5.0, 5, "k1"), ("d", 3, 6.0, 6, "k2")],
+    ]
+    got = []
+    for label, cache_mb in (("none", 0), ("small", 1), ("default", 128)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(online_store, "now_us", lambda: NOW_US)
+            rocks = open_rocksdb(tmp_path / label, block_cache_mb=8, write_buffer_mb=4)
+            store = RocksDBOnlineStore(rocks, tile_cache_mb=cache_mb)
+            if label == "small":
+                store.tiles.max_bytes = 3_000  # about one key's tiles
+            try:
+                states = []
+                for round_ in range(2):
+                    for puts in commits:
+                        store.write([_batch(schema, _request(puts))])
+                        states.append(list(rocks.aggregates.items()))
+                    if round_ == 0:
+                        store.drop_group(G).result(timeout=30)
+                        assert len(store.tiles) == 0 and list(rocks.aggregates.items()) == []
+                if cache_mb:
+                    assert store.tiles.hits > 0 and store.tiles.misses > 0
+                    assert store.tiles.size_bytes <= store.tiles.max_bytes
+                got.append(states)
+            finally:
+                store.close()
+                rocks.close()
+    assert got[0] == got[1] == got[2]
