@@ -22,9 +22,12 @@ the route's rule decides:
   (exactly: group names are case-sensitive, and so are permission globs);
 - `ADMIN`: the admin permission.
 
-A refusal is 403 naming the permission and the group (PermissionDeniedError), written to the
-audit log with every admin action (`audit`). With authentication off nothing is checked: every
-request is the `LOCAL` admin, at the cost of one attribute test per request.
+A refusal is 403 naming the permission, the group and a request id (PermissionDeniedError), and
+one line of the audit log (server/auth/audit.py) with that request id; every admin action is
+audited with its outcome (`admin_action`). The SageMaker APIs answer refusals in AWS's shape,
+AccessForbidden (`aws_access_error`). With authentication off nothing is checked: every request
+is the `LOCAL` admin, at the cost of one attribute test per request (the FastAPI app then has
+no authorization dependency at all).
 """
 
 from __future__ import annotations

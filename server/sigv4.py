@@ -28,6 +28,7 @@ Every refusal is a `SignatureError` (AWS's AccessForbidden, 403) whose message s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -203,9 +204,15 @@ def payload_hash(body: bytes, declared: str | None) -> str:
 
 
 def signing_key(secret: str, credential: Credential) -> bytes:
-    """Step 3's HMAC chain."""
-    key = _hmac(("AWS4" + secret).encode(), credential.date)
-    for part in (credential.region, credential.service, "aws4_request"):
+    """Step 3's HMAC chain (the same for every request of a key's day, region and service:
+    kept, a quarter of a verification's CPU)."""
+    return _signing_key(secret, credential.date, credential.region, credential.service)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = _hmac(("AWS4" + secret).encode(), date)
+    for part in (region, service, "aws4_request"):
         key = _hmac(key, part)
     return key
 
@@ -214,11 +221,11 @@ def signature(secret: str, credential: Credential, amz_date: str, canonical: str
     """Steps 2 and 3: the hex signature of a canonical request."""
     to_sign = "\n".join([ALGORITHM, amz_date, credential.scope,
                          hashlib.sha256(canonical.encode()).hexdigest()])
-    return hmac.new(signing_key(secret, credential), to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(signing_key(secret, credential), to_sign.encode(), "sha256").hex()
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, msg.encode(), "sha256")
 
 
 def _credential(text: str) -> Credential:
