@@ -4,8 +4,8 @@ directory's key store (server/auth/keys.py) and, when configured, JWTs (server/a
 A bearer token is told apart by its form: `tsk_...` is an API key, three dot-separated segments
 a JWT. Every failure is an UnauthenticatedError whose `reason` labels
 `tessera_auth_failures_total` (missing, malformed, unknown_key, revoked, expired,
-bad_signature, wrong_issuer, wrong_audience, bad_permissions, jwt_not_configured); messages
-never repeat a secret.
+bad_signature, wrong_issuer, wrong_audience, bad_permissions, jwt_not_configured: `REASONS`);
+messages never repeat a secret.
 
 The hot path (an API key already seen): one dict lookup of the raw header value and a clock
 read (the key store is stat'ed for a change at most every 0.1 s, and a revoke returns only
@@ -24,6 +24,10 @@ from tessera.server.auth.keys import API_KEY_PREFIX, KeyIndex
 from tessera.server.auth.permissions import Principal
 from tessera.server.sigv4 import SignatureError, SignedRequest, verify
 
+#: Every reason an authentication fails for (the labels of tessera_auth_failures_total).
+REASONS = ("missing", "malformed", "unknown_key", "revoked", "expired", "not_yet_valid",
+           "bad_signature", "wrong_issuer", "wrong_audience", "bad_permissions",
+           "jwt_not_configured")
 _CACHE_LIMIT = 4096  # distinct authorization values remembered (only ones that authenticated)
 
 MISSING = ("no credentials: send 'authorization: Bearer <API key or JWT>' (an API key comes "
@@ -51,6 +55,8 @@ class KeyAuthenticator:
         self.jwt = jwt
         # authorization value -> (principal, the key store snapshot it was resolved in)
         self._api_keys: dict[str, tuple[Principal, object]] = {}
+        for reason in REASONS:  # every series exists from the start (0): rate() sees the 1st
+            metrics.AUTH_FAILURES.labels(reason)
 
     def authenticate(self, authorization: str | None) -> Principal:
         cached = self._api_keys.get(authorization) if authorization else None

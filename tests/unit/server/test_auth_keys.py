@@ -292,3 +292,12 @@ def test_auth_on_without_any_key_warns_how_to_make_one(
     KeyStore(tmp_path).create("k", ["admin"])
     authenticator_for(settings)
     assert "every call is refused" not in caplog.text
+
+
+def test_every_failure_reason_is_a_series_from_the_start(tmp_path: Path) -> None:
+    from tessera.server.auth.authenticator import REASONS
+
+    _auth(tmp_path)
+    for reason in REASONS:
+        assert metrics.REGISTRY.get_sample_value(
+            "tessera_auth_failures_total", {"reason": reason}) is not None, reason
