@@ -1,6 +1,6 @@
 """`tessera keys`: API keys and SigV4 keys (README: Security).
 
-    tessera keys create NAME --allow PERM [--allow PERM ...] [--sigv4]
+    tessera keys create NAME --allow PERM [--allow PERM ...] [--sigv4] [--expires-in 30d]
     tessera keys list
     tessera keys revoke NAME
 
@@ -18,6 +18,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="read:GLOB, write:GLOB or admin (repeat for several)")
     create.add_argument("--sigv4", action="store_true",
                         help="an AWS SigV4 access key id and secret (the SageMaker APIs)")
+    create.add_argument("--expires-in", metavar="DURATION", type=_duration_s,
+                        help="refuse the key after this long: e.g. 3600, 90m, 12h, 30d "
+                             "(default: never; revoke it to stop it earlier)")
     create.set_defaults(func=_create)
     listing = cmds.add_parser("list", parents=[where], help="every key, without secrets")
     listing.add_argument("--json", action="store_true", help="one JSON document")
@@ -64,14 +68,17 @@ def _create(args: argparse.Namespace) -> int:
     parse_permissions(args.allow)  # a bad PERM: exit 2 before anything is asked or written
     if args.data_dir is not None:
         _offline_only(args)
-        created = KeyStore(args.data_dir).create(args.name, args.allow, sigv4=args.sigv4)
+        created = KeyStore(args.data_dir).create(args.name, args.allow, sigv4=args.sigv4,
+                                                 expires_in_s=args.expires_in)
         _audit_offline(args.data_dir, "CreateKey", args.name)
     else:
         doc = _call(args, "POST", "/v1/keys",
-                    {"name": args.name, "permissions": args.allow, "sigv4": args.sigv4})
+                    {"name": args.name, "permissions": args.allow, "sigv4": args.sigv4,
+                     "expires_in_s": args.expires_in})
         created = CreatedKey(_info(doc["key"]), doc["secret"])
     info = created.info
-    print(f"created {info.kind} '{info.name}': {' '.join(info.permissions)}")
+    expiry = f" (expires {info.expires_at})" if info.expires_at else ""
+    print(f"created {info.kind} '{info.name}': {' '.join(info.permissions)}{expiry}")
     if info.access_key_id is not None:
         print("the secret access key is shown this once; the last line is "
               "ACCESS_KEY_ID SECRET_ACCESS_KEY:")
@@ -91,9 +98,9 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"keys": [k.to_json() for k in infos]}, indent=1))
         return 0
-    rows = [("NAME", "KIND", "PERMISSIONS", "CREATED", "REVOKED", "ACCESS KEY ID")]
-    rows += [(k.name, k.kind, ",".join(k.permissions), k.created_at, k.revoked_at or "-",
-              k.access_key_id or "-") for k in infos]
+    rows = [("NAME", "KIND", "PERMISSIONS", "CREATED", "EXPIRES", "REVOKED", "ACCESS KEY ID")]
+    rows += [(k.name, k.kind, ",".join(k.permissions), k.created_at, k.expires_at or "-",
+              k.revoked_at or "-", k.access_key_id or "-") for k in infos]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -134,7 +141,21 @@ def _audit_offline(data_dir: Path, action: str, name: str) -> None:
 
 def _info(doc: dict[str, Any]) -> KeyInfo:
     return KeyInfo(doc["name"], doc["kind"], tuple(doc["permissions"]), doc["created_at"],
-                   doc.get("revoked_at"), doc.get("access_key_id"))
+                   doc.get("revoked_at"), doc.get("access_key_id"), doc.get("expires_at"))
+
+
+_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+
+
+def _duration_s(text: str) -> float:
+    """`--expires-in`: seconds, or a number with s, m, h or d."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a positive number of seconds, or with s, m, h or d "
+            "(e.g. 90m, 12h, 30d)")
+    return float(m.group(1)) * _UNITS_S[m.group(2)]
 
 
 def _call(args: argparse.Namespace, method: str, path: str,

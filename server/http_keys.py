@@ -1,6 +1,7 @@
 """The HTTP routes of keys (`tessera keys ... --http URL`): admin only.
 
-- `POST /v1/keys` `{"name": ..., "permissions": ["read:GLOB", ...], "sigv4": false}` -> 201
+- `POST /v1/keys` `{"name": ..., "permissions": ["read:GLOB", ...], "sigv4": false,
+  "expires_in_s": null}` -> 201
   `{"key": {...}, "secret": ..., "secret_line": ...}`: the secret, this once (for a SigV4 key
   `secret_line` is `ACCESS_KEY_ID SECRET`);
 - `GET /v1/keys` -> `{"keys": [...]}`: every key, revoked ones too, never a secret;
@@ -40,6 +41,8 @@ class KeyRequest(BaseModel):
     name: str = Field(description="unique among the keys not revoked")
     permissions: list[str] = Field(description="read:GLOB, write:GLOB or admin", min_length=1)
     sigv4: bool = Field(False, description="an AWS SigV4 access key id and secret")
+    expires_in_s: float | None = Field(
+        None, gt=0, description="refused after this many seconds (default: never)")
 
 
 def register_key_routes(app: FastAPI, auth: Authenticator) -> None:
@@ -69,7 +72,7 @@ def register_key_routes(app: FastAPI, auth: Authenticator) -> None:
         keys, principal, request_id = admin(request, "CreateKey", body.name)
         try:
             created = await asyncio.to_thread(keys.create, body.name, body.permissions,
-                                              sigv4=body.sigv4)
+                                              sigv4=body.sigv4, expires_in_s=body.expires_in_s)
         except Exception as exc:
             audit.record(principal, "CreateKey", None, audit.ERROR, request_id,
                          reason=str(exc), key=body.name)

@@ -14,13 +14,14 @@ after that: server/auth/keys.py). Resolving a new token costs a SHA-256 and a se
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from tessera.core.errors import UnauthenticatedError
 from tessera.server import metrics
 from tessera.server.auth import audit
-from tessera.server.auth.keys import API_KEY_PREFIX, KeyIndex
+from tessera.server.auth.keys import API_KEY_PREFIX, KeyEntry, KeyIndex, iso_time
 from tessera.server.auth.permissions import Principal
 from tessera.server.sigv4 import SignatureError, SignedRequest, verify
 
@@ -29,6 +30,8 @@ REASONS = ("missing", "malformed", "unknown_key", "revoked", "expired", "not_yet
            "bad_signature", "wrong_issuer", "wrong_audience", "bad_permissions",
            "jwt_not_configured")
 _CACHE_LIMIT = 4096  # distinct authorization values remembered (only ones that authenticated)
+
+_time = time.time
 
 MISSING = ("no credentials: send 'authorization: Bearer <API key or JWT>' (an API key comes "
            "from `tessera keys create`)")
@@ -53,14 +56,15 @@ class KeyAuthenticator:
     def __init__(self, keys: KeyIndex, jwt: TokenVerifier | None = None) -> None:
         self.keys = keys
         self.jwt = jwt
-        # authorization value -> (principal, the key store snapshot it was resolved in)
-        self._api_keys: dict[str, tuple[Principal, object]] = {}
+        # authorization value -> (principal, the key store snapshot it was resolved in, when
+        # the key expires: epoch seconds, infinity for never)
+        self._api_keys: dict[str, tuple[Principal, object, float]] = {}
         for reason in REASONS:  # every series exists from the start (0): rate() sees the 1st
             metrics.AUTH_FAILURES.labels(reason)
 
     def authenticate(self, authorization: str | None) -> Principal:
         cached = self._api_keys.get(authorization) if authorization else None
-        if cached is not None and cached[1] is self.keys.current():
+        if cached is not None and cached[1] is self.keys.current() and _time() < cached[2]:
             return cached[0]
         try:
             return self._authenticate(authorization)
@@ -97,13 +101,17 @@ class KeyAuthenticator:
             raise UnauthenticatedError(
                 "the API key is not known to this server (`tessera keys list` shows the keys; "
                 "a key is shown once, when it is created)", reason="unknown_key")
-        principal, revoked = found
-        if revoked:
+        principal = found.principal
+        if found.revoked:
             raise UnauthenticatedError(f"the API key '{principal.name}' is revoked",
                                        reason="revoked")
+        if found.expired(_time()):
+            raise UnauthenticatedError(
+                f"the API key '{principal.name}' expired at {iso_time(found.expires_at_s)}",
+                reason="expired")
         if len(self._api_keys) >= _CACHE_LIMIT:
             self._api_keys.clear()
-        self._api_keys[authorization] = (principal, snapshot)
+        self._api_keys[authorization] = (principal, snapshot, found.expires_at_s)
         return principal
 
     def authenticate_sigv4(
@@ -121,26 +129,34 @@ class KeyAuthenticator:
         body: bytes,
     ) -> Principal:
         snapshot = self.keys.current()
-        seen: list[tuple[Principal, str | None] | None] = []
+        now_s = _time()
+        seen: list[KeyEntry | None] = []
 
         def secret_for(access_key_id: str) -> str | None:
             found = snapshot.by_access_key.get(access_key_id)
             seen.append(found)
-            return None if found is None else found[1]
+            if found is None or found.revoked or found.expired(now_s):
+                return None
+            return found.secret
 
         request = SignedRequest(method, raw_path.encode("latin-1"), query.encode("latin-1"),
                                 headers, body)
         try:
             access_key_id = verify(request, secret_for)
         except SignatureError as exc:
-            if seen and seen[-1] is None:
+            entry = seen[-1] if seen else None
+            if seen and entry is None:
                 raise UnauthenticatedError(exc.message, reason="unknown_key") from None
-            if seen and seen[-1] is not None and seen[-1][1] is None:
+            if entry is not None and entry.revoked:
                 raise UnauthenticatedError(
-                    f"the SigV4 access key of '{seen[-1][0].name}' is revoked",
+                    f"the SigV4 access key of '{entry.principal.name}' is revoked",
                     reason="revoked") from None
+            if entry is not None and entry.expired(now_s):
+                raise UnauthenticatedError(
+                    f"the SigV4 access key of '{entry.principal.name}' expired at "
+                    f"{iso_time(entry.expires_at_s)}", reason="expired") from None
             if not any(name.lower() == b"authorization" for name, _ in headers):
                 raise UnauthenticatedError(exc.message, reason="missing") from None
             reason = "expired" if "expired" in exc.message else "bad_signature"
             raise UnauthenticatedError(exc.message, reason=reason) from None
-        return snapshot.by_access_key[access_key_id][0]
+        return snapshot.by_access_key[access_key_id].principal

@@ -1,10 +1,11 @@
 """The key store: API keys and SigV4 access keys, in `<data-dir>/auth/` (README: Security).
 
 Files (the directory is made 0700, every file 0600):
-- `keys.json`: every key ever made: name, kind (`api-key` or `sigv4`), permissions, created and
-  revoked times, and its credential: for an API key the SHA-256 of its secret (the secret is 32
-  random bytes: a hash of it cannot be brute-forced, so no slow KDF is needed, and a lookup is
-  one dict access by hash); for a SigV4 key its access key id and its secret *encrypted*.
+- `keys.json`: every key ever made: name, kind (`api-key` or `sigv4`), permissions, created,
+  expiry (optional: `--expires-in`) and revoked times, and its credential: for an API key the
+  SHA-256 of its secret (the secret is 32 random bytes: a hash of it cannot be brute-forced, so
+  no slow KDF is needed, and a lookup is one dict access by hash); for a SigV4 key its access
+  key id and its secret *encrypted*.
 - `secret.key`: the Fernet key those SigV4 secrets are encrypted with. SigV4 is an HMAC over
   the request keyed by the secret itself, so the server must be able to recover the secret (a
   hash would not do); encrypting it keeps `keys.json` alone (a backup, a copy) from giving the
@@ -37,6 +38,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -93,6 +95,7 @@ class KeyInfo:
     created_at: str
     revoked_at: str | None = None
     access_key_id: str | None = None
+    expires_at: str | None = None
 
     @property
     def revoked(self) -> bool:
@@ -101,7 +104,8 @@ class KeyInfo:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind,
                                "permissions": list(self.permissions),
-                               "created_at": self.created_at, "revoked_at": self.revoked_at}
+                               "created_at": self.created_at, "expires_at": self.expires_at,
+                               "revoked_at": self.revoked_at}
         if self.access_key_id is not None:
             out["access_key_id"] = self.access_key_id
         return out
@@ -125,7 +129,17 @@ class CreatedKey:
 
 def _info(entry: dict[str, Any]) -> KeyInfo:
     return KeyInfo(entry["name"], entry["kind"], tuple(entry["permissions"]),
-                   entry["created_at"], entry.get("revoked_at"), entry.get("access_key_id"))
+                   entry["created_at"], entry.get("revoked_at"), entry.get("access_key_id"),
+                   entry.get("expires_at"))
+
+
+def iso_time(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _epoch_s(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def validate_name(name: str) -> str:
@@ -151,12 +165,18 @@ class KeyStore:
         self._settle_s = settle_s
 
     def create(
-        self, name: str, permissions: list[str] | tuple[str, ...], *, sigv4: bool = False
+        self, name: str, permissions: list[str] | tuple[str, ...], *, sigv4: bool = False,
+        expires_in_s: float | None = None,
     ) -> CreatedKey:
-        """A new key named `name` with `permissions` (`read:GLOB`, `write:GLOB`, `admin`);
-        InvalidRequestError for a bad name or permission, ConflictError when a key that is not
-        revoked has the name."""
+        """A new key named `name` with `permissions` (`read:GLOB`, `write:GLOB`, `admin`),
+        refused after `expires_in_s` seconds when given (reason "expired"); InvalidRequestError
+        for a bad name, permission or lifetime, ConflictError when a key that is not revoked
+        has the name."""
         validate_name(name)
+        if expires_in_s is not None and not 0 < expires_in_s < 100 * 365 * 86400:
+            raise InvalidRequestError(
+                f"a key's lifetime must be more than 0 s and less than 100 years, not "
+                f"{expires_in_s} s")
         if not permissions:
             raise InvalidRequestError(
                 f"key '{name}' needs at least one permission (--allow read:GLOB, write:GLOB "
@@ -170,6 +190,8 @@ class KeyStore:
                 )
             entry: dict[str, Any] = {"name": name, "permissions": list(perms),
                                      "created_at": _now_iso(), "revoked_at": None}
+            if expires_in_s is not None:
+                entry["expires_at"] = iso_time(time.time() + expires_in_s)
             if sigv4:
                 taken = {e.get("access_key_id") for e in entries}
                 key_id = _access_key_id()
@@ -308,13 +330,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """A key as a reader resolves it: its principal, whether it is revoked, when it expires
+    (epoch seconds; infinity: never) and, for a SigV4 key not revoked, its secret."""
+
+    principal: Principal
+    revoked: bool
+    expires_at_s: float
+    secret: str | None = None
+
+    def expired(self, now_s: float) -> bool:
+        return now_s >= self.expires_at_s
+
+
 @dataclass(frozen=True)
 class _Snapshot:
-    """The store as one reload saw it: principals by token hash and by access key id."""
+    """The store as one reload saw it: keys by token hash and by access key id."""
 
     stamp: tuple[int, int, int]
-    by_hash: dict[str, tuple[Principal, bool]]  # (principal, revoked)
-    by_access_key: dict[str, tuple[Principal, str | None]]  # (principal, secret; None: revoked)
+    by_hash: dict[str, KeyEntry]
+    by_access_key: dict[str, KeyEntry]
 
 
 _EMPTY = _Snapshot((0, 0, 0), {}, {})
@@ -357,23 +393,29 @@ class KeyIndex:
                 raise
         return snapshot
 
-    def lookup_token(self, token: str) -> tuple[Principal, bool] | None:
-        """(principal, revoked) of the API key whose secret is `token`; None: unknown."""
+    def lookup_token(self, token: str) -> KeyEntry | None:
+        """The API key whose secret is `token`; None: unknown."""
         return self.current().by_hash.get(token_hash(token))
 
-    def lookup_access_key(self, access_key_id: str) -> tuple[Principal, str | None] | None:
-        """(principal, secret) of a SigV4 access key (secret None: revoked); None: unknown."""
+    def lookup_access_key(self, access_key_id: str) -> KeyEntry | None:
+        """The SigV4 key of an access key id; None: unknown."""
         return self.current().by_access_key.get(access_key_id)
 
     def _load(self, stamp: tuple[int, int, int]) -> _Snapshot:
         if stamp == (0, 0, 0):
             return _EMPTY
         entries = read_entries(self.path)
-        by_hash: dict[str, tuple[Principal, bool]] = {}
-        by_access_key: dict[str, tuple[Principal, str | None]] = {}
+        by_hash: dict[str, KeyEntry] = {}
+        by_access_key: dict[str, KeyEntry] = {}
         fernet: Fernet | None = None
         for e in entries:
             revoked = e.get("revoked_at") is not None
+            expires = e.get("expires_at")
+            try:
+                expires_at_s = math.inf if expires is None else _epoch_s(expires)
+            except (ValueError, AttributeError):
+                raise StorageError(f"{self.path}: the expires_at of key '{e['name']}' is not "
+                                   f"an ISO-8601 time: {expires!r}") from None
             if e.get("kind") == KIND_SIGV4:
                 principal = Principal(e["name"], parse_permissions(e["permissions"]),
                                       kind=KIND_SIGV4)
@@ -388,10 +430,11 @@ class KeyIndex:
                             f"the SigV4 secret of key '{e['name']}' does not decrypt with "
                             f"{self.dir / 'secret.key'} (the file was replaced?)"
                         ) from None
-                by_access_key[e["access_key_id"]] = (principal, secret)
+                by_access_key[e["access_key_id"]] = KeyEntry(principal, revoked, expires_at_s,
+                                                             secret)
             else:
                 principal = Principal(e["name"], parse_permissions(e["permissions"]),
                                       kind=KIND_API_KEY)
-                by_hash[e["sha256"]] = (principal, revoked)
+                by_hash[e["sha256"]] = KeyEntry(principal, revoked, expires_at_s)
         return _Snapshot(stamp, by_hash, by_access_key)
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,12 @@ def test_offline_create_list_revoke(tmp_path: Path, keys: Keys) -> None:
     assert dup.returncode == 2 and "a key named 'admin' exists" in dup.stderr
     nowhere = keys("list")
     assert nowhere.returncode == 2 and "give --data-dir DIR" in nowhere.stderr
+    bad_life = keys("create", "x", "--allow", "admin", "--expires-in", "soon",
+                    "--data-dir", str(data))
+    assert bad_life.returncode == 2 and "'soon' is not a duration" in bad_life.stderr
+    ci = keys("create", "ci", "--allow", "read:*", "--expires-in", "12h", "--data-dir",
+              str(data))
+    assert ci.returncode == 0 and "(expires 20" in ci.stdout
 
     assert keys("revoke", "sm", "--data-dir", str(data)).returncode == 0
     listed = keys("list", "--json", "--data-dir", str(data))
@@ -82,14 +89,18 @@ def test_offline_create_list_revoke(tmp_path: Path, keys: Keys) -> None:
     doc = json.loads(listed.stdout)["keys"]
     assert [(k["name"], k["kind"], k["permissions"], k["revoked_at"] is not None)
             for k in doc] == [("admin", "api-key", ["admin"], False),
-                              ("sm", "sigv4", ["read:users_*", "write:clicks"], True)]
+                              ("sm", "sigv4", ["read:users_*", "write:clicks"], True),
+                              ("ci", "api-key", ["read:*"], False)]
+    expires = datetime.fromisoformat(doc[2]["expires_at"].replace("Z", "+00:00"))
+    assert abs((expires - datetime.now(UTC)).total_seconds() - 12 * 3600) < 120
+    assert doc[0]["expires_at"] is None
     table = keys("list", "--data-dir", str(data)).stdout
     assert "NAME" in table.splitlines()[0] and key_id in table and secret not in table
 
     lines = [json.loads(x) for x in (data / "audit.log").read_text().splitlines()]
     assert [(x["action"], x["key"], x["outcome"]) for x in lines] == [
         ("CreateKey", "admin", "allowed"), ("CreateKey", "sm", "allowed"),
-        ("RevokeKey", "sm", "allowed")]
+        ("CreateKey", "ci", "allowed"), ("RevokeKey", "sm", "allowed")]
     assert all(admin not in json.dumps(x) and secret not in json.dumps(x) for x in lines)
 
 

@@ -301,3 +301,27 @@ def test_every_failure_reason_is_a_series_from_the_start(tmp_path: Path) -> None
     for reason in REASONS:
         assert metrics.REGISTRY.get_sample_value(
             "tessera_auth_failures_total", {"reason": reason}) is not None, reason
+
+
+def test_a_key_with_a_lifetime_is_refused_once_it_expires(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, settle_s=0)
+    short = store.create("ci", ["read:*"], expires_in_s=0.5)
+    sig = store.create("ci-boto", ["read:*"], sigv4=True, expires_in_s=0.5)
+    forever = store.create("svc", ["read:*"])
+    assert short.info.expires_at is not None and forever.info.expires_at is None
+    expires = datetime.fromisoformat(short.info.expires_at.replace("Z", "+00:00"))
+    assert 0 < (expires - datetime.now(UTC)).total_seconds() <= 0.5
+    auth = _auth(tmp_path)
+    key_id, secret = sig.secret_line.split(" ")
+    assert auth.authenticate(f"Bearer {short.secret}").name == "ci"  # cached from here on
+    assert auth.authenticate_sigv4(*_signed(key_id, secret)).name == "ci-boto"
+    time.sleep(0.55)
+    with pytest.raises(UnauthenticatedError, match="the API key 'ci' expired at ") as err:
+        auth.authenticate(f"Bearer {short.secret}")
+    assert err.value.reason == "expired"
+    with pytest.raises(UnauthenticatedError, match="'ci-boto' expired at ") as err:
+        auth.authenticate_sigv4(*_signed(key_id, secret))
+    assert err.value.reason == "expired"
+    assert auth.authenticate(f"Bearer {forever.secret}").name == "svc"
+    with pytest.raises(InvalidRequestError, match="lifetime must be more than 0 s"):
+        store.create("bad", ["read:*"], expires_in_s=0)

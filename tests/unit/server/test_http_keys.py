@@ -74,7 +74,8 @@ def test_admin_creates_lists_and_revokes(tmp_path: Path, audit_path: Path) -> No
     body = made.json()
     assert body["secret"].startswith("tsk_") and body["secret_line"] == body["secret"]
     assert body["key"] == {"name": "ranker", "kind": "api-key", "permissions": ["read:users_*"],
-                           "created_at": body["key"]["created_at"], "revoked_at": None}
+                           "created_at": body["key"]["created_at"], "expires_at": None,
+                           "revoked_at": None}
     sig = client.post("/v1/keys", headers=as_admin,
                       json={"name": "boto", "permissions": ["read:*"], "sigv4": True}).json()
     assert sig["secret_line"] == f"{sig['key']['access_key_id']} {sig['secret']}"
