@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from tessera.client import FeatureStoreClient
 from tessera.core.errors import InvalidRequestError, TesseraError
 from tessera.core.schema import CompiledSchema
+from tessera.ingest.columns import RecordColumns
 from tessera.ingest.sinks import SinkRecord, schema_from_description
 
 
@@ -52,13 +53,14 @@ class GrpcSink:
     ) -> None:
         if not records:
             return
+        if isinstance(records, RecordColumns):  # the consumer's batches: no object per record
+            payloads, sources = records.payloads(), records.sources()
+        else:
+            payloads = [r.validated.payload for r in records]
+            sources = [r.source for r in records]
         try:
             self._client.put_records_encoded(
-                schema.group_name,
-                [r.validated.payload for r in records],
-                ttl_s=ttl_s,
-                sources=[r.source for r in records],
-            )
+                schema.group_name, payloads, ttl_s=ttl_s, sources=sources)
         except InvalidRequestError:
             raise
         except TesseraError:
