@@ -43,7 +43,11 @@ class EmbeddedSink:
         self._timeout_s = timeout_s
 
     def schema(self, feature_group: str) -> CompiledSchema:
-        return self._registry.schema(feature_group)
+        """The group's current schema. Asked rarely (the consumer's periodic refresh, a batch
+        with schema errors): a registry over a secondary catches up first (`newer_schema`), so
+        a feature just added is known at once, whatever the secondary's timer."""
+        schema = self._registry.schema(feature_group)
+        return self._registry.newer_schema(schema) or schema
 
     def write(
         self, schema: CompiledSchema, records: Sequence[SinkRecord], ttl_s: float | None

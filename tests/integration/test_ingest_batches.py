@@ -2,7 +2,8 @@
 broker, a real server, its writer process.
 
 - A batch mixing good and bad messages writes the good ones (readable) and dead-letters each bad
-  one with its reason; two topics into two feature groups are written side by side.
+  one with its reason; two topics into two feature groups are written side by side; a feature
+  added while consuming is known to the next batch that uses it.
 - Offsets are committed only after the writer's acknowledgement: with the writer stopped
   (SIGSTOP) the consumer's write cannot be acknowledged, nothing more is committed; the consumer
   killed then (between its write and the ack) is restarted, writes the batch again, and nothing
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tessera.client import FeatureStoreClient
 from tessera.ingest.dlq import ERROR_CLASS, ERROR_REASON, SOURCE_OFFSET
 from tests.integration.wire_helpers import Wire
 from tests.kafka_fixtures import session_broker
@@ -103,6 +105,15 @@ def test_batches_are_written_whole_dead_lettered_per_record_and_committed_after_
             assert reason in headers[ERROR_REASON].decode(), headers[ERROR_REASON]
         wait_until(lambda: kafka.committed(gid, t1, 1) == {0: len(mixed)}, what="t1 committed")
         wait_until(lambda: kafka.committed(gid, t2, 1) == {0: 40}, what="t2 committed")
+
+        # A feature added while consuming is known at once (the consumer process's secondary
+        # catches up on its slow timer, and whenever the consumer asks for the schema).
+        with FeatureStoreClient(grpc=proc.grpc_target, http=proc.http_url) as fs:
+            fs.update_feature_group("g2", add_features={"extra": "String"})
+        kafka.produce(t2, [(None, json.dumps({"user_id": "n1", "ts": T0, "extra": "x"}).encode())])
+        wait_until(lambda: w.get("g2", "n1") is not None, what="the record with the new feature")
+        assert w.get("g2", "n1") == {"user_id": "n1", "ts": T0, "extra": "x"}
+        wait_until(lambda: kafka.committed(gid, t2, 1) == {0: 41}, what="t2 committed")
 
         # The writer stopped: the consumer's next write gets no acknowledgement, so nothing is
         # committed; killed meanwhile, it is restarted and writes the batch again.
