@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from types import TracebackType
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -100,38 +101,29 @@ def check_views_only(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
     Raises InvalidRequestError ("Permission Error: ..."), or duckdb.Error when DuckDB cannot
     parse the query (the caller translates it)."""
     rows = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()
-    tree = json.loads(str(rows[0][0])) if rows else {"error": True}
-    if tree.get("error"):
-        raise InvalidRequestError(
-            f"sql: the query cannot be checked, so it is not run: {tree.get('error_message', '')}"
-        )
     names: list[str] = []
-    stack: list[object] = [tree["statements"]]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-            continue
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
+
+    def visit(node: dict[str, Any]) -> dict[str, Any]:
+        # Called by the JSON parser for every object of the tree, wherever it stands (a walk
+        # of our own over the parsed tree cost 0.8 s more on a 256 KiB query).
+        kind = node.get("type")
         if kind == "TABLE_FUNCTION":
-            function = item.get("function") or {}
+            function = node.get("function") or {}
             name = str(function.get("function_name", "")).lower()
             if name not in SERVER_TABLE_FUNCTIONS:
                 raise InvalidRequestError(
                     f"sql: Permission Error: the table function {name}() is not available over "
                     f"SQL (no query reads files or the server's state); {_VIEWS_HINT}"
                 )
-        elif item.get("class") == "FUNCTION" and kind == "FUNCTION":
-            name = str(item.get("function_name", "")).lower()
+        elif kind == "FUNCTION" and node.get("class") == "FUNCTION":
+            name = str(node.get("function_name", "")).lower()
             if name in _REFUSED_SCALARS:
                 raise InvalidRequestError(
                     f"sql: Permission Error: the function {name}() is not available over SQL; "
                     f"{_VIEWS_HINT}"
                 )
         elif kind in ("BASE_TABLE", "SHOW_REF"):
-            name = str(item.get("table_name") or "")
+            name = str(node.get("table_name") or "")
             if _FILE_NAME_CHARS.intersection(name):
                 raise InvalidRequestError(
                     f"sql: Permission Error: '{name}' names a file, and no query over SQL reads "
@@ -139,7 +131,13 @@ def check_views_only(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
                 )
             if name:
                 names.append(name)
-        stack.extend(reversed(list(item.values())))
+        return node
+
+    tree = json.loads(str(rows[0][0]), object_hook=visit) if rows else {"error": True}
+    if tree.get("error") or not isinstance(tree.get("statements"), list):
+        raise InvalidRequestError(
+            f"sql: the query cannot be checked, so it is not run: {tree.get('error_message', '')}"
+        )
     return names
 
 
