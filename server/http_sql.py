@@ -106,7 +106,9 @@ def register_sql_routes(app: FastAPI, workers: SqlWorkers | None, settings: SqlS
         """Run one read-only SELECT over the offline store's views (one per feature group), in
         the SQL sandbox. `format`: json (at most `max_rows` rows), csv, or parquet. Limits:
         `sql.max_query_bytes` of query text (413), `sql.timeout_s` of run time (504),
-        `sql.max_result_bytes` of result (422)."""
+        `sql.max_result_bytes` of result (422). The query sees the views of the groups the
+        caller may read (403 naming any other group); table functions that read files
+        (read_parquet, read_csv, glob, ...) are refused for every caller (422)."""
         try:
             if workers is None:
                 raise StorageError("this server has no offline store")
