@@ -272,6 +272,10 @@ class FastRouter:
         if self.app is None:
             raise RuntimeError("the fast router has no app to pass unmatched requests to")
         if scope["type"] != "http":
+            if scope["type"] == "websocket" and self.auth.enabled:
+                # No route takes a WebSocket; with --auth none is let through unchecked.
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await self.app(scope, receive, send)
             return
         if self.auth.enabled and scope["path"] not in self.open_paths:

@@ -164,3 +164,16 @@ def test_every_rule_of_a_group_route_names_a_parameter_of_its_template() -> None
     for (method, template), rule in RULES.items():
         if rule.kind == "group":
             assert "{" + str(rule.param) + "}" in template, (method, template)
+
+
+def test_a_websocket_is_closed_with_auth_on() -> None:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(_router()({"type": "websocket", "path": "/ws", "headers": []}, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
