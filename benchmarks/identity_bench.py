@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -143,13 +144,22 @@ def run(calls: int, blocks: int) -> dict[str, Any]:
     stat_each = hot["api_key_cached_stat_each_call"]["median_us"]
     return {
         "machine": {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
+                    "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+                    "git_commit": _git_commit()},
         "config": {"calls_per_block": calls, "blocks": blocks, "keys_in_store": 103},
         "cpu_us_per_call": {**hot, **cold, **crypto},
         "stat_each_call_over_cached": round(stat_each / cached, 1) if cached else None,
         "key_store_write_ms": {"median": round(statistics.median(writes), 2),
                                "max": round(max(writes), 2)},
     }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
