@@ -5,11 +5,12 @@ without gRPC.
 The consumer validated every record against the schema it passes in (the servicer's own checks)
 and hands them in columns (`RecordColumns`, ingest/columns.py): this sink makes the batch ONE
 `PutBatch` (keys, payloads and history rows with each record's Kafka source written by
-`batch_kernels.encode_puts`, the compiled pass of the bulk PutRecords path) and waits until the
+`batch_kernels.encode_puts`, the compiled pass of the bulk PutRecords path; a group's
+aggregation inputs by `put_batch.batch_aggregates`, as PutRecords does) and waits until the
 store has made it durable: one operation per batch, whichever store (a `ProcessOnlineStore`
-sends it to the writer process as one WireBatch). A group with aggregations, or records given
-one by one (the consumer's re-validation after a refusal), take the servicer's per-record
-`put_op`. Run it in a thread of its own (the wait blocks):
+sends it to the writer process as one WireBatch). Records given one by one (the consumer's
+re-validation after a refusal), or whose aggregation inputs the compiled scan cannot read, take
+the servicer's per-record `put_op`. Run it in a thread of its own (the wait blocks):
 `tessera.ingest.run_consumers(config, EmbeddedSink(registry, store), stop)`.
 """
 
@@ -19,11 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tessera.core.aggregation.record_inputs import RecordInputsError
 from tessera.core.errors import TesseraError
 from tessera.core.schema import CompiledSchema
 from tessera.ingest.columns import RecordColumns
 from tessera.ingest.sinks import SchemaChangedError, SinkRecord
 from tessera.server import batch_kernels as bk
+from tessera.server.put_batch import batch_aggregates
 from tessera.server.registry import Registry
 from tessera.server.store import OnlineStore, Op, PutBatch, now_us
 from tessera.server.writes import count_writes, put_op
@@ -66,11 +69,9 @@ class EmbeddedSink:
             )
         # ttl_s was applied by validation (ValidatedRecord.expires_at_us), as in PutRecords.
         api_us = now_us()
-        ops: list[Op]
-        if isinstance(records, RecordColumns) and schema.aggregations is None:
-            ops = [put_batch(schema, records, api_us)]
-        else:
-            ops = [put_op(schema, r.validated, api_us, r.source) for r in records]
+        batch = put_batch(schema, records, api_us) if isinstance(records, RecordColumns) else None
+        ops: list[Op] = [batch] if batch is not None else [
+            put_op(schema, r.validated, api_us, r.source) for r in records]
         results = self._store.submit(ops).result(self._timeout_s).results
         for result in results:
             if isinstance(result, TesseraError):
@@ -82,9 +83,11 @@ class EmbeddedSink:
 
 
 def put_batch(schema: CompiledSchema, records: RecordColumns, api_invocation_time_us: int
-              ) -> PutBatch:
+              ) -> PutBatch | None:
     """The records as one PutBatch of `schema`'s group: what `put_op` makes of each, in
-    columns (keys, payloads as validated, history rows with each record's source)."""
+    columns (keys, payloads as validated, history rows with each record's source, the inputs
+    of the group's aggregations); None when the compiled scan cannot read an aggregation input
+    (the records then go one by one)."""
     buf = np.frombuffer(records.buf, np.uint8)
     expires = records.expires_at_us
     event_time_us = _readonly(records.event_time_us)
@@ -95,12 +98,20 @@ def put_batch(schema: CompiledSchema, records: RecordColumns, api_invocation_tim
         expires is not None, api_invocation_time_us, _readonly(records.source_starts),
         _readonly(records.source_ends), schema.offline,
     )
+    keys_blob, payloads_blob = keys.tobytes(), payloads.tobytes()
+    key_off, pay_off = bk.readonly(key_off), bk.readonly(pay_off)
+    aggregates = None
+    if schema.aggregations is not None and schema.online:  # as put_batch.encode does
+        try:
+            aggregates = batch_aggregates(schema.group_name, schema.aggregations, keys_blob,
+                                          key_off, payloads_blob, pay_off)
+        except RecordInputsError:
+            return None
     return PutBatch(
-        schema.group_id, schema.online, keys.tobytes(), bk.readonly(key_off),
-        payloads.tobytes(), bk.readonly(pay_off), event_time_us,
-        None if expires is None else _readonly(expires),
+        schema.group_id, schema.online, keys_blob, key_off, payloads_blob, pay_off,
+        event_time_us, None if expires is None else _readonly(expires),
         rows.tobytes() if schema.offline else None,
-        bk.readonly(row_off) if schema.offline else None,
+        bk.readonly(row_off) if schema.offline else None, aggregates,
     )
 
 

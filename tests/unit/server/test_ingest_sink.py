@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tessera.core.aggregation.spec import AggregationConfig, AggregationDefinition
 from tessera.core.keys import record_key
 from tessera.core.schema import CompiledSchema, FeatureDefinition, FeatureGroupDefinition
 from tessera.core.values import from_record
@@ -174,3 +176,50 @@ def test_a_mixed_batch_writes_its_good_records_in_one_operation_and_leaves_the_b
     assert [(r.source, r.payload, r.event_time_us) for r in rows] == [
         (r.source, r.validated.payload, r.validated.event_time_us) for r in prepared.records]
     assert [r.source for r in rows][:3] == ["kafka:t/0/0", "kafka:t/1/2", "kafka:t/0/4"]
+
+
+def test_an_aggregated_group_is_one_put_batch_folding_what_records_one_by_one_fold(
+    tmp_path: Path,
+) -> None:
+    definition = FeatureGroupDefinition(
+        feature_group_name="agg", record_identifier_feature_name="user_id",
+        event_time_feature_name="ts",
+        feature_definitions=[FeatureDefinition.of(n, t) for n, t in (
+            ("user_id", "String"), ("ts", "Fractional"), ("clicks", "Integral"),
+            ("country", "String"))],
+        aggregations=[
+            AggregationDefinition(name="cnt_1h", function="count", window="1h"),
+            AggregationDefinition(name="clicks_sum_1d", function="sum", source="clicks",
+                                  window="1d"),
+            AggregationDefinition(name="clicks_last3_1d", function="last_n", source="clicks",
+                                  n=3, window="1d", key="country"),
+        ],
+        aggregation_config=AggregationConfig(tile_size="1m", lateness="1h"),
+    )
+    t0 = time.time() - 600  # recent: no event is past the lateness bound
+    msgs = [FakeMessage(json.dumps({"user_id": f"u{i % 7}", "ts": t0 + i, "clicks": i,
+                                    "country": "fr" if i % 3 else "de"}).encode(), offset=i)
+            for i in range(60)]
+    topic = TOPIC.model_copy(update={"feature_group": "agg"})
+    stored = {}
+    for columnar in (True, False):
+        rocks = open_rocksdb(tmp_path / f"db-{columnar}", block_cache_mb=8, write_buffer_mb=4)
+        online = RocksDBOnlineStore(rocks)
+        try:
+            registry = FeatureGroupRegistry(rocks)
+            registry.create(definition)
+            schema = registry.schema("agg")
+            prepared = Preparer(topic, 1 << 20).prepare(msgs, schema)
+            assert len(prepared.records) == 60
+            counting = CountingStore(online)
+            records = prepared.records if columnar else list(prepared.records)
+            EmbeddedSink(registry, counting).write(  # type: ignore[arg-type]
+                schema, records, None)
+            assert [type(op) for op in counting.ops] == (
+                [PutBatch] if columnar else [PutOp] * 60)
+            stored[columnar] = (dict(rocks.records.items()), dict(rocks.aggregates.items()))
+        finally:
+            online.close()
+            rocks.close()
+    assert stored[True] == stored[False]
+    assert len(stored[True][0]) == 7 and len(stored[True][1]) >= 3  # tiles were folded
