@@ -171,6 +171,8 @@ class JwksSource:
 def _usable(jwk_set: PyJWKSet, where: str) -> dict[str | None, PyJWK]:
     keys: dict[str | None, PyJWK] = {}
     for key in jwk_set.keys:
+        if key.public_key_use not in (None, "sig"):  # an encryption key: never for signatures
+            continue
         if key.algorithm_name not in ALGORITHMS:
             log.warning("JWKS %s: key %r (%s) ignored: only asymmetric signatures are accepted",
                         where, key.key_id, key.algorithm_name)

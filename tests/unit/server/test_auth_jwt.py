@@ -180,6 +180,24 @@ def test_a_changed_jwks_file_is_reread(tmp_path: Path, jwks_file: Path) -> None:
     assert auth.authenticate(f"Bearer {rotated}").name == "alice"
 
 
+def test_encryption_and_symmetric_keys_of_the_set_are_not_used(
+    tmp_path: Path, jwks_file: Path
+) -> None:
+    enc = _jwks((OTHER_RSA, "enc1", "RS256"))["keys"][0] | {"use": "enc"}
+    secret = b"s" * 32
+    hmac_key = {"kty": "oct", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode(),
+                "kid": "hs1", "alg": "HS256"}
+    jwks_file.write_text(json.dumps({"keys": [*JWKS["keys"], enc, hmac_key]}))
+    auth = _auth(tmp_path, str(jwks_file))
+    assert auth.authenticate(f"Bearer {_token()}").name == "alice"
+    with pytest.raises(UnauthenticatedError, match="'enc1' is not in the issuer's JWKS"):
+        auth.authenticate(f"Bearer {_token(OTHER_RSA, 'enc1')}")
+    forged = jwt.encode({"sub": "m", "exp": int(time.time()) + 60}, secret, algorithm="HS256",
+                        headers={"kid": "hs1"})
+    with pytest.raises(UnauthenticatedError, match="algorithm 'HS256' is not accepted"):
+        auth.authenticate(f"Bearer {forged}")
+
+
 def test_a_bad_jwks_file_fails_at_start(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
