@@ -15,6 +15,10 @@ machine's drifts fall on both alike. Per cell: calls/s, p50/p99 and the server's
 are the ratios within a round and the server CPU per call; the report lists both, with
 `other_processes_cores` (CPU used by everything else while the cell ran).
 
+The floor, measured in the same rounds: a bare grpc.aio echo server (no Tessera code, one
+process) plaintext and TLS, answering a GetRecord response's bytes: what TLS costs grpcio
+itself, next to what it costs Tessera's GetRecord.
+
 Also, what an inference service in Python sees: `sdk`: FeatureStoreClient.get_record at c=1
 (the SDK's TLS channel with `tls_ca=` vs its plaintext one), p50/p99 of each over alternating
 blocks of calls, and the client process's CPU per call.
@@ -34,6 +38,7 @@ import os
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,15 +56,38 @@ from benchmarks.segments import Cell
 from tessera.client import FeatureStoreClient
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tests.certs import Certs, make_certs
+from tests.kafka_fixtures import free_port
 from tests.serverproc import ServerProcess
 
 GET = "/tessera.v1.FeatureStore/GetRecord"
 PUT_RECORDS = "/tessera.v1.FeatureStore/PutRecords"
 GROUP = "tls_read"  # offline store off: no history flush during the read segments
 CONCURRENCIES = (1, 16)
-#: The methods measured: gRPC GetRecord (HTTP/2), and the REST runtime's GET of one record
-#: (JSON over HTTP/1.1, one connection per request in flight: what most REST clients do).
-METHODS = ("grpc_get", "rest_get_h1")
+#: The methods measured: gRPC GetRecord (HTTP/2), the REST runtime's GET of one record (JSON
+#: over HTTP/1.1, one connection per request in flight: what most REST clients do), and the
+#: floor: a bare grpc.aio echo server (no Tessera code) answering a GetRecord response's bytes,
+#: plaintext and TLS, which tells grpcio's own cost of TLS from Tessera's.
+METHODS = ("grpc_get", "rest_get_h1", "grpc_echo_floor")
+ECHO = "/bench.Echo/Echo"
+ECHO_SERVER = r"""
+import asyncio, sys, grpc
+async def main(port, cert, key):
+    async def echo(request, context):
+        return request
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    address = f"127.0.0.1:{port}"
+    if cert:
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            server.add_secure_port(address, grpc.ssl_server_credentials([(k.read(), c.read())]))
+    else:
+        server.add_insecure_port(address)
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+asyncio.run(main(int(sys.argv[1]), *(sys.argv[2:4] if len(sys.argv) > 2 else (None, None))))
+"""
 FULL = {"records": 20_000, "rounds": 4, "segment_s": 4.0, "warmup_s": 1.0, "sdk_calls": 4000}
 QUICK = {"records": 5_000, "rounds": 2, "segment_s": 2.0, "warmup_s": 0.5, "sdk_calls": 1000}
 
@@ -140,13 +168,54 @@ class Subject:
         self.server.kill()
 
 
-def _segment(s: Subject, method: str, c: int, key: int, body: bytes, frame: int,
+class EchoSubject:
+    """The floor: a bare grpc.aio echo server in one process, plaintext or TLS (the same server
+    certificate as the TLS Tessera)."""
+
+    workers = 0
+
+    def __init__(self, tls: bool, certs: Certs, work: Path) -> None:
+        self.tls = tls
+        self.name = f"echo_{'tls' if tls else 'plain'}"
+        self.port = free_port()
+        args = [str(certs.server.cert), str(certs.server.key)] if tls else []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ECHO_SERVER, str(self.port), *args], stdout=subprocess.PIPE,
+            stderr=open(work / f"{self.name}.log", "ab"), text=True)  # noqa: SIM115
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{self.name} did not start")
+        self.certs = certs
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def echoes(self, message: bytes) -> None:
+        """The server answers `message` with itself (over TLS verified by the run's CA)."""
+        channel = (grpc.secure_channel(self.target, grpc.ssl_channel_credentials(
+            self.certs.ca.read_bytes())) if self.tls else grpc.insecure_channel(self.target))
+        with channel:
+            if channel.unary_unary(ECHO)(message, timeout=10) != message:
+                raise verify.CheckFailed(f"{self.name} did not echo")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _segment(s: Subject | EchoSubject, method: str, c: int, key: int, body: bytes, frame: int,
              mode: dict[str, Any], work: Path) -> Any:
     cpu0, busy0, gen0, t0 = tree_cpu_s(s.pids()), busy_s(), children_cpu_s(), time.monotonic()
-    if method == "grpc_get":
-        seg = h2load_segment(s.target, GET, body, c, mode["segment_s"], mode["warmup_s"],
+    if method in ("grpc_get", "grpc_echo_floor"):
+        path = GET if method == "grpc_get" else ECHO
+        seg = h2load_segment(s.target, path, body, c, mode["segment_s"], mode["warmup_s"],
                              work / "h2", frame, scheme="https" if s.tls else "http")
     else:
+        assert isinstance(s, Subject)
         # rest_bench's h2load run (warm-up excluded from its log; any answer but 200 fails).
         seg = h2load_http(s.http_url + _record_path(key), "h1", c, [], None,
                           mode["segment_s"], mode["warmup_s"], work / "h1")
@@ -164,7 +233,8 @@ def _record_path(k: int) -> str:
     return f"/v1/feature-groups/{GROUP}/records/{data.record_id(k)}"
 
 
-def bench_reads(subjects: list[Subject], mode: dict[str, Any], work: Path) -> dict[str, Any]:
+def bench_reads(subjects: list[Subject], echoes: list[EchoSubject], mode: dict[str, Any],
+                work: Path) -> dict[str, Any]:
     n = mode["records"]
     rng = np.random.default_rng(20261129)
     keys = [int(k) for k in rng.integers(0, n, mode["rounds"])]
@@ -186,26 +256,40 @@ def bench_reads(subjects: list[Subject], mode: dict[str, Any], work: Path) -> di
                 if answer.status_code != 200 or data.record_id(k) not in answer.text:
                     raise verify.CheckFailed(f"{s.name}: REST GET of {k}: {answer.text[:200]}")
         s.check_tls_is_on()
+    # The floor echoes what GetRecord answers (the first key's response), at its size.
+    with subjects[0].channel() as ch:
+        echo_body = ch.unary_unary(GET)(bodies[0], timeout=10)
+    for e in echoes:
+        e.echoes(echo_body)
+    methods = mode["methods"]
+    measured: dict[str, list[Any]] = {m: list(echoes if m == "grpc_echo_floor" else subjects)
+                                      for m in methods}
     cells = {(s.name, m, c): Cell(f"{s.name}/{m}", c)
-             for s in subjects for m in METHODS for c in CONCURRENCIES}
+             for m in methods for s in measured[m] for c in CONCURRENCIES}
     for r in range(mode["rounds"]):
-        for m in METHODS:
+        for m in methods:
+            body = echo_body if m == "grpc_echo_floor" else bodies[r]
+            frame = len(data.grpc_frame(echo_body)) if m == "grpc_echo_floor" else frames[body]
+            who = measured[m]
             for c in CONCURRENCIES:
-                for s in subjects[r % len(subjects):] + subjects[:r % len(subjects)]:
-                    cells[(s.name, m, c)].add(_segment(s, m, c, keys[r], bodies[r],
-                                                       frames[bodies[r]], mode, work))
+                for s in who[r % len(who):] + who[:r % len(who)]:
+                    cells[(s.name, m, c)].add(_segment(s, m, c, keys[r], body, frame, mode,
+                                                       work))
                 _say(f"round {r + 1} {m} c={c}: " + ", ".join(
-                    f"{s.name} {cells[(s.name, m, c)].rates()[-1]:,.0f}/s" for s in subjects))
-    out: dict[str, Any] = {
-        "records": n, "keys": keys,
-        "cells": {s.name: {m: {str(c): cells[(s.name, m, c)].summary() for c in CONCURRENCIES}
-                           for m in METHODS}
-                  for s in subjects},
-    }
+                    f"{s.name} {cells[(s.name, m, c)].rates()[-1]:,.0f}/s" for s in who))
+    out: dict[str, Any] = {"records": n, "keys": keys, "cells": {}}
+    for m in methods:
+        for s in measured[m]:
+            out["cells"].setdefault(s.name, {})[m] = {
+                str(c): cells[(s.name, m, c)].summary() for c in CONCURRENCIES}
     ratios: dict[str, Any] = {}
-    for w in sorted({s.workers for s in subjects}):
-        on, off = f"workers_{w}_tls", f"workers_{w}_plain"
-        for m in METHODS:
+    for m in methods:
+        if m == "grpc_echo_floor":
+            if echoes:
+                ratios[f"tls_over_plain_{m}"] = _ratios(cells, out, "echo_tls", "echo_plain", m)
+            continue
+        for w in sorted({s.workers for s in subjects}):
+            on, off = f"workers_{w}_tls", f"workers_{w}_plain"
             ratios[f"workers_{w}_tls_over_plain_{m}"] = _ratios(cells, out, on, off, m)
     out["ratios"] = ratios
     return out
@@ -288,11 +372,21 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a smoke run (~1 min)")
     p.add_argument("--workers", default="1", help="layouts (default 1; e.g. 1,2)")
+    p.add_argument("--rounds", type=int, help="rounds of every cell (default 4; quick 2)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"what to measure (default {','.join(METHODS)})")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/tls.json"))
     a = p.parse_args(argv)
     if not h2load.available():
         sys.exit("h2load is not installed: apt-get install -y nghttp2-client")
-    mode = QUICK if a.quick else FULL
+    mode = dict(QUICK if a.quick else FULL)
+    if a.rounds:
+        mode["rounds"] = a.rounds
+    methods = tuple(m for m in a.methods.split(",") if m)
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        sys.exit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
+    mode["methods"] = methods
     workers = [int(w) for w in a.workers.split(",")]
     t0 = time.monotonic()
     result: dict[str, Any] = {
@@ -303,18 +397,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     work = Path(tempfile.mkdtemp(prefix="tessera-tls-"))
     subjects: list[Subject] = []
+    echoes: list[EchoSubject] = []
     try:
         certs = make_certs(work)
         for w in workers:
             for tls in (False, True):
                 subjects.append(Subject(w, tls, certs, work))
                 subjects[-1].load(mode["records"])
+        if "grpc_echo_floor" in methods:
+            echoes = [EchoSubject(tls, certs, work) for tls in (False, True)]
         _say("servers: " + ", ".join(f"{s.name} pid {s.pids()[0]}" for s in subjects))
-        result["reads"] = bench_reads(subjects, mode, work)
+        result["reads"] = bench_reads(subjects, echoes, mode, work)
         result["sdk"] = bench_sdk(subjects, mode["sdk_calls"])
     finally:
-        for s in subjects:
-            s.stop()
+        for x in [*subjects, *echoes]:
+            x.stop()
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
