@@ -26,16 +26,17 @@ Metadata = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True)
 class ClientSecurity:
-    """What a client sends and trusts; built by `client_security`."""
+    """What a client sends and trusts; built by `client_security`. Its repr never shows the API
+    key or the private key."""
 
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     tls: bool = False
     ca_pem: bytes | None = None
     ca_path: Path | None = None
     cert_path: Path | None = None
     key_path: Path | None = None
     cert_pem: bytes | None = None
-    key_pem: bytes | None = None
+    key_pem: bytes | None = field(default=None, repr=False)
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @property

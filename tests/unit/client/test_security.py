@@ -236,3 +236,12 @@ def test_connection_failures_say_what_they_most_likely_mean(
         tls_key=certs.client.key if certs else None)
     said = security.connection_hint(message, http_url)
     assert (hint in said) if hint else said == ""
+
+
+def test_the_repr_shows_no_secret(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    security = client_security(api_key="tsk_secret_value", tls_ca=certs.ca,
+                               tls_cert=certs.client.cert, tls_key=certs.client.key)
+    key_pem = certs.client.key.read_bytes()
+    assert "tsk_secret_value" not in repr(security) and str(key_pem) not in repr(security)
+    assert "PRIVATE KEY" not in repr(security)
