@@ -169,7 +169,12 @@ def _call(args: argparse.Namespace, method: str, path: str,
                                   "server stopped or running) or --http URL (a running server)")
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     verify: ssl.SSLContext | bool = True
-    if args.tls_ca is not None or args.tls_cert is not None:
+    tls = args.tls_ca is not None or args.tls_cert is not None
+    if tls and not args.http.startswith("https://"):
+        raise InvalidRequestError(
+            f"--http {args.http} is not https:// but TLS options were given (--tls-ca / "
+            "--tls-cert): use the https:// URL (the key would otherwise go in clear text)")
+    if tls:
         verify = ssl.create_default_context(
             cafile=str(args.tls_ca) if args.tls_ca is not None else None)
         if args.tls_cert is not None:

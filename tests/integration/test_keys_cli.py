@@ -75,6 +75,8 @@ def test_offline_create_list_revoke(tmp_path: Path, keys: Keys) -> None:
     assert dup.returncode == 2 and "a key named 'admin' exists" in dup.stderr
     nowhere = keys("list")
     assert nowhere.returncode == 2 and "give --data-dir DIR" in nowhere.stderr
+    clear = keys("list", "--http", "http://127.0.0.1:1", "--tls-ca", str(tmp_path / "ca.pem"))
+    assert clear.returncode == 2 and "is not https:// but TLS options were given" in clear.stderr
     bad_life = keys("create", "x", "--allow", "admin", "--expires-in", "soon",
                     "--data-dir", str(data))
     assert bad_life.returncode == 2 and "'soon' is not a duration" in bad_life.stderr
