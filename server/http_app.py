@@ -253,4 +253,29 @@ def create_app(
         fast.app = app
         if store is not None:
             register_sagemaker_runtime(fast, SageMakerRuntime(registry, store))
+    if auth.enabled:
+        _document_auth(app)
     return app
+
+
+def _document_auth(app: FastAPI) -> None:
+    """/openapi.json (and /docs' Authorize button) says every call takes `Authorization: Bearer
+    <API key or JWT>`; the probes and the documentation need none (server/http_auth.py)."""
+    previous = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = previous()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key (tessera keys create) or a JWT of the configured issuer"}
+        schema["security"] = [{"apiKey": []}]
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                rule = http_auth.rule_for(method.upper(), path)
+                if rule is not None and not rule.needs_principal:
+                    operation["security"] = []  # open: no credentials
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

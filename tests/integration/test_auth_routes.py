@@ -90,6 +90,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
 
 def _openapi_routes(http_url: str, admin: str) -> list[tuple[str, str]]:
     schema = httpx.get(f"{http_url}/openapi.json", timeout=10).json()  # open: documentation
+    # /docs can authorize: every call takes a bearer token, but the probes
+    assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert schema["security"] == [{"apiKey": []}]
+    assert schema["paths"]["/healthz"]["get"]["security"] == []
+    assert "security" not in schema["paths"]["/v1/feature-groups"]["get"]
     return sorted((method.upper(), path) for path, ops in schema["paths"].items()
                   for method in ops)
 
