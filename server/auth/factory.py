@@ -22,6 +22,9 @@ def authenticator_for(settings: Settings) -> Authenticator:
     if not settings.auth.enabled:
         return OPEN_ACCESS
     jwt = JwtVerifier.for_settings(settings.auth) if settings.auth.jwt_jwks else None
+    if jwt is None and (settings.auth.jwt_issuer or settings.auth.jwt_audience):
+        log.warning("--jwt-issuer / --jwt-audience are set but --jwt-jwks is not: JWTs are "
+                    "refused (reason jwt_not_configured) until the issuer's JWKS is given")
     keys = KeyIndex(settings.data_dir)
     if jwt is None and not keys.current().by_hash and not keys.current().by_access_key:
         log.warning("authentication is on but %s holds no key and no --jwt-jwks is set: every "

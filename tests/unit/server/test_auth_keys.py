@@ -325,3 +325,27 @@ def test_a_key_with_a_lifetime_is_refused_once_it_expires(tmp_path: Path) -> Non
     assert auth.authenticate(f"Bearer {forever.secret}").name == "svc"
     with pytest.raises(InvalidRequestError, match="lifetime must be more than 0 s"):
         store.create("bad", ["read:*"], expires_in_s=0)
+
+
+def test_every_reason_raised_is_a_declared_label() -> None:
+    """A new refusal cannot ship with a label REASONS (and so the metric's series) lacks."""
+    import re as _re
+
+    from tessera.server.auth import authenticator, jwt
+    from tessera.server.auth.authenticator import REASONS
+
+    raised = set()
+    for module in (authenticator, jwt):
+        source = Path(str(module.__file__)).read_text()
+        raised |= set(_re.findall(r'reason="([a-z_]+)"', source))
+    assert raised and raised <= set(REASONS), raised - set(REASONS)
+
+
+def test_jwt_options_without_a_jwks_warn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(audit, "_current", audit.get())
+    KeyStore(tmp_path, settle_s=0).create("k", ["admin"])
+    authenticator_for(Settings(data_dir=tmp_path, auth=AuthSettings(
+        enabled=True, jwt_issuer="https://idp")))
+    assert "--jwt-jwks is not: JWTs are refused" in caplog.text
