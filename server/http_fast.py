@@ -34,6 +34,14 @@ Registering routes (server/rest_runtime.py, server/sagemaker_runtime.py)::
   body over `max_body_bytes` (default: the router's) is refused before the handler runs with
   `BodyTooLargeError` (HTTP 413), through the same `errors`, so each API answers in its own
   error shape.
+- Who may call (server/http_auth.py): with authentication on, every request but the open ones
+  (probes, docs, /metrics unless protected) is authenticated here, once, before any route runs:
+  `Authorization: Bearer <API key or JWT>`, or a SigV4 signature (verified over the raw path,
+  query, headers and the body, which the router then hands on unchanged); 401 otherwise
+  (through the route's `errors`: each API answers in its own shape). The principal is
+  `FastRequest.principal` and `scope["tessera.principal"]`; a fast route's rule (`rule=`,
+  default its entry in http_auth.RULES) is checked before its handler, the app's by its own
+  dependency (server/http_app.py).
 - Every request, fast or not, is counted and timed (metrics.HTTP_REQUESTS and HTTP_LATENCY,
   labelled with the method and the route template: the fast route's, or the one FastAPI
   matched) and carries the router's `response_headers` (x-tessera-pid in a serving process of

@@ -169,15 +169,16 @@ class SageMakerControl:
 
     # --- groups --------------------------------------------------------------------------------
 
-    def readable(self, principal: Principal, name_or_arn: Any) -> FeatureGroup:
+    def readable(self, principal: Principal, name_or_arn: Any, operation: str) -> FeatureGroup:
         """`resolve(name_or_arn)` once `principal` may read it (a caller that may not read the
-        name it gave is refused whether or not the group exists)."""
+        name it gave is refused whether or not the group exists); `operation` names the
+        refusal in the audit log."""
         try:
             group = self.resolve(name_or_arn)
         except FeatureGroupNotFoundError:
-            http_auth.require(principal, Action.READ, group_name(name_or_arn), "Describe")
+            http_auth.require(principal, Action.READ, group_name(name_or_arn), operation)
             raise
-        http_auth.require(principal, Action.READ, group.name, "Describe")
+        http_auth.require(principal, Action.READ, group.name, operation)
         return group
 
     def resolve(self, name_or_arn: Any) -> FeatureGroup:
@@ -209,7 +210,8 @@ class SageMakerControl:
 
     def describe_feature_group(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("FeatureGroupName", "NextToken"), "DescribeFeatureGroupRequest")
-        group = self.readable(principal, field(req, "FeatureGroupName", str, True))
+        group = self.readable(principal, field(req, "FeatureGroupName", str, True),
+                              "DescribeFeatureGroup")
         failure = self.registry.quarantined().get(group.name)
         # Every feature definition is in one answer: there is never a next page.
         return {**shapes.describe(group, region, failure), "NextToken": ""}
@@ -284,7 +286,8 @@ class SageMakerControl:
     def describe_feature_metadata(self, req: Json, region: str, principal: Principal) -> Json:
         refuse_unknown(req, ("FeatureGroupName", "FeatureName"),
                        "DescribeFeatureMetadataRequest")
-        group = self.readable(principal, field(req, "FeatureGroupName", str, True))
+        group = self.readable(principal, field(req, "FeatureGroupName", str, True),
+                              "DescribeFeatureMetadata")
         feature = field(req, "FeatureName", str, True)
         for fd in group.definition.feature_definitions:
             if fd.feature_name == feature:
