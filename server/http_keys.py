@@ -50,7 +50,8 @@ def register_key_routes(app: FastAPI, auth: Authenticator) -> None:
     store = KeyStore(auth.keys.data_dir) if isinstance(auth, KeyAuthenticator) else None
 
     def admin(request: Request, action: str, key: str | None) -> tuple[KeyStore, Principal, str]:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        # the client's own id (bounded: it goes into the audit log), or one of ours
+        request_id = (request.headers.get("x-request-id") or "")[:64] or uuid.uuid4().hex[:16]
         principal = request.scope.get("tessera.principal")
         if not isinstance(principal, Principal):
             principal = (auth.authenticate(request.headers.get("authorization"))

@@ -89,7 +89,7 @@ class JwksSource:
         if key is None:
             known = ", ".join(sorted(str(k) for k in keys)) or "(none)"
             raise UnauthenticatedError(
-                f"the JWT's key id {kid!r} is not in the issuer's JWKS ({self.location}; key "
+                f"the JWT's key id {kid[:100]!r} is not in the issuer's JWKS ({self.location}; key "
                 f"ids: {known})" if kid is not None else
                 f"the JWT names no key id (kid) and the issuer's JWKS has {len(keys)} keys",
                 reason="unknown_key")

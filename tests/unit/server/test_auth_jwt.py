@@ -94,6 +94,7 @@ def test_api_keys_still_work_next_to_jwts(tmp_path: Path, jwks_file: Path) -> No
         (lambda: _token(aud="other"), "wrong_audience", "audience (aud) is not 'tessera'"),
         (lambda: _token(OTHER_RSA), "bad_signature", "does not verify"),
         (lambda: _token(kid="nope"), "unknown_key", "'nope' is not in the issuer's JWKS"),
+        (lambda: _token(kid="k" * 5000), "unknown_key", f"'{'k' * 100}' is not in the"),
         (lambda: _token(sub=None), "malformed", "lacks the claim 'sub'"),
         (lambda: _token(exp=None), "malformed", "lacks the claim 'exp'"),
         (lambda: _token(permissions=["read:x", "drop:all"]), "bad_permissions",
