@@ -6,6 +6,7 @@ plane with boto3 signing with a `--sigv4` key, the refusals' shapes and the audi
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,12 @@ from typing import Any
 
 import boto3
 import httpx
+import jwt
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tessera.server.auth.keys import KeyStore
 from tests.integration.wire_helpers import USERS_FEATURES
@@ -28,6 +31,7 @@ ALLOWED = "users_a"  # the reader and writer keys' groups: users_*
 OTHER = "other_b"
 SM_ALLOWED = "users_sm"
 SM_OTHER = "other_sm"
+ISSUER = "https://issuer.test"
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Secured:
     writer: str
     revoked: str
     sigv4: tuple[str, str]  # access key id, secret: read:users_* and write:users_*
+    signing_key: rsa.RSAPrivateKey  # the JWT issuer's (its public key is the server's JWKS)
 
     def http(self, token: str | None) -> httpx.Client:
         headers = {} if token is None else {"authorization": f"Bearer {token}"}
@@ -50,6 +55,11 @@ class Secured:
         return boto3.client(service, endpoint_url=self.server.http_url, region_name="eu-west-1",
                             aws_access_key_id=access, aws_secret_access_key=secret,
                             config=config)
+
+    def jwt(self, permissions: list[str], expires_in_s: float = 600) -> str:
+        claims = {"sub": "svc-ranker", "iss": ISSUER, "aud": "tessera",
+                  "exp": int(time.time() + expires_in_s), "permissions": permissions}
+        return jwt.encode(claims, self.signing_key, algorithm="RS256", headers={"kid": "k1"})
 
     def audit_lines(self) -> list[dict[str, Any]]:
         path = self.server.data_dir / "audit.log"
@@ -73,9 +83,16 @@ def secured(request: pytest.FixtureRequest,
     store.revoke("leaver")
     sig = store.create("boto", ["read:users_*", "write:users_*"], sigv4=True)
     assert sig.info.access_key_id is not None
-    proc = ServerProcess(data, workers=request.param,
-                         extra_env={"TESSERA_AUTH__ENABLED": "true"}).start(timeout_s=90)
-    secured = Secured(proc, admin, reader, writer, revoked, (sig.info.access_key_id, sig.secret))
+    signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
+    jwks = data.parent / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}))
+    proc = ServerProcess(data, workers=request.param, extra_env={
+        "TESSERA_AUTH__ENABLED": "true", "TESSERA_AUTH__JWT_JWKS": str(jwks),
+        "TESSERA_AUTH__JWT_ISSUER": ISSUER, "TESSERA_AUTH__JWT_AUDIENCE": "tessera",
+    }).start(timeout_s=90)
+    secured = Secured(proc, admin, reader, writer, revoked, (sig.info.access_key_id, sig.secret),
+                      signing_key)
     with secured.http(admin) as http:
         for name in (ALLOWED, OTHER, SM_ALLOWED, SM_OTHER):
             assert http.post("/v1/feature-groups", json=_group(name)).status_code == 201
@@ -224,3 +241,19 @@ def test_sagemaker_control_plane_verifies_sigv4_and_filters_groups(secured: Secu
     # A group stays after the refused delete.
     with secured.http(secured.admin) as admin:
         assert admin.get(f"/v1/feature-groups/{SM_ALLOWED}").status_code == 200
+
+
+def test_a_jwt_of_the_issuer_is_a_principal_with_the_permissions_of_its_claim(
+    secured: Secured,
+) -> None:
+    with secured.http(secured.jwt(["read:users_*"])) as http:
+        names = {g["feature_group_name"] for g in http.get("/v1/feature-groups").json()[
+            "feature_groups"]}
+        assert ALLOWED in names and OTHER not in names
+        denied = http.get(f"/v1/feature-groups/{OTHER}")
+        assert denied.status_code == 403
+        assert "'svc-ranker' lacks the permission read" in denied.json()["error"]["message"]
+    with secured.http(secured.jwt(["read:users_*"], expires_in_s=-600)) as http:
+        expired = http.get("/v1/feature-groups")
+        assert expired.status_code == 401
+        assert "expired" in expired.json()["error"]["message"]
