@@ -63,7 +63,7 @@ def parse_permissions(texts: list[str] | tuple[str, ...]) -> tuple[Permission, .
     return tuple(parse_permission(t) for t in texts)
 
 
-_CACHE_LIMIT = 4096  # (action, group) decisions kept per principal
+_CACHE_LIMIT = 4096  # group decisions kept per principal and action
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,17 @@ class Principal:
     name: str
     permissions: tuple[Permission, ...]
     kind: str = "api-key"
-    _decisions: dict[tuple[Action, str], bool] = field(
-        default_factory=dict, compare=False, repr=False, hash=False
+    #: Whether `permissions` hold admin (computed once: every call asks).
+    is_admin: bool = field(init=False, compare=False)
+    # Decisions per action, keyed by group name only: an Enum's hash runs in Python, a str's
+    # is cached, so a repeated check is two dict lookups.
+    _decisions: dict[Action, dict[str, bool]] = field(
+        init=False, compare=False, repr=False, hash=False
     )
 
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN in self.permissions
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_admin", ADMIN in self.permissions)
+        object.__setattr__(self, "_decisions", {Action.READ: {}, Action.WRITE: {}})
 
     def can(self, action: Action, group: str | None = None) -> bool:
         """Whether this principal may do `action` on `group` (None: an action on no group,
@@ -88,13 +92,13 @@ class Principal:
             return True
         if group is None or action is Action.ADMIN:
             return False
-        key = (action, group)
-        decided = self._decisions.get(key)
+        decisions = self._decisions[action]
+        decided = decisions.get(group)
         if decided is None:
             decided = any(p.action is action and p.matches(group) for p in self.permissions)
-            if len(self._decisions) >= _CACHE_LIMIT:
-                self._decisions.clear()
-            self._decisions[key] = decided
+            if len(decisions) >= _CACHE_LIMIT:
+                decisions.clear()
+            decisions[group] = decided
         return decided
 
     def require(self, action: Action, group: str | None = None) -> None:
