@@ -8,13 +8,19 @@ it: a group's aggregates are one contiguous range, and GetRecord reads ONE value
 
 Value (little-endian, 8-byte words; n tiles, s sources, R recent rows; a struct of arrays):
 
-    header   2 words: version u8 | pad u8 | s u16 | R u16 | pad u16 || n u32 | pad u32
+    header   2 words: version u8 | flags u8 | s u16 | R u16 | pad u16 || n u32 | pad u32
     tiles    id i64[n] | events i64[n] | count i64[n,s] | sum_hi f64[n,s] | sum_lo f64[n,s]
              | min f64[n,s] | max f64[n,s]
     recent   len i64[s] | value f64[R,s] | time i64[R,s] | seq i64[R,s]
 
-16 + n(16 + 40s) + s(8 + 24R) bytes: a key with 60 one-minute tiles of one source (plus
-last_5) is 3.4 KB; a key busy in every minute of a day, 1440 tiles, 81 KB. The kernels
+flags (kernels.COUNT_IS_EVENTS, LO_IS_ZERO): the count block is left out when every count
+equals its tile's events (no null source), the sum_lo block when every sum_lo is +0.0 (exact
+sums); the decoder fills them in. Values written before the flags existed have 0 there.
+
+16 + n(16 + 8bs) + s(8 + 24R) bytes, b the blocks present (3 to 5): a key with 60 one-minute
+tiles of one source (plus last_5) is 3.4 KB with all five; a key busy in every minute of a day,
+1440 tiles, 81 KB. Every value is written again whole by each commit that folds an event into
+it, so its size is what the write path pays per event (copies, WAL checksum and write). The kernels
 (`decode_values` / `encode_values`) read and write this form themselves, for many keys in one
 call: the write path passes the multi-get's values joined into one buffer and gets one buffer
 back, sliced per key, with no Python per tile or per array.
@@ -45,9 +51,10 @@ class TileLayoutError(ValueError):
     stream's sources or last_n sizes changed."""
 
 
-def value_size(n_tiles: int, n_sources: int, rows: int) -> int:
-    """Bytes of a stored value."""
-    return HEADER.size + n_tiles * (16 + 40 * n_sources) + n_sources * (8 + 24 * rows)
+def value_size(n_tiles: int, n_sources: int, rows: int, flags: int = 0) -> int:
+    """Bytes of a stored value with these flags (0: every block present)."""
+    blocks = 5 - bool(flags & kernels.COUNT_IS_EVENTS) - bool(flags & kernels.LO_IS_ZERO)
+    return HEADER.size + n_tiles * (16 + 8 * blocks * n_sources) + n_sources * (8 + 24 * rows)
 
 
 @functools.lru_cache(maxsize=256)

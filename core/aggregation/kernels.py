@@ -65,6 +65,10 @@ Recent = tuple[I64s, F64s, I64s, I64s]
 COUNT, SUM, MEAN, MIN, MAX, LAST, LAST_N = 0, 1, 2, 3, 4, 5, 6
 NO_TILE = 9_223_372_036_854_775_807  # int64 max: "no tile" in merges
 VERSION = 1  # of the stored value layout (codec.py)
+#: Flags of a stored value (its header's second byte): blocks left out because the decoder
+#: knows them: every count equals its tile's events (no null source in any tile) / every
+#: sum_lo is +0.0 (exact sums: integers, or one value per tile).
+COUNT_IS_EVENTS, LO_IS_ZERO = 1, 2
 
 # The one signature each entry point is compiled for (warmup.py): arrays from Python are
 # read-only C-contiguous views (the wrappers make them); tile state is what decode_values
@@ -751,9 +755,10 @@ def _last_values(
 
 
 @kernel
-def _value_words(n: int, s: int, r: int) -> int:
+def _value_words(n: int, s: int, r: int, flags: int) -> int:
     """The length in 8-byte words of a stored value of n tiles (header included)."""
-    return 2 + n * (2 + 5 * s) + s * (1 + 3 * r)
+    blocks = 5 - (flags & COUNT_IS_EVENTS) - ((flags & LO_IS_ZERO) >> 1)
+    return 2 + n * (2 + blocks * s) + s * (1 + 3 * r)
 
 
 @kernel
@@ -767,8 +772,10 @@ def _first_bad(words: I64s, off: I64s, s: int, r: int) -> int:
             return i
         head = words[a // 8]
         n = words[a // 8 + 1] & 0xFFFFFFFF
+        flags = (head >> 8) & 0xFF
         layout = (head & 0xFF, (head >> 16) & 0xFFFF, (head >> 32) & 0xFFFF)
-        if layout != (VERSION, s, r) or size != 8 * _value_words(n, s, r):
+        if (layout != (VERSION, s, r) or flags & ~(COUNT_IS_EVENTS | LO_IS_ZERO)
+                or size != 8 * _value_words(n, s, r, flags)):
             return i
     return -1
 
@@ -804,6 +811,7 @@ def decode_values(buf: U8s, off: I64s, s: int, r: int) -> tuple[Tiles, Recent, i
     pos = 0
     for i in range(k):  # element loops: array-expression slices cost seconds of compile
         w = off[i] // 8
+        flags = (words[w] >> 8) & 0xFF
         n = words[w + 1] & 0xFFFFFFFF
         w += 2
         t_off[i] = pos
@@ -812,15 +820,21 @@ def decode_values(buf: U8s, off: I64s, s: int, r: int) -> tuple[Tiles, Recent, i
             t_events[pos + x] = words[w + n + x]
         w += 2 * n
         ns = n * s
+        has_count = (flags & COUNT_IS_EVENTS) == 0
+        has_lo = (flags & LO_IS_ZERO) == 0
+        hi_at = w + ns if has_count else w  # the blocks present, in their order
+        lo_at = hi_at + ns
+        min_at = lo_at + ns if has_lo else lo_at
+        max_at = min_at + ns
         for x in range(n):
             for c in range(s):
-                at = w + x * s + c
-                t_count[pos + x, c] = words[at]
-                t_hi[pos + x, c] = floats[at + ns]
-                t_lo[pos + x, c] = floats[at + 2 * ns]
-                t_min[pos + x, c] = floats[at + 3 * ns]
-                t_max[pos + x, c] = floats[at + 4 * ns]
-        w += 5 * ns
+                at = x * s + c
+                t_count[pos + x, c] = words[w + at] if has_count else t_events[pos + x]
+                t_hi[pos + x, c] = floats[hi_at + at]
+                t_lo[pos + x, c] = floats[lo_at + at] if has_lo else 0.0
+                t_min[pos + x, c] = floats[min_at + at]
+                t_max[pos + x, c] = floats[max_at + at]
+        w = max_at + ns
         rs = r * s
         for c in range(s):
             r_len[i, c] = words[w + c]
@@ -850,17 +864,31 @@ def encode_values(
     r_seq: I64s,
 ) -> tuple[U8s, I64s]:
     """The stored values of k keys, concatenated (value i is bytes off[i]:off[i+1]); a key with
-    no tile and no recent event gets no bytes (delete it)."""
+    no tile and no recent event gets no bytes (delete it). The count and sum_lo blocks are left
+    out of a value whose every count is its tile's events / every sum_lo +0.0 (its flags)."""
     k = t_off.shape[0] - 1
     s = t_count.shape[1]
     r = r_val.shape[1]
     off = np.zeros(k + 1, np.int64)
+    value_flags = np.zeros(k, np.int64)
     for i in range(k):
-        n = t_off[i + 1] - t_off[i]
+        a = t_off[i]
+        n = t_off[i + 1] - a
         alive = n > 0
         for c in range(s):
             alive = alive or r_len[i, c] > 0
-        off[i + 1] = off[i] + (8 * _value_words(n, s, r) if alive else 0)
+        flags = 0
+        if n > 0:
+            flags = COUNT_IS_EVENTS | LO_IS_ZERO
+            for x in range(a, a + n):
+                for c in range(s):
+                    if t_count[x, c] != t_events[x]:
+                        flags &= ~COUNT_IS_EVENTS
+                    lo = t_lo[x, c]
+                    if lo != 0.0 or math.copysign(1.0, lo) < 0.0:  # NaN and -0.0 kept too
+                        flags &= ~LO_IS_ZERO
+        value_flags[i] = flags
+        off[i + 1] = off[i] + (8 * _value_words(n, s, r, flags) if alive else 0)
     buf = np.zeros(off[k], np.uint8)
     words = buf.view(np.int64)
     floats = buf.view(np.float64)
@@ -870,7 +898,8 @@ def encode_values(
         a = t_off[i]
         n = t_off[i + 1] - a
         w = off[i] // 8
-        words[w] = VERSION | (s << 16) | (r << 32)
+        flags = value_flags[i]
+        words[w] = VERSION | (flags << 8) | (s << 16) | (r << 32)
         words[w + 1] = n
         w += 2
         for x in range(n):
@@ -878,15 +907,23 @@ def encode_values(
             words[w + n + x] = t_events[a + x]
         w += 2 * n
         ns = n * s
+        has_count = (flags & COUNT_IS_EVENTS) == 0
+        has_lo = (flags & LO_IS_ZERO) == 0
+        hi_at = w + ns if has_count else w
+        lo_at = hi_at + ns
+        min_at = lo_at + ns if has_lo else lo_at
+        max_at = min_at + ns
         for x in range(n):
             for c in range(s):
-                at = w + x * s + c
-                words[at] = t_count[a + x, c]
-                floats[at + ns] = t_hi[a + x, c]
-                floats[at + 2 * ns] = t_lo[a + x, c]
-                floats[at + 3 * ns] = t_min[a + x, c]
-                floats[at + 4 * ns] = t_max[a + x, c]
-        w += 5 * ns
+                at = x * s + c
+                if has_count:
+                    words[w + at] = t_count[a + x, c]
+                floats[hi_at + at] = t_hi[a + x, c]
+                if has_lo:
+                    floats[lo_at + at] = t_lo[a + x, c]
+                floats[min_at + at] = t_min[a + x, c]
+                floats[max_at + at] = t_max[a + x, c]
+        w = max_at + ns
         rs = r * s
         for c in range(s):
             words[w + c] = r_len[i, c]

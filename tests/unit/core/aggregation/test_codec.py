@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tessera.core.aggregation import online
+from tessera.core.aggregation import kernels, online
 from tessera.core.aggregation.codec import (
     HEADER,
     TileLayoutError,
+    TileState,
     decode,
     empty_value,
     encode,
@@ -36,8 +37,31 @@ def test_encode_of_decode_gives_the_stored_values_back(plan: StreamPlan, events:
         for got, whole in zip(one.recent(), state.recent(), strict=True):
             np.testing.assert_array_equal(got[0], whole[i])
         if value is not None:
-            assert len(value) == value_size(len(one.tile_id), s, r)
+            flags = value[1]
+            assert len(value) == value_size(len(one.tile_id), s, r, flags)
             assert HEADER.unpack(value[: HEADER.size]) == (1, s, r, len(one.tile_id))
+            if len(one.tile_id):  # a block is left out exactly when the decoder knows it
+                counted = bool((one.count == one.events[:, None]).all())
+                exact = not one.sum_lo.view(np.int64).any()
+                assert flags == (kernels.COUNT_IS_EVENTS * counted + kernels.LO_IS_ZERO * exact)
+            # The layout before the flags (every block present) still reads the same.
+            again = decode([_full_layout(one, s, r)], s, r)
+            for got, want in zip(again.tiles() + again.recent(), one.tiles() + one.recent(),
+                                 strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+def _full_layout(one: TileState, s: int, r: int) -> bytes:
+    """A key's stored value with every block present (flags 0): what values written before the
+    flags hold."""
+    n = len(one.tile_id)
+    parts = [HEADER.pack(1, s, r, n), one.tile_id, one.events, one.count, one.sum_hi,
+             one.sum_lo, one.min, one.max, one.recent_len[0], one.recent_value[0],
+             one.recent_time[0], one.recent_seq[0]]
+    out = b"".join(p if isinstance(p, bytes) else np.ascontiguousarray(p).tobytes()
+                   for p in parts)
+    assert len(out) == value_size(n, s, r)
+    return out
 
 
 def test_values_of_another_layout_or_corrupt_are_refused_naming_the_value() -> None:
