@@ -22,10 +22,18 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from tessera.core.catalog import Catalog
+from tessera.core.errors import UnauthenticatedError
 from tessera.server import rest_runtime
+from tessera.server.auth.authn import Authenticator
 from tessera.server.auth.factory import authenticator_for
 from tessera.server.compaction import Compactor
-from tessera.server.grpc_service import DIAGNOSTICS, FEATURE_STORE, FeatureStoreService, handlers
+from tessera.server.grpc_service import (
+    DIAGNOSTICS,
+    FEATURE_STORE,
+    FeatureStoreService,
+    authorization,
+    handlers,
+)
 from tessera.server.http_app import create_app
 from tessera.server.http_fast import FastRouter
 from tessera.server.registry import Registry
@@ -49,8 +57,15 @@ class Front:
     readiness: ReadinessRole
 
 
-def _pid_handler() -> grpc.GenericRpcHandler:
-    async def pid(_: bytes, __: grpc.aio.ServicerContext) -> bytes:
+def _pid_handler(auth: Authenticator) -> grpc.GenericRpcHandler:
+    """The Pid diagnostic; with authentication on, for any authenticated caller."""
+
+    async def pid(_: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if auth.enabled:
+            try:
+                auth.authenticate(authorization(context))
+            except UnauthenticatedError as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
         return str(os.getpid()).encode()
 
     return grpc.method_handlers_generic_handler(
@@ -109,7 +124,7 @@ async def start_front(
     )
     grpc_server.add_generic_rpc_handlers(handlers(service, auth))
     if reuse_port:
-        grpc_server.add_generic_rpc_handlers([_pid_handler()])
+        grpc_server.add_generic_rpc_handlers([_pid_handler(auth)])
     health_pb2_grpc.add_HealthServicer_to_server(health, grpc_server)
     reflection.enable_server_reflection(
         [FEATURE_STORE, DIAGNOSTICS, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -242,7 +242,8 @@ def test_a_revoked_key_is_refused_by_every_serving_process_at_once(
 ) -> None:
     workers = auth_server.proc.workers
     channels = ({0: grpc.insecure_channel(auth_server.proc.grpc_target)} if workers == 1
-                else channels_on_each(auth_server.proc.grpc_target, workers))
+                else channels_on_each(auth_server.proc.grpc_target, workers,
+                                      metadata=auth_server.md("reader")))
     try:
         assert len(channels) == workers
         request = pb.GetRecordRequest(feature_group_name="items", record_identifier="r1")
@@ -257,6 +258,15 @@ def test_a_revoked_key_is_refused_by_every_serving_process_at_once(
     finally:
         for ch in channels.values():
             ch.close()
+
+
+def test_the_process_diagnostic_needs_a_valid_key(auth_server: AuthServer) -> None:
+    if auth_server.proc.workers == 1:
+        pytest.skip("the Pid diagnostic exists with --workers N only")
+    pid = auth_server.channel.unary_unary("/tessera.server.Process/Pid")
+    code, details = _status(lambda: pid(b"", timeout=10))
+    assert code == "UNAUTHENTICATED" and "no credentials" in details, details
+    assert int(pid(b"", timeout=10, metadata=auth_server.md("reader"))) > 0
 
 
 def test_health_and_reflection_need_no_credentials(auth_server: AuthServer) -> None:

@@ -119,19 +119,25 @@ def metric_total(text: str, sample: str, **labels: str) -> float | None:
     return sum(found) if found else None
 
 
-def pid_of(channel: grpc.Channel) -> int:
-    """The pid of the serving process this channel's connection landed on (--workers N)."""
-    return int(channel.unary_unary(f"/{PROCESS_SERVICE}/Pid")(b"", timeout=10))
+Metadata = tuple[tuple[str, str], ...] | None
 
 
-def channels_on_each(grpc_target: str, processes: int, tries: int = 64) -> dict[int, grpc.Channel]:
+def pid_of(channel: grpc.Channel, metadata: Metadata = None) -> int:
+    """The pid of the serving process this channel's connection landed on (--workers N);
+    `metadata`: the credentials a server with --auth needs."""
+    return int(channel.unary_unary(f"/{PROCESS_SERVICE}/Pid")(b"", timeout=10,
+                                                              metadata=metadata))
+
+
+def channels_on_each(grpc_target: str, processes: int, tries: int = 64,
+                     metadata: Metadata = None) -> dict[int, grpc.Channel]:
     """One channel per serving process of --workers `processes` (the kernel spreads new
     connections over them), by pid."""
     found: dict[int, grpc.Channel] = {}
     for i in range(tries):
         # a channel option of its own: grpc shares subchannels (connections) otherwise
         ch = grpc.insecure_channel(grpc_target, options=[("tessera.test.channel", i)])
-        pid = pid_of(ch)
+        pid = pid_of(ch, metadata)
         if pid in found:
             ch.close()
         else:
