@@ -41,12 +41,6 @@ from tessera.server.settings import Settings, run_dir
 
 log = logging.getLogger("tessera.server.consumer_process")
 
-#: How often this process's secondary catches up on a timer. It reads only the registry (a
-#: group it does not know, or a refresh, catches up at once); each catch-up replays every write
-#: the primary made since the last one, and the consumer's own writes are most of them: one
-#: catch-up per few batches rather than a hundred a second.
-CATCH_UP_INTERVAL_S = 0.5
-
 
 async def consume(settings: Settings, ready_file: Path) -> None:
     config = settings.ingest
@@ -61,8 +55,7 @@ async def consume(settings: Settings, ready_file: Path) -> None:
     try:
         online = await roles.start(ProcessStoreRole(
             settings.data_dir, run_dir(settings.data_dir) / "secondary-consumer",
-            settings.online_store.block_cache_mb,
-            max(settings.online_store.catch_up_interval_s, CATCH_UP_INTERVAL_S)))
+            settings.online_store.block_cache_mb, settings.online_store.catch_up_interval_s))
         store = online.store
         registry = await asyncio.to_thread(RemoteRegistry, store.reader, store.writer)
         sink = EmbeddedSink(registry, store)
