@@ -20,7 +20,7 @@ process, with JSON events of 10 features over 100,000 distinct ids:
    `--workers 1` (one process) and `--workers 2` (the consumer process writing through the
    writer process): the backlog drained (durable records/s from the group's committed offsets:
    an offset is committed only once the writer acknowledged its batch), the CPU of each process
-   per record (consumer, writer, serving, supervisor: /proc), py-spy's GIL samples of the
+   per record (consumer, writer, history, serving, supervisor: /proc), py-spy's GIL samples of the
    consumer process (--spy), then freshness at 10,000 events/s into a second topic the same
    consumer reads. The machine's other load during the drain is reported (busy CPU seconds
    that were not the server's or the broker's).
@@ -408,6 +408,8 @@ def _roles(server: ServerProcess) -> dict[int, str]:
         return {server.proc.pid: "single"}
     info = server.info()
     out = {info["pid"]: "supervisor", info["writer_pid"]: "writer"}
+    if info.get("history_pid"):
+        out[info["history_pid"]] = "history"
     out.update({pid: "serving" for pid in info["serving_pids"]})
     out.update({pid: "consumer" for pid in info.get("consumer_pids", [])})
     return out
