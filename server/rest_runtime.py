@@ -38,7 +38,6 @@ import msgspec
 from fastapi import FastAPI
 from google.protobuf.message import DecodeError
 
-from tessera.core import eventtime
 from tessera.core.errors import InvalidRequestError, NotFoundError, error_for_grpc_code
 from tessera.core.keys import normalize_record_id
 from tessera.core.values import fill_value
@@ -57,11 +56,9 @@ from tessera.server.http_fast import (
 from tessera.server.reads import OnlineReader
 from tessera.server.record_json import (
     BatchGetResult,
-    BatchRecord,
     RecordBody,
     batch_get_body,
     get_record_body,
-    record_json,
 )
 from tessera.server.registry import Registry
 from tessera.server.store import OnlineStore, now_us
@@ -136,10 +133,6 @@ def _wire_record(values: dict[str, Any]) -> pb.Record:
     return record
 
 
-def _iso(expires_at_us: int | None) -> str | None:
-    return None if expires_at_us is None else eventtime.to_iso(expires_at_us)
-
-
 # --- the routes --------------------------------------------------------------------------------
 
 
@@ -185,7 +178,8 @@ class RestRuntime:
             return FastResponse(200, PROTOBUF, data)
         response = pb.GetRecordResponse.FromString(data)
         expires = response.expires_at_us if response.HasField("expires_at_us") else None
-        return _json(RecordBody(record_json(response.record), _iso(expires)))
+        return FastResponse(200, _JSON,
+                            get_record_body(response.record.SerializeToString(), expires))
 
     async def put_record(self, req: FastRequest) -> FastResponse:
         group = req.params["group"]
@@ -240,13 +234,13 @@ class RestRuntime:
             raise error_for_grpc_code(first.error_code, first.error_message)
         if _wants_protobuf(req):
             return FastResponse(200, PROTOBUF, data)
-        records = [
-            BatchRecord(r.record_identifier, record_json(r.record),
-                        _iso(r.expires_at_us if r.HasField("expires_at_us") else None))
+        found: list[tuple[str, tuple[bytes, int | None]]] = [
+            (r.record_identifier, (r.record.SerializeToString(),
+                                   r.expires_at_us if r.HasField("expires_at_us") else None))
             for r in response.records
         ]
-        missing = self._missing(group, ids, [r.record_id for r in records])
-        return _json(BatchGetResult(records, missing))
+        missing = self._missing(group, ids, [rid for rid, _ in found])
+        return FastResponse(200, _JSON, batch_get_body(found, missing))
 
     def _missing(self, group: str, ids: list[str], found_ids: list[str]) -> list[str]:
         """The ids asked (canonical form, once each) that were not found."""

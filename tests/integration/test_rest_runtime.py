@@ -192,6 +192,16 @@ def test_batch_get_answers_found_records_in_order_and_the_missing_ids(
                                                         "features": ["nope"]}), 422)
     assert "record_ids" in _error(wire.http.post(url, json={"features": ["b1"]}), 422)
 
+    # With a write token the read is the servicer's RPC: the same JSON answer.
+    token = _put(wire.http, group, {"user_id": "b3", "ts": now, "clicks": 3}).json()["write_token"]
+    after = wire.http.post(url, json={"record_ids": ["b3", "zz", "b0"],
+                                      "consistent_after": token}).json()
+    assert after == {"records": [
+        {"record_id": "b3", "record": {"user_id": "b3", "ts": now, "clicks": 3},
+         "expires_at": None},
+        {"record_id": "b0", "record": {"user_id": "b0", "ts": now, "clicks": 0},
+         "expires_at": None}], "missing": ["zz"]}
+
 
 def test_delete_soft_and_hard_and_their_errors(wire: Wire, group: str) -> None:
     now = time.time()
