@@ -142,6 +142,16 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/BatchWriteRecord"): per_item(Action.WRITE),
     # --- SageMaker control plane (server/sagemaker_control.py: OPERATION_RULES per operation)
     ("POST", "/"): AUTHENTICATED,
+    # --- the operator UI (server/http_ui.py): its assets hold no data; its JSON shows only
+    # what the caller may read
+    ("GET", "/ui"): OPEN,
+    ("GET", "/ui/app.js"): OPEN,
+    ("GET", "/ui/api.js"): OPEN,
+    ("GET", "/ui/pages.js"): OPEN,
+    ("GET", "/ui/charts.js"): OPEN,
+    ("GET", "/ui/ui.css"): OPEN,
+    ("GET", "/v1/whoami"): AUTHENTICATED,
+    ("GET", "/v1/offline-store"): AUTHENTICATED,  # lists the groups the caller may read
 }
 
 

@@ -1,0 +1,165 @@
+"""The operator web UI at `/ui` and the two JSON endpoints only it needed.
+
+The UI is plain HTML, CSS and ES-module JavaScript in `server/ui/static/` (no build step, no
+CDN: every byte is served from here, so it works air-gapped). It is one page with hash routes
+(`/ui#/groups`, `#/group/NAME`, `#/record`, `#/offline`, `#/ingest`, `#/stats`, `#/drift`)
+that calls the HTTP API the way any client does, with `Authorization: Bearer <key>` when the
+operator gave one (kept in sessionStorage): what a page shows is what its caller may read.
+
+The assets are OPEN (server/http_auth.py RULES lists each path: the HTTP edge checks exact
+paths); the data is not. The endpoints added here:
+
+- `GET /v1/whoami` (AUTHENTICATED): the caller's name, kind and permissions, so the UI hides
+  admin buttons from a caller without admin (the server refuses the call anyway);
+- `GET /v1/offline-store` (AUTHENTICATED, readable groups only): per group its partitions with
+  files, rows and bytes (Parquet footers), the last flush (newest file's mtime) and the last
+  write time (the `write_time` column's maximum from the footers' statistics). Nothing but
+  footers is read: cheap enough to load with the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from fastapi import FastAPI, Request, Response
+
+from tessera.core import offline_layout as layout
+from tessera.core.catalog import Catalog
+from tessera.server.auth.permissions import LOCAL, Action, Principal
+from tessera.server.registry import Registry
+
+#: Served assets: URL path -> (file in server/ui/static, media type). Each is declared OPEN in
+#: server/http_auth.py RULES under the same path.
+ASSETS: dict[str, tuple[str, str]] = {
+    "/ui": ("index.html", "text/html; charset=utf-8"),
+    "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/ui/api.js": ("api.js", "text/javascript; charset=utf-8"),
+    "/ui/pages.js": ("pages.js", "text/javascript; charset=utf-8"),
+    "/ui/charts.js": ("charts.js", "text/javascript; charset=utf-8"),
+    "/ui/ui.css": ("ui.css", "text/css; charset=utf-8"),
+}
+
+_HEADERS = {
+    # The UI's own origin only: no inline script, no third-party anything.
+    "content-security-policy": "default-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-cache",
+}
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("tessera.server"))) / "ui" / "static"
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.scope.get("tessera.principal")
+    return LOCAL if principal is None else principal
+
+
+def _asset_route(app: FastAPI, path: str, file: str, media_type: str) -> None:
+    body = (_static_dir() / file).read_bytes()  # read once: the assets never change at run time
+
+    async def asset() -> Response:
+        return Response(body, media_type=media_type, headers=_HEADERS)
+
+    asset.__doc__ = f"The operator UI's {file} (no credentials needed: it holds no data)."
+    app.add_api_route(path, asset, methods=["GET"], tags=["ui"], name=f"ui:{file}",
+                      include_in_schema=False)
+
+
+def register_ui_routes(app: FastAPI, registry: Registry, catalog: Catalog | None) -> None:
+    """The UI's assets and its JSON endpoints on `app`."""
+    for path, (file, media_type) in ASSETS.items():
+        _asset_route(app, path, file, media_type)
+
+    @app.get("/v1/whoami", tags=["operations"])
+    async def whoami(request: Request) -> dict[str, Any]:
+        """Who the caller is: its name, how it authenticated and its permissions (`admin`,
+        `read:GLOB`, `write:GLOB`); `admin` says whether it may call the admin routes."""
+        principal = _principal(request)
+        return {"name": principal.name, "kind": principal.kind, "admin": principal.is_admin,
+                "permissions": [str(p) for p in principal.permissions]}
+
+    @app.get("/v1/offline-store", tags=["offline store"])
+    async def offline_store(request: Request) -> dict[str, Any]:
+        """The offline store's groups the caller may read: per group its partitions (event
+        date, files, rows, bytes), totals, `last_flush` (ISO time of the newest file) and
+        `last_write` (the latest `write_time` in its files). Groups without files list none.
+        `root` is null when the offline store is not a local folder (then nothing is listed)."""
+        principal = _principal(request)
+        names = [g.name for g in registry.list() if principal.can(Action.READ, g.name)]
+        root = None if catalog is None or "://" in catalog.root else Path(catalog.root)
+        groups = await asyncio.to_thread(_scan, root, names) if root is not None else {}
+        return {"root": None if root is None else str(root), "groups": groups}
+
+
+def _scan(root: Path, names: list[str]) -> dict[str, Any]:
+    return {name: _scan_group(layout.group_dir(root, name)) for name in names}
+
+
+def _scan_group(folder: Path) -> dict[str, Any]:
+    partitions: list[dict[str, Any]] = []
+    last_flush = 0.0
+    last_write: dt.datetime | None = None
+    prefix = f"{layout.EVENT_DATE}="
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if not (entry.is_dir() and entry.name.startswith(prefix)):
+            continue
+        files = rows = size = 0
+        for file in os.scandir(entry.path):
+            if file.name.startswith(".") or not file.name.endswith(".parquet"):
+                continue  # temporaries are dot-names, renamed into place when complete
+            try:
+                meta = pq.ParquetFile(file.path).metadata
+                stat = file.stat()
+            except (OSError, ValueError):
+                continue  # removed by a compaction between the listing and the read
+            files += 1
+            rows += meta.num_rows
+            size += stat.st_size
+            last_flush = max(last_flush, stat.st_mtime)
+            written = _max_write_time(meta)
+            if written is not None and (last_write is None or written > last_write):
+                last_write = written
+        partitions.append({"event_date": entry.name[len(prefix):], "files": files,
+                           "rows": rows, "bytes": size})
+    return {
+        "partitions": partitions,
+        "files": sum(p["files"] for p in partitions),
+        "rows": sum(p["rows"] for p in partitions),
+        "bytes": sum(p["bytes"] for p in partitions),
+        "last_flush": _iso(dt.datetime.fromtimestamp(last_flush, dt.UTC)) if last_flush else None,
+        "last_write": None if last_write is None else _iso(last_write),
+    }
+
+
+def _max_write_time(meta: pq.FileMetaData) -> dt.datetime | None:
+    names = meta.schema.names
+    if layout.WRITE_TIME not in names:
+        return None
+    column = names.index(layout.WRITE_TIME)
+    best: dt.datetime | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        value = stats.max
+        if isinstance(value, dt.datetime):
+            value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            best = value if best is None or value > best else best
+    return best
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
