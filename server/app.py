@@ -165,6 +165,7 @@ async def _start(
     if stop.is_set():
         return None
     await roles.start(front.readiness)
-    log.info("Tessera serving: gRPC %s:%d, HTTP http://%s:%d, data in %s",
-             s.host, front.grpc.port, s.host, front.http.port, settings.data_dir)
+    log.info("Tessera serving: gRPC %s:%d, HTTP %s://%s:%d, data in %s",
+             s.host, front.grpc.port, settings.http_scheme, s.host, front.http.port,
+             settings.data_dir)
     return BoundPorts(front.grpc.port, front.http.port)

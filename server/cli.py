@@ -61,12 +61,18 @@ def _serve(args: argparse.Namespace) -> int:
     if refused is not None:
         print(f"tessera: {refused}", file=sys.stderr)
         return 2
+    if args.demo and (settings.auth.enabled or settings.tls.cert is not None):
+        print("tessera: --demo runs against a loopback server without --auth and TLS "
+              "(run `tessera demo --api-key ... --tls-ca ...` against this one instead)",
+              file=sys.stderr)
+        return 2
     safe_default.warn_while_exposed(settings)  # --insecure-no-auth: now and every minute
+    scheme = settings.http_scheme
 
     def on_ready(grpc_port: int, http_port: int) -> None:
-        print(f"tessera: serving gRPC on {host}:{grpc_port}, HTTP on "
-              f"http://{host}:{http_port} (data in {settings.data_dir}); Ctrl-C stops",
-              flush=True)
+        print(f"tessera: serving gRPC{' (TLS)' if scheme == 'https' else ''} on "
+              f"{host}:{grpc_port}, HTTP on {scheme}://{host}:{http_port} "
+              f"(data in {settings.data_dir}); Ctrl-C stops", flush=True)
         if args.demo:
             from tessera.server.demo import run_demo
 

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     ingest: IngestConfig | None = None
 
     @property
+    def http_scheme(self) -> str:
+        """"https" when the ports serve TLS, else "http" (for the URLs Tessera prints)."""
+        return "https" if self.tls.cert is not None else "http"
+
+    @property
     def offline_root(self) -> Path:
         return self.offline_store.root or self.data_dir / "offline"
 

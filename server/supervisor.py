@@ -241,9 +241,9 @@ class Supervisor:
             self._spawn(consumer)
             self._wait_ready([consumer])
         self._write_ready_file()
-        log.info("Tessera serving with %d serving processes: gRPC %s:%d, HTTP http://%s:%d, "
-                 "data in %s", len(serving), s.host, self.ports.grpc_port, s.host,
-                 self.ports.http_port, settings.data_dir)
+        log.info("Tessera serving with %d serving processes: gRPC %s:%d, HTTP %s://%s:%d, "
+                 "data in %s", len(serving), s.host, self.ports.grpc_port, settings.http_scheme,
+                 s.host, self.ports.http_port, settings.data_dir)
         return self.ports
 
     def _spawn(self, child: Child) -> None:

@@ -184,3 +184,14 @@ def test_groups_list_on_the_stopped_server(cli: Cli) -> None:
     assert cli.proc.wait(30) == 0
     out = cli.ok("groups", "list")
     assert "demo_users" in out
+
+
+def test_serve_demo_refuses_a_secured_server(tmp_path: Path) -> None:
+    """--demo is the loopback try-out: with --auth or TLS it says how to run the demo instead,
+    before anything is opened."""
+    for flags in (["--auth"], ["--tls-cert", "c.pem", "--tls-key", "k.pem"]):
+        done = subprocess.run([*TESSERA, "serve", "--demo", *flags], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "--demo runs against a loopback server without --auth and TLS" in done.stderr
+        assert not (tmp_path / "tessera-data").exists()
