@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -206,3 +209,46 @@ def test_a_large_batch_of_wide_records() -> None:
     hits = [(f"id{i}", (memoryview(p), None)) for i, p in enumerate(payloads)]
     assert rj.batch_get_body(hits, ["gone"]) == rj.reference_batch_get_body(hits, ["gone"])
     assert smv.record_json(payloads[0]) == smv.reference_record_json(payloads[0])
+
+
+_PY_FUNC_SCRIPT = """
+import json, sys
+from tessera.server import record_json as rj, record_json_kernels as kernels, sagemaker_values
+payloads = [bytes.fromhex(h) for h in json.loads(sys.stdin.read())]
+assert not hasattr(kernels.measure, "py_func")  # the kernels run as plain Python here
+hits = [(f"r{i}", (p, None if i % 2 else 1_764_400_000_123_456)) for i, p in enumerate(payloads)]
+print(json.dumps([rj.batch_get_body(hits, ["gone"]).hex()]
+                 + [rj.get_record_body(p, 5_000_000).hex() for p in payloads]
+                 + [sagemaker_values.record_json(p).hex() for p in payloads]))
+"""
+
+
+def test_the_compiled_kernels_answer_as_their_python_source() -> None:
+    """The kernels' own Python (NUMBA_DISABLE_JIT, in a subprocess) against the compiled ones:
+    the same bytes for records of every value type (int64 edges, NaN, -0.0, escapes, UTF-8)."""
+    rng = np.random.default_rng(11)
+    payloads = []
+    for n in range(12):
+        record = pb.Record()
+        record.features.add(feature_name="id", string_value=f'r"{n}\\\n\u00e9\U0001F600')
+        record.features.add(feature_name="i", int_value=int(rng.integers(-(2**63), 2**63 - 1)))
+        record.features.add(feature_name="m", int_value=-(2**63) if n % 2 else 2**63 - 1)
+        record.features.add(feature_name="f", float_value=[math.nan, -0.0, 1e-300, 0.1][n % 4])
+        record.features.add(feature_name="il").int_list.values.extend([-1, 0, 2**40])
+        record.features.add(feature_name="fl").float_list.values.extend(
+            rng.normal(size=n % 4).tolist() + [math.inf])
+        record.features.add(feature_name="sl").string_list.values.extend(["a", "\x01", ""])
+        record.features.add(feature_name="v", vector_value=rng.normal(size=n % 5).astype(
+            "<f4").tobytes())
+        record.features.add(feature_name="none")
+        payloads.append(record.SerializeToString())
+    hits = [(f"r{i}", (p, None if i % 2 else 1_764_400_000_123_456))
+            for i, p in enumerate(payloads)]
+    compiled = ([rj.batch_get_body(hits, ["gone"])]
+                + [rj.get_record_body(p, 5_000_000) for p in payloads]
+                + [smv.record_json(p) for p in payloads])
+    out = subprocess.run(
+        [sys.executable, "-c", _PY_FUNC_SCRIPT], input=json.dumps([p.hex() for p in payloads]),
+        capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert [bytes.fromhex(h) for h in json.loads(out.stdout)] == compiled
