@@ -236,6 +236,8 @@ class FeatureGroupDefinition(_Model):
     #: sent (SageMaker's RoleArn, ThroughputConfig, OfflineStoreConfig.S3StorageConfig, KMS key
     #: ids: server/sagemaker_control.py); JSON values only.
     compat_config: dict[str, Any] = {}
+    #: Drift (tessera.core.drift): a feature drifted when its PSI exceeds this (None: 0.2).
+    drift_psi_threshold: float | None = Field(None, gt=0)
 
     def check(self) -> None:
         """Validate everything a schema must satisfy; raise InvalidRequestError naming the field.
@@ -495,6 +497,7 @@ class FeatureGroupUpdate(_Model):
     ttl_duration: TtlDuration | None = None
     feature_metadata: dict[str, FeatureMetadataUpdate] = {}
     compat_config: dict[str, Any] = {}
+    drift_psi_threshold: float | None = Field(None, gt=0)
 
     def apply(self, d: FeatureGroupDefinition, group_name: str) -> FeatureGroupDefinition:
         """The definition `d` with this update made (not yet `check()`ed); NotFoundError for
@@ -519,6 +522,8 @@ class FeatureGroupUpdate(_Model):
                 else d.description,
                 "online_store_config": online,
                 "compat_config": _merged(d.compat_config, self.compat_config),
+                "drift_psi_threshold": self.drift_psi_threshold
+                if self.drift_psi_threshold is not None else d.drift_psi_threshold,
             }
         )
 
