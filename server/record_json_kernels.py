@@ -305,7 +305,9 @@ def _record(buf: Any, s: int, e: int, out: np.ndarray, o: int, write: bool, sm: 
                 name_a, name_b, has_name = a, q, True
             else:
                 va, vb, field = a, q, f
-        if field == 0:  # no value (an aggregation without events): left out
+        if field == 0:  # no value (an aggregation without events): left out, its name checked
+            if _string(buf, name_a, name_b, out, 0, False) < 0:
+                return -1
             continue
         h = _name_hash(buf, name_a, name_b)
         if count == hashes.shape[0]:

@@ -192,6 +192,13 @@ def test_value_before_name_and_unknown_fields() -> None:
     assert rj.get_record_body(payload, None) == rj.reference_get_record_body(payload, None)
 
 
+def test_a_feature_without_a_value_and_a_name_that_is_not_utf8_fails_as_the_reference() -> None:
+    payload = bytes([0x0A, 0x04, 0x0A, 0x02, 0x00, 0x80])  # feature_name b"\x00\x80", no value
+    assert _compiled_status([payload], [None], False) == kernels.FALLBACK
+    assert (_outcome(rj.get_record_body, payload, None)
+            == _outcome(rj.reference_get_record_body, payload, None) != ("ok", None))
+
+
 def test_a_large_batch_of_wide_records() -> None:
     rng = np.random.default_rng(7)
     payloads = []
