@@ -51,6 +51,7 @@ def compiled_kernels() -> None:
     server does before it reports ready). The PutRecords kernels (server/batch_kernels.py) too."""
     import tessera.server.batch_kernels  # noqa: F401  (compiles its kernels when imported)
     import tessera.server.history_kernels  # noqa: F401  (likewise)
+    import tessera.server.record_json_kernels  # noqa: F401  (likewise: the JSON read answers)
     from tessera.ingest import json_batch
     from tessera.server.aggregates import ensure_kernels
 
