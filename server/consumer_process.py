@@ -5,7 +5,8 @@ messages never competes with the serving processes' interpreters.
 `python -m tessera.server.consumer_process --settings FILE --ready-file F`, started by the
 supervisor once the serving processes serve. Roles: the online store (`ProcessOnlineStore`:
 writes through the writer process, a secondary in `<data_dir>/run/secondary-consumer`), the
-registry (`RemoteRegistry` over that secondary), then the consumers (`run_consumers` with the
+registry (`RemoteRegistry` over that secondary, which opens only the registry's column family:
+its catch-ups skip the records' WAL entries), then the consumers (`run_consumers` with the
 `EmbeddedSink`, as in the single process), the metrics endpoint (server/process_metrics.py),
 then the ready file. Offsets are committed only
 once the writer acknowledged a batch; while the writer is down the sink fails with
@@ -55,7 +56,8 @@ async def consume(settings: Settings, ready_file: Path) -> None:
     try:
         online = await roles.start(ProcessStoreRole(
             settings.data_dir, run_dir(settings.data_dir) / "secondary-consumer",
-            settings.online_store.block_cache_mb, settings.online_store.catch_up_interval_s))
+            settings.online_store.block_cache_mb, settings.online_store.catch_up_interval_s,
+            registry_only=True))
         store = online.store
         registry = await asyncio.to_thread(RemoteRegistry, store.reader, store.writer)
         sink = EmbeddedSink(registry, store)

@@ -26,10 +26,11 @@ class ProcessOnlineStore:
 
     def __init__(self, data_dir: Path, secondary_dir: Path,
                  catch_up_interval_s: float = CATCH_UP_INTERVAL_S, block_cache_mb: int = 512,
-                 max_in_flight: int = 1024, own_writes_timeout_s: float = 5.0) -> None:
+                 max_in_flight: int = 1024, own_writes_timeout_s: float = 5.0,
+                 registry_only: bool = False) -> None:
         self.writer = WriterClient(socket_path(data_dir), max_in_flight=max_in_flight)
         self.reader = SecondaryReader(data_dir / "online", secondary_dir, catch_up_interval_s,
-                                      block_cache_mb)
+                                      block_cache_mb, registry_only)
         self._own_writes_timeout_s = own_writes_timeout_s
 
     def _own_writes(self) -> None:

@@ -202,9 +202,10 @@ class ProcessStoreRole:
     name = "online store (secondary + writer client)"
 
     def __init__(self, data_dir: Path, secondary_dir: Path, block_cache_mb: int,
-                 catch_up_interval_s: float) -> None:
+                 catch_up_interval_s: float, registry_only: bool = False) -> None:
         self._data_dir, self._secondary_dir = data_dir, secondary_dir
         self._cache_mb, self._interval_s = block_cache_mb, catch_up_interval_s
+        self._registry_only = registry_only  # the consumer process: it reads no records
         self._store: ProcessOnlineStore | None = None
 
     @property
@@ -217,6 +218,7 @@ class ProcessStoreRole:
         self._store = await asyncio.to_thread(
             ProcessOnlineStore, self._data_dir, self._secondary_dir,
             catch_up_interval_s=self._interval_s, block_cache_mb=self._cache_mb,
+            registry_only=self._registry_only,
         )
 
     async def stop(self) -> None:

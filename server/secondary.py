@@ -57,18 +57,27 @@ def _read_error(exc: Exception) -> StorageError:
     return StorageError(f"the online store's secondary could not read: {exc}")
 
 
+def _opened(cf: rocksdict.Rdict | None) -> rocksdict.Rdict:
+    if cf is None:
+        raise StorageError("this secondary reads only the registry (registry_only)")
+    return cf
+
+
 class SecondaryReader:
     """Reads of the online store from a secondary instance (see the module docstring)."""
 
     def __init__(self, primary_path: Path, secondary_path: Path,
                  catch_up_interval_s: float = CATCH_UP_INTERVAL_S,
-                 block_cache_mb: int = 512) -> None:
+                 block_cache_mb: int = 512, registry_only: bool = False) -> None:
         # Only what it reads: a catch-up then skips the outbox's and the expiry index's WAL
-        # records (about half of a put's bytes with history on).
-        self._db = open_secondary(primary_path, secondary_path, block_cache_mb,
-                                  ("default", RECORDS, AGGREGATES, REGISTRY))
-        self._records = self._db.get_column_family(RECORDS)
-        self._aggregates = self._db.get_column_family(AGGREGATES)
+        # records (about half of a put's bytes with history on). `registry_only` (the consumer
+        # process: it writes records, reads only schemas) skips the records' and tiles' too;
+        # its record reads raise StorageError.
+        families = ("default", REGISTRY) if registry_only else (
+            "default", RECORDS, AGGREGATES, REGISTRY)
+        self._db = open_secondary(primary_path, secondary_path, block_cache_mb, families)
+        self._records = None if registry_only else self._db.get_column_family(RECORDS)
+        self._aggregates = None if registry_only else self._db.get_column_family(AGGREGATES)
         self._registry = self._db.get_column_family(REGISTRY)
         self._listeners: list[Callable[[], object]] = []
         self._interval_s = catch_up_interval_s
@@ -89,24 +98,27 @@ class SecondaryReader:
     # --- reads ---------------------------------------------------------------------------------
 
     def get(self, key: bytes, at_us: int) -> Hit | None:
+        records = _opened(self._records)
         try:
-            raw = self._records.get(key)
+            raw = records.get(key)
         except Exception as exc:
             raise _read_error(exc) from exc
         return live_hit(raw, at_us)
 
     def multi_get(self, keys: list[bytes], at_us: int) -> list[Hit | None]:
+        records = _opened(self._records)
         try:
-            raws = self._records.get(keys)  # type: ignore[arg-type]
+            raws = records.get(keys)  # type: ignore[arg-type]
         except Exception as exc:
             raise _read_error(exc) from exc
         return [live_hit(raw, at_us) for raw in raws]  # type: ignore[union-attr]
 
     def get_aggregates(self, keys: list[bytes]) -> list[bytes | None]:
+        aggregates = _opened(self._aggregates)
         try:
             if len(keys) == 1:
-                return [self._aggregates.get(keys[0])]
-            return self._aggregates.get(keys)  # type: ignore[return-value, arg-type]
+                return [aggregates.get(keys[0])]
+            return aggregates.get(keys)  # type: ignore[return-value, arg-type]
         except Exception as exc:
             raise _read_error(exc) from exc
 
@@ -115,8 +127,9 @@ class SecondaryReader:
         include_deleted: bool = False,
     ) -> ScanPage:
         """`OnlineStore.scan` as of the last catch-up."""
+        records = _opened(self._records)
         try:
-            it = self._records.iter()
+            it = records.iter()
             try:
                 return scan_records(it, group_id, start_after, limit, at_us, include_deleted)
             finally:
@@ -213,8 +226,9 @@ class SecondaryReader:
             return
         self._stop.set()
         self._timer.join()
-        self._records.close()
-        self._aggregates.close()
+        for cf in (self._records, self._aggregates):
+            if cf is not None:
+                cf.close()
         self._registry.close()
         self._db.close()
 

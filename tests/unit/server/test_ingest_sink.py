@@ -140,16 +140,21 @@ def read(online: RocksDBOnlineStore, schema: CompiledSchema, rid: str) -> dict[s
     return None if hit is None else from_record(pb.Record.FromString(bytes(hit[0])))
 
 
-def test_a_mixed_batch_writes_its_good_records_in_one_operation_and_leaves_the_bad_ones(
-    store: tuple[FeatureGroupRegistry, RocksDBOnlineStore, RocksDB],
-) -> None:
-    registry, online, rocks = store
-    registry.create(FeatureGroupDefinition(
+def group_definition() -> FeatureGroupDefinition:
+    """`group_schema()`'s group, to create in a registry."""
+    return FeatureGroupDefinition(
         feature_group_name="users", record_identifier_feature_name="user_id",
         event_time_feature_name="ts", feature_definitions=[
             FeatureDefinition.of(n, t) for n, t in (
                 ("user_id", "String"), ("ts", "Fractional"), ("clicks", "Integral"),
-                ("ctr", "Fractional"), ("country", "String"))]))
+                ("ctr", "Fractional"), ("country", "String"))])
+
+
+def test_a_mixed_batch_writes_its_good_records_in_one_operation_and_leaves_the_bad_ones(
+    store: tuple[FeatureGroupRegistry, RocksDBOnlineStore, RocksDB],
+) -> None:
+    registry, online, rocks = store
+    registry.create(group_definition())
     schema = registry.schema("users")
     msgs = mixed_batch()  # 40 good (two partitions) and 10 bad, interleaved
     # Two more key orders in the same batch, and a record written twice (the later one wins).
