@@ -166,14 +166,14 @@ def bench_compile(work: Path) -> dict[str, float]:
 
 def bench_fold(work: Path, mode: dict[str, Any]) -> dict[str, Any]:
     """The writer's fold alone, in this process, on a real RocksDB opened as the server opens
-    it: the write part's events (18 aggregations, 1,000 puts per commit), collected, folded
-    and written as the writer does (CommitAggregates.fold, then the WriteBatch), next to the
-    same puts' records alone. Thread CPU microseconds per event, by step: figures a busy
-    machine moves far less than rates."""
-    from tessera.core.aggregation.inputs import aggregation_input_of_values
+    it: the write part's events (18 aggregations, 1,000 puts per commit, as a PutRecords
+    request's PutBatch carries them), their columns rebuilt from the payloads, folded and
+    written as the writer does (CommitAggregates.add_columns and fold, then the WriteBatch),
+    next to the same puts' records alone. Thread CPU microseconds per event, by step: figures
+    a busy machine moves far less than rates."""
     from tessera.core.aggregation.spec import AggregationDefinition, check
     from tessera.core.schema import FeatureType
-    from tessera.server.aggregates import AggregateEvent, ensure_kernels
+    from tessera.server.aggregates import ensure_kernels
     from tessera.server.rocksdb import open_rocksdb
 
     ensure_kernels()
@@ -189,9 +189,9 @@ def bench_fold(work: Path, mode: dict[str, Any]) -> dict[str, Any]:
     for i in range(n):
         values = data.record_values(i % ids)
         values["clicks"] = i % 100
-        events.append((AggregateEvent("g", plan, aggregation_input_of_values(
-            plan, values["user_id"], values)), now_us - 3_600_000_000 + i * 3_600_000_000 // n,
-            values["user_id"].encode(), to_record(values).SerializeToString()))
+        events.append((plan, now_us - 3_600_000_000 + i * 3_600_000_000 // n,
+                       b"\0\0\0\1" + values["user_id"].encode(),
+                       to_record(values).SerializeToString()))
     steps = {"records_write": 0.0, "collect": 0.0, "read": 0.0, "fold": 0.0, "write": 0.0}
     try:
         for _round in range(mode["load_rounds"]):
@@ -199,19 +199,22 @@ def bench_fold(work: Path, mode: dict[str, Any]) -> dict[str, Any]:
                 for step, seconds in _fold_commit(rocks, events[lo : lo + batch], lo,
                                                   now_us).items():
                     steps[step] += seconds
+        stored = [len(v) for v in rocks.aggregates.values()]
     finally:
         rocks.close()
     total = n * mode["load_rounds"]
     us = {k: round(v * 1e6 / total, 2) for k, v in steps.items()}
     fold_us = us["collect"] + us["read"] + us["fold"] + us["write"]
-    value = rocks_value_bytes(plan)
     return {"events": total, "thread_cpu_us_per_event": us,
             "aggregates_us_per_event": round(fold_us, 2),
             "records_alone_us_per_record": us["records_write"],
-            "tile_value_bytes_per_key": value,
-            "note": "collect: the writer loop's add(); read: the one multi-get; fold: columns, "
-                    "the kernel call, puts into the WriteBatch; write: the aggregates' "
-                    "WriteBatch, synced (the records' alone: records_write)"}
+            "tile_value_bytes_per_key": round(statistics.mean(stored)),
+            "tile_value_bytes_per_key_full_layout": rocks_value_bytes(plan),
+            "note": "collect: the batch's columns rebuilt from its keys and payloads "
+                    "(put_batch.batch_aggregates, as the writer process does) and add_columns; "
+                    "read: the one multi-get; fold: columns, the kernel call, puts into the "
+                    "WriteBatch; write: the aggregates' WriteBatch, synced (the records' alone: "
+                    "records_write)"}
 
 
 def _fold_commit(rocks: Any, chunk: list[tuple[Any, int, bytes, bytes]], first_seq: int,
@@ -221,6 +224,7 @@ def _fold_commit(rocks: Any, chunk: list[tuple[Any, int, bytes, bytes]], first_s
     import rocksdict
 
     from tessera.server.aggregates import CommitAggregates
+    from tessera.server.put_batch import batch_aggregates
     from tessera.server.rocksdb import AGGREGATES, RECORDS
 
     sync = rocksdict.WriteOptions()
@@ -232,9 +236,17 @@ def _fold_commit(rocks: Any, chunk: list[tuple[Any, int, bytes, bytes]], first_s
         wb.put(key, payload, records)
     rocks.db.write(wb, sync)
     t1 = time.thread_time()
+    keys = [key for _, _, key, _ in chunk]
+    payloads = [payload for _, _, _, payload in chunk]
+    times = np.array([event_us for _, event_us, _, _ in chunk], np.int64)
+    seqs = np.arange(first_seq, first_seq + len(chunk), dtype=np.int64)
+    key_off = np.cumsum([0] + [len(k) for k in keys], dtype=np.int64)
+    pay_off = np.cumsum([0] + [len(p) for p in payloads], dtype=np.int64)
+    keys_blob, payloads_blob = b"".join(keys), b"".join(payloads)
+    t1 = time.thread_time()  # the PutBatch's buffers are what the writer receives
     aggregates = CommitAggregates()
-    for j, (event, event_us, _, _) in enumerate(chunk):
-        aggregates.add(1, event, event_us, first_seq + j)
+    aggregates.add_columns(1, batch_aggregates("g", chunk[0][0], keys_blob, key_off,
+                                               payloads_blob, pay_off), times, seqs)
     t2 = time.thread_time()
     tiles = rocksdict.WriteBatch(raw_mode=True)
     cf = rocks.handle(AGGREGATES)
@@ -256,7 +268,8 @@ def _fold_commit(rocks: Any, chunk: list[tuple[Any, int, bytes, bytes]], first_s
 
 
 def rocks_value_bytes(plan: Any) -> int:
-    """The stored value of a key with 10 tiles (10 events an hour apart by 6 minutes, as here)."""
+    """The stored value of a key with 10 tiles (10 events an hour apart by 6 minutes, as here)
+    with every block present (codec.py: the layout before blocks could be left out)."""
     from tessera.core.aggregation.codec import value_size
 
     stream = plan.streams[0]
