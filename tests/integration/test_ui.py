@@ -321,6 +321,23 @@ def test_drift_page_flags_the_shifted_features(served: Served, tab: Tab) -> None
     tab.shot("drift")
 
 
+def test_offline_store_endpoint_agrees_with_sql(served: Served) -> None:
+    """GET /v1/offline-store reads only Parquet footers: its rows per partition and last write
+    must be what a query over the same files answers."""
+    with httpx.Client(base_url=served.url, timeout=10) as http:
+        store = http.get("/v1/offline-store").json()["groups"][USERS]
+        rows = http.post("/v1/sql", json={"query": f"SELECT CAST(event_date AS VARCHAR), "
+                                                   f"count(*), max(write_time) FROM {USERS} "
+                                                   "GROUP BY 1 ORDER BY 1"}).json()["rows"]
+        page = http.get("/ui")
+    assert [(p["event_date"], p["rows"]) for p in store["partitions"]] == [(r[0], r[1]) for r in rows]
+    last = max(r[2] for r in rows)  # ISO with microseconds; the endpoint's has milliseconds
+    assert store["last_write"][:23] == last.replace(" ", "T")[:23]
+    assert store["files"] >= len(rows) and store["bytes"] > 0
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
 # --- with --auth: the key prompt, readable groups only, no admin buttons for a reader ----------
 
 
@@ -363,5 +380,14 @@ def test_with_auth_a_reader_signs_in_and_sees_only_readable_groups(
     tab.page.wait_for_selector(f'.card[data-group="{MERCHANTS}"]')
     assert tab.page.locator('[data-role="compact"]').count() == 0  # a reader: no admin button
     assert tab.page.locator(f'.card[data-group="{USERS}"]').count() == 0
+    with httpx.Client(base_url=proc.http_url, timeout=10,
+                      headers={"authorization": f"Bearer {reader}"}) as http:
+        assert http.get("/v1/whoami").json() == {
+            "name": "dashboards", "kind": "api-key", "admin": False,
+            "permissions": [f"read:{MERCHANTS}"]}
+        assert list(http.get("/v1/offline-store").json()["groups"]) == [MERCHANTS]
+        assert http.post(f"/v1/feature-groups/{MERCHANTS}/compact").status_code == 403
+    assert httpx.get(f"{proc.http_url}/v1/whoami").status_code == 401
+    assert httpx.get(f"{proc.http_url}/ui/app.js").status_code == 200  # assets: no key
     # the 401s of the refused key are the browser's own console lines: not the UI's errors
     tab.errors[:] = [e for e in tab.errors if "401" not in e]
