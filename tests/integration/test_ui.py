@@ -9,6 +9,7 @@ Without chromium the tests skip, but fail under CI (CI=true).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -22,6 +23,7 @@ import pytest
 
 from tessera.server import http_auth, http_ui
 from tessera.server.auth.keys import KeyStore
+from tests.kafka_fixtures import KafkaBroker, session_broker
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -33,6 +35,8 @@ DAY_S = 86_400.0
 
 USERS = "user_activity"
 MERCHANTS = "merchant_risk"
+VIEWS = "page_views"  # written by the server's own Kafka consumer
+N_INGESTED = 12
 N_WINDOW = 40  # records in each of the two windows of USERS
 
 try:
@@ -51,6 +55,7 @@ def _no_browser(reason: str) -> None:
 class Served:
     proc: ServerProcess
     now_s: float
+    topic: str
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -92,6 +97,20 @@ def _merchants_definition() -> dict[str, Any]:
     }
 
 
+def _views_definition() -> dict[str, Any]:
+    return {
+        "feature_group_name": VIEWS,
+        "record_identifier_feature_name": "user_id",
+        "event_time_feature_name": "ts",
+        "description": "Page views, ingested from Kafka",
+        "feature_definitions": [
+            {"feature_name": "user_id", "feature_type": "String"},
+            {"feature_name": "ts", "feature_type": "Fractional"},
+            {"feature_name": "views", "feature_type": "Integral"},
+        ],
+    }
+
+
 def _user(i: int, now_s: float) -> dict[str, Any]:
     """Record i: the first N_WINDOW in the baseline window (9-12 days ago), the next N_WINDOW
     in the current one (1-3 days ago). clicks keeps its distribution; ctr and country shift."""
@@ -114,16 +133,30 @@ def _wait(check: Any, timeout_s: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="session")
+def kafka() -> KafkaBroker:
+    return session_broker()
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A server with two groups, 80 + 5 records flushed to Parquet (flush every 0.2 s)."""
+def served(tmp_path_factory: pytest.TempPathFactory, kafka: KafkaBroker) -> Iterator[Served]:
+    """A server with two groups, 80 + 5 records flushed to Parquet (flush every 0.2 s), and a
+    third fed by the server's own Kafka consumer: N_INGESTED records and one bad message."""
+    topic = kafka.create_topic(kafka.unique("ui-views"), partitions=2)
+    kafka.create_topic(f"{topic}.dlq")
+    ingest = {"bootstrap_servers": kafka.bootstrap, "group_id": kafka.unique("ui"),
+              "topics": [{"topic": topic, "feature_group": VIEWS}]}
     proc = ServerProcess(tmp_path_factory.mktemp("ui") / "data", extra_env={
-        "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2"}).start()
+        "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2",
+        "TESSERA_INGEST": json.dumps(ingest)}).start()
     now_s = time.time()
-    s = Served(proc, now_s)
+    s = Served(proc, now_s, topic)
     with httpx.Client(base_url=proc.http_url, timeout=10) as http:
-        for body in (_users_definition(), _merchants_definition()):
+        for body in (_users_definition(), _merchants_definition(), _views_definition()):
             assert http.post("/v1/feature-groups", json=body).status_code == 201
+        kafka.produce(topic, [(None, json.dumps({"user_id": f"u{i}", "ts": now_s,
+                                                  "views": i}).encode())
+                              for i in range(N_INGESTED)] + [(None, b"{not json")])
         for i in range(2 * N_WINDOW):
             record = _user(i, now_s)
             s.users[record["user_id"]] = record
@@ -267,8 +300,22 @@ def test_offline_page_shows_partitions_and_admin_compaction(served: Served, tab:
         assert http.get("/v1/offline-store").json()["groups"][USERS]["rows"] == 80
 
 
-def test_ingestion_page_loads(served: Served, tab: Tab) -> None:
-    tab.open(f"{served.url}/ui#/ingest", "#no-ingest")
+def test_ingestion_page_shows_topics_lag_and_dead_letters(served: Served, tab: Tab) -> None:
+    topic_row = f'#topics tr:has-text("{served.topic}")'
+    deadline = time.monotonic() + 30
+    while True:  # the consumer joins its group in the background: reload until it has written
+        tab.open(f"{served.url}/ui#/ingest", "#topics, #no-ingest")
+        row = tab.page.locator(topic_row)
+        if row.count() and row.inner_text().split("\t")[2] == str(N_INGESTED) \
+                and tab.page.locator("#dead").count():
+            break
+        assert time.monotonic() < deadline, f"nothing ingested:\n{served.proc.log()[-2000:]}"
+        time.sleep(0.5)
+    assert tab.page.locator(topic_row).inner_text().split("\t")[:2] == [served.topic, VIEWS]
+    dead = tab.page.locator("#dead tbody tr").all_inner_texts()
+    assert [d.split("\t") for d in dead] == [[served.topic, "undecodable", "1"]]
+    lag = [r.split("\t") for r in tab.page.locator("#lag tbody tr").all_inner_texts()]
+    assert sorted(r[1] for r in lag if r[0] == served.topic) == ["0", "1"]
     tab.shot("ingest")
 
 
