@@ -87,7 +87,8 @@ def value_sql(kind: str, column: str) -> str:
     if kind == LIST:
         return f"CAST(len({col}) AS DOUBLE)"
     if kind == VECTOR:
-        return f"sqrt(CAST(list_dot_product({col}, {col}) AS DOUBLE))"
+        # Not list_dot_product: it raises on a null vector instead of answering null.
+        return f"sqrt(list_sum(list_transform(CAST({col} AS DOUBLE[]), lambda x: x * x)))"
     raise ValueError(kind)
 
 

@@ -44,7 +44,7 @@ def _rows(count: int, days: int, seed: int = 3) -> list[dict[str, Any]]:
             "c": 2.5,
             "z": None,
             "l": None if i % 13 == 0 else [int(v) for v in rng.integers(0, 9, rng.integers(0, 6))],
-            "v": [float(v) for v in rng.normal(0, 1, 3).astype(np.float32)],
+            "v": None if i % 17 == 0 else [float(v) for v in rng.normal(0, 1, 3).astype(np.float32)],
         })
     return out
 
@@ -94,8 +94,9 @@ def test_statistics_over_whole_days_match_numpy(store: Any) -> None:
     lengths = np.array([len(r["l"]) for r in rows if r["l"] is not None], dtype=float)
     assert out["l"]["count"] == len(lengths)
     _check_numbers(out["l"]["length"], lengths, exact_quantiles=True)
-    norms = np.array([np.linalg.norm(np.array(r["v"], dtype=np.float32)) for r in rows])
-    assert out["v"]["count"] == len(rows)
+    norms = np.array([np.linalg.norm(np.array(r["v"], dtype=np.float32)) for r in rows
+                      if r["v"] is not None])
+    assert out["v"]["count"] == len(norms) and out["v"]["nulls"] == len(rows) - len(norms)
     stats = out["v"]["norm"]
     assert stats["mean"] == pytest.approx(norms.mean(), rel=1e-6)
     assert stats["stddev"] == pytest.approx(norms.std(ddof=1), rel=1e-5)
