@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pydantic
@@ -38,6 +38,8 @@ FEATURE_GROUPS_PATH = "/v1/feature-groups"
 
 T = TypeVar("T")
 Description = dict[str, Any]
+#: Per feature, its statistics or drift (GET .../statistics, .../drift).
+Features = Mapping[str, Mapping[str, Any]]
 
 FeatureSpecs = Mapping[str, str | FeatureDefinition]
 Tags = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -149,6 +151,22 @@ def create_feature_group(
 def describe_feature_group(name: str) -> AdminCall[Description]:
     """GET /v1/feature-groups/{name}."""
     return AdminCall("GET", _group_path(name), _description, feature_group_name=name)
+
+
+def _features(response: httpx.Response) -> Features:
+    return cast(Features, response.json()["features"])
+
+
+def feature_statistics(name: str, params: Mapping[str, str]) -> AdminCall[Features]:
+    """GET /v1/feature-groups/{name}/statistics?start=&end=; answers the per-feature dict."""
+    return AdminCall("GET", f"{_group_path(name)}/statistics?{urlencode(params)}", _features,
+                     feature_group_name=name)
+
+
+def feature_drift(name: str, params: Mapping[str, str]) -> AdminCall[Features]:
+    """GET /v1/feature-groups/{name}/drift?baseline_start=&baseline_end=&start=&end=."""
+    return AdminCall("GET", f"{_group_path(name)}/drift?{urlencode(params)}", _features,
+                     feature_group_name=name)
 
 
 def list_feature_groups() -> AdminCall[list[Description]]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpc import ChannelCredentials, StatusCode, aio
 
@@ -40,9 +41,13 @@ from tessera.client._retry import (
 )
 from tessera.client._retry import rpc_name as _rpc_name
 from tessera.client._security import client_security
+from tessera.client.offline import drift_frame, statistics_frame, window_params
 from tessera.client.sync import DEFAULT_GRPC_TARGET, DEFAULT_HTTP_URL
 from tessera.core.errors import TesseraError
 from tessera.proto.v1 import feature_store_pb2_grpc
+
+if TYPE_CHECKING:
+    import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the dev tools
 
 T = TypeVar("T")
 
@@ -112,6 +117,22 @@ class AsyncFeatureStoreClient:
     async def describe_feature_group(self, name: str) -> dict[str, Any]:
         """The group's definition and status; FeatureGroupNotFoundError when it does not exist."""
         return await self._admin_transport().send(_admin.describe_feature_group(name))
+
+    async def statistics(self, group: str, *, start: datetime | str,
+                   end: datetime | str) -> pd.DataFrame:
+        """Feature statistics of `group`'s offline history rows with event time in [start, end)
+        (GET /v1/feature-groups/{group}/statistics): a pandas DataFrame, one row per feature
+        (tessera.client.offline.statistics_frame). Needs pandas."""
+        call = _admin.feature_statistics(group, window_params(start, end))
+        return statistics_frame(await self._admin_transport().send(call))
+
+    async def drift(self, group: str, *, baseline: tuple[datetime | str, datetime | str],
+              window: tuple[datetime | str, datetime | str]) -> pd.DataFrame:
+        """Drift of `window` from `baseline` per feature (GET .../drift): psi, p_value,
+        drifted, ... as a DataFrame, one row per feature (tessera.client.offline.drift_frame);
+        the server's gauge tessera_feature_drift_psi takes these PSIs."""
+        params = {**window_params(*baseline, "baseline_"), **window_params(*window)}
+        return drift_frame(await self._admin_transport().send(_admin.feature_drift(group, params)))
 
     async def list_feature_groups(self) -> list[dict[str, Any]]:
         """The descriptions of every feature group."""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from tessera.core.catalog import Catalog
     from tessera.core.pit import PointInTimeQuery
     from tessera.core.schema import FeatureGroup
+    from tessera.core.statistics import StatisticsEngine
 
     #: A spine: a DataFrame, an Arrow table, a Parquet file (path or glob), or a SELECT query
     #: over the catalog's views (a string starting with SELECT, WITH, FROM, VALUES or '(').
@@ -83,6 +84,7 @@ class OfflineStore:
             "memory_limit": memory_limit, "temp_directory": temp_directory, "threads": threads
         }
         self._builder: Catalog | None = None
+        self._stats: StatisticsEngine | None = None
         self.progress = progress
 
     @property
@@ -191,6 +193,32 @@ class OfflineStore:
         if query.has_aggregations:
             _aggregation_kernels()  # refuses a missing extra now
         return Dataset(builder, source, query, self.progress)
+
+    def statistics(self, group: str, start: datetime | str, end: datetime | str
+                   ) -> pd.DataFrame:
+        """Feature statistics of `group`'s history rows with event time in [start, end), computed
+        here with DuckDB (tessera.core.statistics): one row per feature (`statistics_frame`).
+        Whole days' summaries are kept by this store for later calls."""
+        from tessera.core.statistics import StatisticsEngine
+
+        if self._stats is None:
+            self._stats = StatisticsEngine(self.catalog.root, self.catalog.cursor)
+        start_t, end_t = _window_times(start, end, "")
+        return statistics_frame(self._stats.statistics(self.group(group), start_t, end_t))
+
+    def drift(self, group: str, *, baseline: tuple[datetime | str, datetime | str],
+              window: tuple[datetime | str, datetime | str]) -> pd.DataFrame:
+        """Drift of `window` from `baseline` per feature (tessera.core.drift: PSI, KS or
+        chi-square p-value, drifted), computed here: one row per feature (`drift_frame`)."""
+        from tessera.core.drift import drift
+
+        b = _window_times(*baseline, "baseline_")
+        w = _window_times(*window, "")
+        con = self.catalog.cursor()
+        try:
+            return drift_frame(drift(con, self.catalog.root, self.group(group), b, w))
+        finally:
+            con.close()
 
     def close(self) -> None:
         """Close the DuckDB databases and remove their temporary folders."""
@@ -608,3 +636,61 @@ def _as_of_us(value: Any) -> int | None:  # Any: datetime, pandas Timestamp, num
         f"as_of: {type(value).__name__} is not a time; allowed: a datetime, epoch seconds, "
         "or an ISO-8601 string"
     )
+
+
+# --- statistics and drift as DataFrames (the OfflineStore's and the HTTP clients') --------------
+
+_STAT_COLUMNS = ("min", "max", "mean", "stddev")
+
+
+def _window_times(start: datetime | str, end: datetime | str, prefix: str
+                  ) -> tuple[datetime, datetime]:
+    from tessera.core.statistics import check_window, parse_time
+
+    times = [parse_time(t, f"{prefix}{what}") if isinstance(t, str)
+             else t.replace(tzinfo=UTC) if t.tzinfo is None else t
+             for t, what in ((start, "start"), (end, "end"))]
+    check_window(times[0], times[1], prefix.rstrip("_") or "window")
+    return times[0], times[1]
+
+
+def window_params(start: datetime | str, end: datetime | str, prefix: str = "") -> dict[str, str]:
+    """A window as the HTTP routes' query parameters (ISO 8601; naive datetimes are UTC)."""
+    return {f"{prefix}{what}": t if isinstance(t, str) else
+            (t.replace(tzinfo=UTC) if t.tzinfo is None else t).isoformat()
+            for t, what in ((start, "start"), (end, "end"))}
+
+
+def statistics_frame(features: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Statistics (the `features` of GET .../statistics) as a DataFrame, one row per feature:
+    type, count, nulls, distinct, min, max, mean, stddev, p01..p99, quantiles_exact,
+    histogram_edges, histogram_counts, top; `of` says what the numbers describe (value, or the
+    length of a list, the norm of a vector)."""
+    import pandas as pd
+
+    rows = []
+    for name, f in features.items():
+        row: dict[str, Any] = {"feature": name, "type": f["type"], "count": f["count"],
+                               "nulls": f["nulls"], "distinct": f.get("distinct")}
+        stats = f.get("length") or f.get("norm") or f
+        row["of"] = "length" if "length" in f else "norm" if "norm" in f else "value"
+        for col in _STAT_COLUMNS:
+            row[col] = stats.get(col)
+        for q, v in (stats.get("quantiles") or {}).items():
+            row[q] = v
+        row["quantiles_exact"] = stats.get("quantiles_exact")
+        hist = stats.get("histogram") or {}
+        row["histogram_edges"] = hist.get("edges")
+        row["histogram_counts"] = hist.get("counts")
+        row["top"] = f.get("top")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("feature") if rows else pd.DataFrame()
+
+
+def drift_frame(features: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Drift (the `features` of GET .../drift) as a DataFrame, one row per feature: psi,
+    p_value, drifted, threshold, test (ks or chi2), baseline_count, count."""
+    import pandas as pd
+
+    rows = [{"feature": name, **{k: v for k, v in f.items()}} for name, f in features.items()]
+    return pd.DataFrame(rows).set_index("feature") if rows else pd.DataFrame()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydantic
 
-from tessera.server import cli_groups, cli_keys, cli_offline, safe_default
+from tessera.server import cli_groups, cli_keys, cli_offline, cli_stats, safe_default
 from tessera.server.settings import (
     AuthSettings,
     OfflineStoreSettings,
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_offline.register(sub, client_args)
     cli_groups.register(sub)  # `tessera groups list|rename` on a stopped server's data
     cli_keys.register(sub)  # `tessera keys create|list|revoke` (README: Security)
+    cli_stats.register(sub)  # `tessera stats GROUP`: statistics and drift (offline store)
 
     from tessera.ingest.cli import register as register_ingest
 

@@ -42,6 +42,7 @@ from tessera.server.grpc_service import FeatureStoreService
 from tessera.server.http_fast import ERROR_CODES, FastRouter
 from tessera.server.http_keys import register_key_routes
 from tessera.server.http_sql import OfflineHealth, register_sql_routes
+from tessera.server.http_stats import register_stats_routes
 from tessera.server.http_ui import register_ui_routes
 from tessera.server.registry import Registry
 from tessera.server.sagemaker_control import register as register_sagemaker_control
@@ -225,6 +226,7 @@ def create_app(
 
     register_sql_routes(app, sql_workers, sql_settings or SqlSettings())
     register_key_routes(app, auth)  # /v1/keys: server/http_keys.py
+    register_stats_routes(app, registry, catalog)  # statistics, drift: server/http_stats.py
     register_sagemaker_control(app, registry)  # POST /, X-Amz-Target: SageMaker.<Op>
     register_ui_routes(app, registry, catalog)  # /ui, /v1/whoami: server/http_ui.py
     offline_health = OfflineHealth(catalog, registry)

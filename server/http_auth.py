@@ -122,6 +122,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/feature-groups/{name}/compact"): ADMIN,
     # --- offline store: the SQL views the caller may read (server/http_sql.py filters them)
     ("POST", "/v1/sql"): per_item(Action.READ),
+    # --- statistics and drift of a group's offline history (server/http_stats.py)
+    ("GET", "/v1/feature-groups/{group}/statistics"): needs(Action.READ, "group"),
+    ("GET", "/v1/feature-groups/{group}/drift"): needs(Action.READ, "group"),
     # --- keys (server/http_keys.py)
     ("POST", "/v1/keys"): ADMIN,
     ("GET", "/v1/keys"): ADMIN,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -104,3 +105,44 @@ AUTH_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+FEATURE_DRIFT_PSI = Gauge(
+    "tessera_feature_drift_psi",
+    "The latest PSI computed for a feature (GET /v1/feature-groups/{group}/drift): its window "
+    "against its baseline; with --workers N the latest of every serving process's.",
+    ["group", "feature"],
+    registry=REGISTRY,
+)
+FEATURE_DRIFT_COMPUTED = Gauge(
+    "tessera_feature_drift_computed_timestamp_seconds",
+    "When tessera_feature_drift_psi of a feature was last computed (seconds since the epoch).",
+    ["group", "feature"],
+    registry=REGISTRY,
+)
+#: Families that describe the service, not a process: /metrics of --workers N shows each
+#: series once, the value of the process that computed it last (`latest_drift`).
+_DRIFT_FAMILIES = (FEATURE_DRIFT_PSI._name, FEATURE_DRIFT_COMPUTED._name)
+
+
+def latest_drift(families: dict[str, Metric], process_label: str) -> None:
+    """In a merged exposition (server/process_metrics.py), keep one series per (group,
+    feature) of the drift gauges: the one of the process whose computation is the latest, with
+    no process label; summing or listing every process's would show stale PSIs."""
+    stamps = families.get(FEATURE_DRIFT_COMPUTED._name)
+    if stamps is None:
+        return
+    latest: dict[tuple[str, str], tuple[float, str]] = {}
+    for s in stamps.samples:
+        key = (s.labels.get("group", ""), s.labels.get("feature", ""))
+        if key not in latest or s.value > latest[key][0]:
+            latest[key] = (s.value, s.labels.get(process_label, ""))
+    for name in _DRIFT_FAMILIES:
+        family = families.get(name)
+        if family is None:
+            continue
+        kept = []
+        for s in family.samples:
+            key = (s.labels.get("group", ""), s.labels.get("feature", ""))
+            if key in latest and s.labels.get(process_label) == latest[key][1]:
+                labels = {k: v for k, v in s.labels.items() if k != process_label}
+                kept.append(s._replace(labels=labels))
+        family.samples[:] = kept

@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from tessera.server import metrics
 from tessera.server.settings import Settings
 from tessera.server.writer_ipc import reachable
 
@@ -165,6 +166,7 @@ def merge(expositions: dict[str, bytes], up: dict[str, bool]) -> bytes:
                                                         family.type, family.unit)
             merged.samples.extend(
                 s._replace(labels={**s.labels, PROCESS_LABEL: process}) for s in family.samples)
+    metrics.latest_drift(families, PROCESS_LABEL)  # service-wide gauges: shown once
     gathered = Metric("tessera_metrics_process_up",
                       "1 when this scrape gathered the process's metrics, 0 when it did not "
                       "answer in time (dead, restarting or overloaded).", "gauge")

@@ -35,7 +35,7 @@ ALLOWED = {
 
 # The command-line modules compose everything (`tessera demo` and `tessera dataset` call the SDK,
 # `tessera ingest` runs the standalone consumer): they alone may also import the client.
-COMMAND_LINE = {"server/cli.py", "server/cli_offline.py", "server/demo.py"}
+COMMAND_LINE = {"server/cli.py", "server/cli_offline.py", "server/cli_stats.py", "server/demo.py"}
 COMMAND_LINE_ALLOWED = ALLOWED["server"] | {"client"}
 
 
