@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[all]'
+	$(BIN)/python -m tessera.server.warm  # Numba's cache: the first start does not compile
 	touch $@
 
 install: $(BIN)/.installed

@@ -47,13 +47,8 @@ def compiled_kernels() -> None:
     """Compile every Numba kernel the server loads at start-up once, in this process, before any
     server starts: the aggregation kernels, the compiled record validation and the history
     columns decoder. Numba caches them on disk, so every server process the tests start loads
-    them (under a second) instead of compiling them (~35 s after a fresh install, which a
-    server does before it reports ready). The PutRecords kernels (server/batch_kernels.py) too."""
-    import tessera.server.batch_kernels  # noqa: F401  (compiles its kernels when imported)
-    import tessera.server.history_kernels  # noqa: F401  (likewise)
-    import tessera.server.record_json_kernels  # noqa: F401  (likewise: the JSON read answers)
-    from tessera.ingest import json_batch
-    from tessera.server.aggregates import ensure_kernels
+    them (under a second) instead of compiling them (~1 min of CPU after a fresh install, which
+    a server does before it reports ready). `make install` has usually done it already."""
+    from tessera.server.warm import compile_kernels
 
-    ensure_kernels()
-    json_batch.load()  # the Kafka consumer's whole-batch JSON encoding
+    compile_kernels()
