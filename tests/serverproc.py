@@ -53,7 +53,7 @@ class ServerProcess:
         serving_pids; the supervisor rewrites it when a restarted child serves again)."""
         return dict(json.loads(self.ready_path.read_text()))
 
-    def start(self, timeout_s: float = 30.0) -> ServerProcess:
+    def start(self, timeout_s: float = 60.0) -> ServerProcess:
         ready = self.ready_path
         ready.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
