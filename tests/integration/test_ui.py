@@ -148,7 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, kafka: KafkaBroker) -> Iter
               "topics": [{"topic": topic, "feature_group": VIEWS}]}
     proc = ServerProcess(tmp_path_factory.mktemp("ui") / "data", extra_env={
         "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2",
-        "TESSERA_INGEST": json.dumps(ingest)}).start()
+        "TESSERA_INGEST": json.dumps(ingest)}).start(timeout_s=90)
     now_s = time.time()
     s = Served(proc, now_s, topic)
     with httpx.Client(base_url=proc.http_url, timeout=10) as http:
@@ -395,7 +395,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     admin = store.create("ops", ["admin"]).secret
     reader = store.create("dashboards", [f"read:{MERCHANTS}"]).secret
     proc = ServerProcess(data, extra_env={"TESSERA_AUTH__ENABLED": "true",
-                                          "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2"}).start()
+                                          "TESSERA_OFFLINE_STORE__FLUSH_INTERVAL_S": "0.2"}).start(timeout_s=90)
     with httpx.Client(base_url=proc.http_url, timeout=10,
                       headers={"authorization": f"Bearer {admin}"}) as http:
         for body in (_users_definition(), _merchants_definition()):

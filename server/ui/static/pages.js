@@ -124,6 +124,7 @@ export async function groupsPage(main) {
     const name = r.dataset.group;
     const rate = ((after.get(name) || 0) - (before.get(name) || 0)) / dt;
     r.querySelector('[data-col="rate"]').textContent = fmt(Number(Math.max(rate, 0).toFixed(1)));
+    r.querySelector('[data-col="written"]').textContent = fmt(after.get(name) || 0);
   }
 }
 
