@@ -3,7 +3,8 @@
 Debian's chromium driven by Playwright (`executable_path=/usr/bin/chromium`: no browser
 download). Every page must load with no console error and show the values the data implies; a
 screenshot of each page goes to `build/ui-screenshots/` (git-ignored). With
-`TESSERA_UI_DOCS=1` the feature groups page is also written to docs/ui-groups.png (README).
+`TESSERA_UI_DOCS=1` the feature groups and drift pages are also written to docs/ui-*.png
+(README).
 Without chromium the tests skip, but fail under CI (CI=true).
 """
 
@@ -366,6 +367,8 @@ def test_drift_page_flags_the_shifted_features(served: Served, tab: Tab) -> None
     window = chart.locator("rect.bar.b").evaluate_all("b => b.map(x => +x.dataset.count)")
     assert sum(baseline) == N_WINDOW and sum(window) == N_WINDOW
     tab.shot("drift")
+    if os.environ.get("TESSERA_UI_DOCS") == "1":
+        tab.page.screenshot(path=str(REPO / "docs" / "ui-drift.png"), full_page=True)
 
 
 def test_offline_store_endpoint_agrees_with_sql(served: Served) -> None:
