@@ -14,7 +14,7 @@ paths); the data is not. The endpoints added here:
 - `GET /v1/offline-store` (AUTHENTICATED, readable groups only): per group its partitions with
   files, rows and bytes (Parquet footers), the last flush (newest file's mtime) and the last
   write time (the `write_time` column's maximum from the footers' statistics). Nothing but
-  footers is read: cheap enough to load with the page.
+  footers is read, each once (`_FOOTERS`): cheap enough to load with the page.
 """
 
 from __future__ import annotations
@@ -100,11 +100,28 @@ def register_ui_routes(app: FastAPI, registry: Registry, catalog: Catalog | None
         return {"root": None if root is None else str(root), "groups": groups}
 
 
+#: A file's footer facts by group folder: path -> (mtime_ns, size, rows, latest write_time).
+#: A file never changes once renamed into place (a compaction replaces it under a new name), so
+#: a page load reads only the footers of files it has not seen (~180 us of CPU each).
+_Footer = tuple[int, int, int, dt.datetime | None]
+_FOOTERS: dict[str, dict[str, _Footer]] = {}
+
+
 def _scan(root: Path, names: list[str]) -> dict[str, Any]:
     return {name: _scan_group(layout.group_dir(root, name)) for name in names}
 
 
+def _footer(path: str, stat: os.stat_result, known: dict[str, _Footer]) -> _Footer:
+    seen = known.get(path)
+    if seen is not None and seen[0] == stat.st_mtime_ns and seen[1] == stat.st_size:
+        return seen
+    meta = pq.ParquetFile(path).metadata
+    return (stat.st_mtime_ns, stat.st_size, meta.num_rows, _max_write_time(meta))
+
+
 def _scan_group(folder: Path) -> dict[str, Any]:
+    known = _FOOTERS.get(str(folder), {})
+    seen: dict[str, _Footer] = {}
     partitions: list[dict[str, Any]] = []
     last_flush = 0.0
     last_write: dt.datetime | None = None
@@ -121,19 +138,20 @@ def _scan_group(folder: Path) -> dict[str, Any]:
             if file.name.startswith(".") or not file.name.endswith(".parquet"):
                 continue  # temporaries are dot-names, renamed into place when complete
             try:
-                meta = pq.ParquetFile(file.path).metadata
                 stat = file.stat()
+                footer = seen[file.path] = _footer(file.path, stat, known)
             except (OSError, ValueError):
                 continue  # removed by a compaction between the listing and the read
             files += 1
-            rows += meta.num_rows
+            rows += footer[2]
             size += stat.st_size
             last_flush = max(last_flush, stat.st_mtime)
-            written = _max_write_time(meta)
+            written = footer[3]
             if written is not None and (last_write is None or written > last_write):
                 last_write = written
         partitions.append({"event_date": entry.name[len(prefix):], "files": files,
                            "rows": rows, "bytes": size})
+    _FOOTERS[str(folder)] = seen  # files gone (compacted, group deleted) drop out
     return {
         "partitions": partitions,
         "files": sum(p["files"] for p in partitions),
