@@ -7,10 +7,14 @@ event time lies in the half-open window):
   quantiles at 10%, ..., 90%, duplicates merged: a constant baseline gives two bins, below its
   value and from it up), and the two-sample Kolmogorov-Smirnov test. The KS statistic is exact:
   computed from the two windows' values themselves (each window's values, or a uniform
-  reservoir sample of `MAX_SAMPLE` of them when it has more). Its p-value is the asymptotic
-  Kolmogorov distribution at (sqrt(en) + 0.12 + 0.11 / sqrt(en)) * D, en = n m / (n + m)
-  (Stephens' small-sample correction); it stays within 0.01 of scipy.stats.ks_2samp's p-value
-  (exact or asymptotic) from about 50 values per window (tests/unit/core/test_drift.py).
+  reservoir sample of `MAX_SAMPLE` of them when it has more). Its p-value is scipy.stats.
+  ks_2samp's default: exact up to `KS_EXACT_N` values per sample (the share of lattice paths
+  leaving the band, counted row by row in NumPy, `ks_exact_sf`; equal to scipy's within 1e-9 in
+  the tests), asymptotic above: the Kolmogorov distribution at
+  (sqrt(en) + 0.12 + 0.11 / sqrt(en)) * D, en = n m / (n + m) (Stephens' correction), within
+  0.005 of scipy's (which uses the one-sample exact distribution at round(en)) in the tests.
+  Far in the tail (asymptotic p < 1e-9) the asymptotic value is answered: both are ~0 there
+  and the exact count's cells underflow.
 - strings: categories are the baseline's `TOP_CATEGORIES` most frequent values plus "other"
   (every other value); PSI over them, and Pearson's chi-square test of homogeneity on the
   2 x categories table (categories empty in both windows left out; no continuity correction),
