@@ -78,6 +78,7 @@ def _users_definition() -> dict[str, Any]:
             {"feature_name": "ctr", "feature_type": "Fractional",
              "description": "click-through rate"},
             {"feature_name": "country", "feature_type": "String"},
+            {"feature_name": "pages", "feature_type": "String", "collection_type": "List"},
         ],
         "online_store_config": {"enable_online_store": True,
                                 "ttl_duration": {"unit": "Days", "value": 30}},
@@ -123,6 +124,7 @@ def _user(i: int, now_s: float) -> dict[str, Any]:
         "clicks": j % 10,
         "ctr": (0.5 if current else 0.05) + 0.1 * j / N_WINDOW,
         "country": ("DE" if j % 2 else "FR") if current else ("US" if j % 2 else "GB"),
+        "pages": [f"/p{k}" for k in range(j % 4)],  # lengths 0-3
     }
 
 
@@ -239,7 +241,7 @@ def test_groups_page_lists_groups_with_counts_and_ttl(served: Served, tab: Tab) 
     tab.open(f"{served.url}/ui", f'#groups tr[data-group="{MERCHANTS}"]')
     users = _cells(tab.page, USERS)
     assert users["Group"].startswith(USERS)
-    assert users["Features"] == "5"
+    assert users["Features"] == "6"
     assert users["TTL"] == "30 Days"
     assert users["History rows"] == "80"
     assert users["Records written"] == "80"
@@ -267,7 +269,7 @@ def test_group_page_shows_every_feature_with_its_type(served: Served, tab: Tab) 
             tab.page.locator("#features tbody tr").all_inner_texts()}
     assert {name: cols[1] for name, cols in rows.items()} == {
         "user_id": "String", "ts": "Fractional", "clicks": "Integral", "ctr": "Fractional",
-        "country": "String"}
+        "country": "String", "pages": "List<String>"}
     assert rows["ctr"][2] == "click-through rate"
     assert tab.page.inner_text("#version") == "1"
     tab.shot("group")
@@ -344,6 +346,10 @@ def test_statistics_page_charts_a_histogram(served: Served, tab: Tab) -> None:
     assert sum(counts) == N_WINDOW
     country = tab.page.locator('#stats .card[data-feature="country"] svg').text_content() or ""
     assert "DE" in country and "FR" in country and "US" not in country
+    pages = tab.page.locator('#stats .card[data-feature="pages"]')  # a list: its lengths
+    assert pages.locator('[data-stat="length max"]').inner_text() == "3"
+    lengths = pages.locator("svg rect.bar").evaluate_all("b => b.map(x => +x.dataset.count)")
+    assert sum(lengths) == N_WINDOW
     tab.shot("statistics")
 
 
@@ -361,6 +367,7 @@ def test_drift_page_flags_the_shifted_features(served: Served, tab: Tab) -> None
     assert row("ctr")[1] == "drifted" and float(row("ctr")[0]) > 0.2
     assert row("country")[1] == "drifted"
     assert row("clicks")[1] == "stable" and float(row("clicks")[0]) < 0.2
+    assert row("pages")[1] == "stable"  # a list's lengths: the same in both windows
     # overlaid histograms: the baseline's bars and the window's, each N_WINDOW values
     chart = tab.page.locator('#drift-charts .card[data-feature="ctr"] svg')
     baseline = chart.locator("rect.bar:not(.b)").evaluate_all("b => b.map(x => +x.dataset.count)")
