@@ -35,8 +35,12 @@ kept. Summaries merge exactly for count, nulls, min, max, mean and the sum of sq
   per value (measured), against ~140 ns for an exact mergeable k-minimum-values sketch;
 - top strings: each summary keeps its partition's `TOP_KEPT` most frequent values; a merged count
   is exact when no partition had more distinct values than that (`top_exact`);
-- the histogram needs the window's min and max first, so its counts are a second pass (exact),
-  kept per partition for the same edges: the same window asked again reads nothing.
+- the histogram needs the window's min and max first. For a window of whole partitions the
+  Parquet footers' statistics give a number's min and max before any row is read, and the
+  summary pass counts the histogram too; where they differ from the min and max that pass
+  finds (a column without statistics, infinities), and for lengths and norms, the counts are
+  a second pass. Counts are exact either way and kept per partition and edges: the same window
+  asked again reads nothing.
 """
 
 from __future__ import annotations
@@ -297,8 +301,14 @@ class StatisticsEngine:
         con = self._connect()
         try:
             pieces = [(p, None if p.within(start, end) else window) for p in parts]
+            # Whole partitions only: the files' footers give each number's min and max before
+            # any row is read, so the summary pass counts its histogram too (one pass instead
+            # of two); used only where they equal the min and max the pass then finds.
+            guess = {} if any(w for _, w in pieces) else footer_ranges(
+                con, [p for part in parts for p in part.paths],
+                [n for n, k in features.items() if k == NUMBER])
             for part, where in pieces:
-                for name, s in self._summary(con, part, features, where).items():
+                for name, s in self._summary(con, part, features, where, guess).items():
                     totals[name].merge(s)
             distinct = self._distinct(con, parts, features, window)
             ranges = {name: (float(t.min), float(t.max)) for name, t in totals.items()
@@ -336,36 +346,47 @@ class StatisticsEngine:
         return set(hit)
 
     def _summary(self, con: duckdb.DuckDBPyConnection, part: Partition, features: dict[str, str],
-                 where: str | None) -> dict[str, Summary]:
+                 where: str | None, guess: dict[str, tuple[float, float]]
+                 ) -> dict[str, Summary]:
         key = (part.files, tuple(sorted(features.items())))
         if where is None:
             hit = self._cached(self._summaries, key)
             if hit is not None:
                 self.cached += 1
                 return _copy(hit)
-        result = summarise(con, part.paths, features, where, self.columns(con, part))
+        spec = [(n, features[n], lo, hi) for n, (lo, hi) in guess.items()]
+        result, hists = summarise(con, part.paths, features, where, self.columns(con, part),
+                                  spec)
         self.computed += 1
         if where is None:
             self._keep(self._summaries, key, _copy(result))
+            for (name, kind, lo, hi), counts in zip(spec, hists, strict=True):
+                self._keep(self._histograms, (part.files, name, kind, lo, hi), counts)
         return result
 
     def _histograms_of(self, con: duckdb.DuckDBPyConnection,
                        pieces: Iterable[tuple[Partition, str | None]], features: dict[str, str],
                        ranges: dict[str, tuple[float, float]]) -> dict[str, list[int]]:
-        spec = tuple(sorted((name, features[name], lo, hi) for name, (lo, hi) in ranges.items()))
-        totals = {name: np.zeros(1 if lo == hi else HISTOGRAM_BINS, dtype=np.int64)
+        spec = sorted((name, features[name], lo, hi) for name, (lo, hi) in ranges.items())
+        totals = {name: np.zeros(_bins(lo, hi), dtype=np.int64)
                   for name, (lo, hi) in ranges.items()}
-        if not spec:
-            return {}
         for part, where in pieces:
-            key = (part.files, spec)
-            hit = self._cached(self._histograms, key) if where is None else None
-            if hit is None:
-                hit = partition_histograms(con, part.paths, spec, where, self.columns(con, part))
+            missing = spec
+            if where is None:  # a whole partition: each feature's counts may be kept already
+                missing = []
+                for item in spec:
+                    hit = self._cached(self._histograms, (part.files, *item))
+                    if hit is None:
+                        missing.append(item)
+                    else:
+                        totals[item[0]] += np.asarray(hit, dtype=np.int64)
+            if not missing:
+                continue
+            got = partition_histograms(con, part.paths, missing, where, self.columns(con, part))
+            for item in missing:
                 if where is None:
-                    self._keep(self._histograms, key, hit)
-            for name, c in hit.items():
-                totals[name] += np.asarray(c, dtype=np.int64)
+                    self._keep(self._histograms, (part.files, *item), got[item[0]])
+                totals[item[0]] += np.asarray(got[item[0]], dtype=np.int64)
         return {name: [int(c) for c in t] for name, t in totals.items()}
 
     def _distinct(self, con: duckdb.DuckDBPyConnection, parts: Sequence[Partition],
@@ -418,8 +439,11 @@ def file_columns(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> set[st
 
 
 def summarise(con: duckdb.DuckDBPyConnection, paths: Sequence[str], features: dict[str, str],
-              where: str | None, present: set[str]) -> dict[str, Summary]:
-    """Each feature's Summary over the files' rows (in the window `where`, if given)."""
+              where: str | None, present: set[str],
+              histograms: Sequence[tuple[str, str, float, float]] = ()
+              ) -> tuple[dict[str, Summary], list[list[int]]]:
+    """Each feature's Summary over the files' rows (in the window `where`, if given), and the
+    counts of `histograms` ((name, kind, lo, hi): equal bins over [lo, hi]) in the same pass."""
     src = source_sql(paths, where)
     # The values are projected once, then aggregated: an expression repeated in five
     # aggregates is evaluated five times (~2x the CPU, measured).
@@ -448,6 +472,11 @@ def summarise(con: duckdb.DuckDBPyConnection, paths: Sequence[str], features: di
     exprs += [f"list(v{i}) FILTER (WHERE tessera_sampled AND v{i} IS NOT NULL)"
               for i, (name, kind) in enumerate(features.items())
               if name in present and kind != STRING]
+    index = {name: i for i, name in enumerate(features)}
+    for name, _, lo, hi in histograms:
+        v = f"v{index[name]}"
+        exprs.append(f"histogram({bucket_sql(v, lo, hi, _bins(lo, hi))}) FILTER "
+                     f"(WHERE {v} IS NOT NULL)" if name in present else "NULL")
     src_proj = f"(SELECT {', '.join(proj)} FROM {src})"
     with duckdb_errors("statistics"):
         first = con.sql(f"SELECT {', '.join(exprs)} FROM {src_proj}").fetchall()[0]
@@ -471,12 +500,43 @@ def summarise(con: duckdb.DuckDBPyConnection, paths: Sequence[str], features: di
         if n:
             s.n, s.mean, s.m2, s.min, s.max = int(n), float(mean), float(m2 or 0.0), \
                 float(lo), float(hi)
-    for name, values in zip(numeric, first[i:], strict=True):
+    for name, values in zip(numeric, first[i:i + len(numeric)], strict=True):
         s = out[name]
         if s.n:
             s.samples = [(s.n, np.sort(np.asarray(values or [], dtype=np.float64)))]
             s.complete = complete
-    return out
+    hists = []
+    for (_, _, lo, hi), hist in zip(histograms, first[i + len(numeric):], strict=True):
+        counts = [0] * _bins(lo, hi)
+        for b, c in (hist or {}).items():
+            if 0 <= int(b) < len(counts):
+                counts[int(b)] += int(c)
+        hists.append(counts)
+    return out, hists
+
+
+def _bins(lo: float, hi: float) -> int:
+    return 1 if lo == hi else HISTOGRAM_BINS
+
+
+def footer_ranges(con: duckdb.DuckDBPyConnection, paths: Sequence[str], names: Sequence[str]
+                  ) -> dict[str, tuple[float, float]]:
+    """Each column's min and max by the files' Parquet statistics, where every row group of
+    every file that has the column carries them."""
+    if not names or not paths:
+        return {}
+    files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+    cols = ", ".join(quote_literal(n) for n in names)
+    with duckdb_errors("statistics"):
+        rows = con.sql(
+            f"SELECT path_in_schema, min(TRY_CAST(stats_min_value AS DOUBLE)), "
+            f"max(TRY_CAST(stats_max_value AS DOUBLE)), "
+            f"bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL) "
+            f"FROM parquet_metadata({files}) WHERE path_in_schema IN ({cols}) "
+            f"GROUP BY path_in_schema").fetchall()
+    return {str(n): (float(lo), float(hi)) for n, lo, hi, ok in rows
+            if ok and lo is not None and hi is not None
+            and math.isfinite(lo) and math.isfinite(hi)}
 
 
 def file_rows(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> int:
