@@ -351,7 +351,13 @@ export async function statsPage(main, { params }) {
   main.replaceChildren(h("h1", {}, "Statistics"), form);
   if (!group) return;
   const q = `start=${encodeURIComponent(toIso(start.value))}&end=${encodeURIComponent(toIso(end.value))}`;
-  const stats = await getJSON(`/v1/feature-groups/${seg(group)}/statistics?${q}`);
+  let stats;
+  try {
+    stats = await getJSON(`/v1/feature-groups/${seg(group)}/statistics?${q}`);
+  } catch (err) {  // e.g. 422 for a window that ends before it starts: keep the form
+    main.append(h("p", { class: "error" }, err.message));
+    return;
+  }
   main.append(h("div", { class: "cards", id: "stats" }, Object.entries(stats.features).map(([name, s]) =>
     h("div", { class: "card", "data-feature": name }, h("h3", {}, name, " ", h("span", { class: "tag" }, s.type)),
       summary(s.type, s), chartOf(name, s)))));
@@ -376,10 +382,17 @@ export async function driftPage(main, { params }) {
   if (!group) return;
   const w = (a, b) => `start=${encodeURIComponent(toIso(a.value))}&end=${encodeURIComponent(toIso(b.value))}`;
   const base = `/v1/feature-groups/${seg(group)}`;
-  const [drift, sb, sw] = await Promise.all([
+  const answers = Promise.all([
     getJSON(`${base}/drift?baseline_${w(bStart, bEnd).replace("&end", "&baseline_end")}&${w(start, end)}`),
     getJSON(`${base}/statistics?${w(bStart, bEnd)}`),
     getJSON(`${base}/statistics?${w(start, end)}`)]);
+  let drift, sb, sw;
+  try {
+    [drift, sb, sw] = await answers;
+  } catch (err) {  // e.g. 422 for a window that ends before it starts: keep the form
+    main.append(h("p", { class: "error" }, err.message));
+    return;
+  }
   const entries = Object.entries(drift.features);
   main.append(
     table(["Feature", ["PSI", "num"], ["p-value", "num"], "Test", "Drifted"], entries.map(([name, d]) =>
