@@ -221,6 +221,17 @@ def tab(browser: Browser) -> Iterator[Tab]:
     assert errors == [], f"console errors: {errors}"
 
 
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is missing"):
+        _no_browser("chromium is missing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is missing"):
+        _no_browser("chromium is missing")
+
+
 def test_every_ui_asset_is_served_and_declared_open() -> None:
     """The HTTP edge checks exact paths: an asset missing from RULES would need credentials
     (and the login page could not load), a file missing from ASSETS would never be served."""
