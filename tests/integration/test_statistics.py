@@ -202,6 +202,23 @@ def test_cli_stats_over_http_and_on_the_files(
     assert bad.returncode == 2 and "not an ISO 8601 time" in bad.stderr
 
 
+def test_a_group_threshold_set_by_patch_decides_drifted(
+    served: tuple[ServerProcess, list[dict[str, Any]]],
+) -> None:
+    proc, _ = served  # runs after the tests above: it changes the module's group
+    patched = httpx.patch(f"{proc.http_url}/v1/feature-groups/{GROUP}",
+                          json={"drift_psi_threshold": 1000.0}, timeout=30)
+    assert patched.status_code == 200 and patched.json()["drift_psi_threshold"] == 1000.0
+    refused = httpx.patch(f"{proc.http_url}/v1/feature-groups/{GROUP}",
+                          json={"drift_psi_threshold": -1}, timeout=30)
+    assert refused.status_code == 422 and "drift_psi_threshold" in refused.text
+    resp = httpx.get(f"{proc.http_url}/v1/feature-groups/{GROUP}/drift", params={
+        "baseline_start": _iso(DAY1), "baseline_end": _iso(DAY2),
+        "start": _iso(DAY2), "end": _iso(DAY3)}, timeout=30)
+    ctr = resp.json()["features"]["ctr"]
+    assert ctr["threshold"] == 1000.0 and ctr["psi"] > 0.2 and ctr["drifted"] is False
+
+
 def test_merged_metrics_show_each_drift_psi_once_the_latest() -> None:
     """--workers N: two serving processes computed a PSI for one feature; the merged /metrics
     (server/process_metrics.py) shows the later one, once, without a process label."""
