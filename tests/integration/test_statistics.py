@@ -3,6 +3,7 @@ the CLI (over HTTP and on the files directly) and the drift gauge on /metrics.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import subprocess
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tessera.client import FeatureStoreClient
+from tessera.client import AsyncFeatureStoreClient, FeatureStoreClient
+from tessera.core.errors import FeatureGroupNotFoundError
 from tessera.core.values import to_record
 from tessera.proto.v1 import feature_store_pb2 as pb
 from tests.conftest import WORKERS
@@ -174,6 +176,19 @@ def test_sdk_statistics_and_drift_as_dataframes(
     assert frame.loc["clicks", "mean"] == pytest.approx(np.mean([r["clicks"] for r in records]))
     assert frame.loc["tags", "of"] == "length"
     assert bool(drifted.loc["ctr", "drifted"]) and not bool(drifted.loc["clicks", "drifted"])
+
+
+    async def from_async_client() -> tuple[Any, Any]:
+        async with AsyncFeatureStoreClient(grpc=proc.grpc_target, http=proc.http_url) as afs:
+            return (await afs.statistics(GROUP, start=DAY1, end=DAY3),
+                    await afs.drift(GROUP, baseline=(DAY1, DAY2), window=(DAY2, DAY3)))
+
+    frame_a, drifted_a = asyncio.run(from_async_client())
+    assert frame_a.loc["clicks", "count"] == len(records)
+    assert drifted_a.loc["ctr", "psi"] == pytest.approx(drifted.loc["ctr", "psi"])
+    with FeatureStoreClient(grpc=proc.grpc_target, http=proc.http_url) as fs, \
+            pytest.raises(FeatureGroupNotFoundError):
+        fs.statistics("nope", start=DAY1, end=DAY2)
 
 
 def test_cli_stats_over_http_and_on_the_files(
