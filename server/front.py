@@ -109,6 +109,7 @@ async def start_front(
                      sql_workers=sql_workers, sql_settings=settings.sql, scrape=scrape,
                      store=store, service=service, fast=fast, auth=auth)
     rest_runtime.register(fast, app, service, registry, store)
+    app.state.ingest = settings.ingest  # the UI's latest dead letters (server/http_ui.py)
     http = await roles.start(
         HttpRole(fast, s.host, s.http_port, reuse_port=reuse_port, grace_s=s.shutdown_grace_s,
                  tls=settings.tls))

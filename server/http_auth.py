@@ -155,6 +155,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ui/ui.css"): OPEN,
     ("GET", "/v1/whoami"): AUTHENTICATED,
     ("GET", "/v1/offline-store"): AUTHENTICATED,  # lists the groups the caller may read
+    ("GET", "/v1/ingest/dead-letters"): AUTHENTICATED,  # of the groups the caller may read
 }
 
 

@@ -11,6 +11,11 @@ paths); the data is not. The endpoints added here:
 
 - `GET /v1/whoami` (AUTHENTICATED): the caller's name, kind and permissions, so the UI hides
   admin buttons from a caller without admin (the server refuses the call anyway);
+- `GET /v1/ingest/dead-letters` (AUTHENTICATED, topics of readable groups only): the latest
+  dead letters of the consumer `tessera serve` runs itself (settings `ingest`, which the
+  composition root leaves at `app.state.ingest`), read from the tail of each dead-letter topic:
+  their error class, reason, source and time (Tessera's headers, ingest/dlq.py), never the
+  message's key or value. A consumer run apart (`tessera ingest`) is not known here;
 - `GET /v1/offline-store` (AUTHENTICATED, readable groups only): per group its partitions with
   files, rows and bytes (Parquet footers), the last flush (newest file's mtime) and the last
   write time (the `write_time` column's maximum from the footers' statistics). Nothing but
@@ -22,15 +27,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow.parquet as pq
-from fastapi import FastAPI, Request, Response
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from fastapi import FastAPI, Query, Request, Response
 
 from tessera.core import offline_layout as layout
 from tessera.core.catalog import Catalog
+from tessera.core.errors import StorageError
+from tessera.ingest import dlq
+from tessera.ingest.config import IngestConfig
+from tessera.ingest.consumer import consumer_config
 from tessera.server.auth.permissions import LOCAL, Action, Principal
 from tessera.server.registry import Registry
 
@@ -87,6 +98,22 @@ def register_ui_routes(app: FastAPI, registry: Registry, catalog: Catalog | None
         return {"name": principal.name, "kind": principal.kind, "admin": principal.is_admin,
                 "permissions": [str(p) for p in principal.permissions]}
 
+    @app.get("/v1/ingest/dead-letters", tags=["ingest"])
+    async def dead_letters(
+        request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 10
+    ) -> dict[str, Any]:
+        """The latest `limit` dead letters of each topic this server consumes (of groups the
+        caller may read), newest first: topic, feature group, error class, reason, source
+        partition and offset, failed_at. `configured` is false when this server runs no
+        consumer (then the list is empty). 503 when the broker does not answer."""
+        config: IngestConfig | None = getattr(request.app.state, "ingest", None)
+        if config is None:
+            return {"configured": False, "dead_letters": []}
+        principal = _principal(request)
+        topics = [t for t in config.topics if principal.can(Action.READ, t.feature_group)]
+        letters = await asyncio.to_thread(_latest_dead_letters, config, topics, limit)
+        return {"configured": True, "dead_letters": letters}
+
     @app.get("/v1/offline-store", tags=["offline store"])
     async def offline_store(request: Request) -> dict[str, Any]:
         """The offline store's groups the caller may read: per group its partitions (event
@@ -105,6 +132,72 @@ def register_ui_routes(app: FastAPI, registry: Registry, catalog: Catalog | None
 #: a page load reads only the footers of files it has not seen (~180 us of CPU each).
 _Footer = tuple[int, int, int, dt.datetime | None]
 _FOOTERS: dict[str, dict[str, _Footer]] = {}
+
+
+_KAFKA_TIMEOUT_S = 5.0
+
+
+def _latest_dead_letters(config: IngestConfig, topics: list[Any], limit: int
+                         ) -> list[dict[str, Any]]:
+    """The last `limit` messages of each partition of each topic's dead-letter topic, newest
+    first, `limit` per topic. A reader of its own: assigned partitions, no group, no commits."""
+    if not topics:
+        return []
+    conf = {**consumer_config(config, topics[0]), "group.id": "tessera-ui-dead-letters",
+            "client.id": "tessera-ui", "enable.auto.commit": False}
+    try:
+        consumer = Consumer(conf)
+    except KafkaException as exc:
+        raise StorageError(f"dead letters: cannot read from Kafka: {exc}") from exc
+    try:
+        out: list[dict[str, Any]] = []
+        for topic in topics:
+            out += _tail(consumer, topic.dlq_topic, topic.feature_group, limit)[:limit]
+        return sorted(out, key=lambda d: d["failed_at"] or "", reverse=True)
+    except KafkaException as exc:
+        raise StorageError(f"dead letters: Kafka did not answer: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _tail(consumer: Consumer, topic: str, group: str, limit: int) -> list[dict[str, Any]]:
+    meta = consumer.list_topics(topic, timeout=_KAFKA_TIMEOUT_S).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []  # no dead letter yet: the topic may not exist
+    starts: list[TopicPartition] = []
+    ends: dict[int, int] = {}
+    for partition in meta.partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                   timeout=_KAFKA_TIMEOUT_S)
+        if high > low:
+            starts.append(TopicPartition(topic, partition, max(low, high - limit)))
+            ends[partition] = high
+    if not starts:
+        return []
+    consumer.assign(starts)
+    letters: list[dict[str, Any]] = []
+    remaining = sum(high - tp.offset for tp, high in zip(starts, ends.values(), strict=True))
+    deadline = time.monotonic() + _KAFKA_TIMEOUT_S
+    while remaining > 0 and time.monotonic() < deadline:
+        for msg in consumer.consume(remaining, timeout=0.2):
+            if msg.error() is not None:
+                continue
+            remaining -= 1
+            headers = _headers(msg.headers())
+            letters.append({
+                "topic": headers.get(dlq.SOURCE_TOPIC), "feature_group": group,
+                "error_class": headers.get(dlq.ERROR_CLASS),
+                "reason": headers.get(dlq.ERROR_REASON),
+                "partition": headers.get(dlq.SOURCE_PARTITION),
+                "offset": headers.get(dlq.SOURCE_OFFSET), "failed_at": headers.get(dlq.FAILED_AT),
+            })
+    consumer.unassign()
+    return sorted(letters, key=lambda d: d["failed_at"] or "", reverse=True)
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    pairs: list[tuple[str, bytes | None]] = list(raw or [])
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in pairs}
 
 
 def _scan(root: Path, names: list[str]) -> dict[str, Any]:

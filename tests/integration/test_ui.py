@@ -317,17 +317,24 @@ def test_offline_page_shows_partitions_and_admin_compaction(served: Served, tab:
 def test_ingestion_page_shows_topics_lag_and_dead_letters(served: Served, tab: Tab) -> None:
     topic_row = f'#topics tr:has-text("{served.topic}")'
     deadline = time.monotonic() + 30
+    tab.open(f"{served.url}/ui#/ingest", "#topics, #no-ingest")
     while True:  # the consumer joins its group in the background: reload until it has written
-        tab.open(f"{served.url}/ui#/ingest", "#topics, #no-ingest")
         row = tab.page.locator(topic_row)
         if row.count() and row.inner_text().split("\t")[2] == str(N_INGESTED) \
                 and tab.page.locator("#dead").count():
             break
-        assert time.monotonic() < deadline, f"nothing ingested:\n{served.proc.log()[-2000:]}"
+        assert time.monotonic() < deadline, (
+            f"nothing ingested: {tab.page.inner_text('main')}\n{served.proc.log()[-2000:]}")
         time.sleep(0.5)
+        tab.page.reload()  # a goto to the same URL and hash would not load the page again
+        tab.page.wait_for_selector("#topics, #no-ingest")
     assert tab.page.locator(topic_row).inner_text().split("\t")[:2] == [served.topic, VIEWS]
     dead = tab.page.locator("#dead tbody tr").all_inner_texts()
     assert [d.split("\t") for d in dead] == [[served.topic, "undecodable", "1"]]
+    latest = [r.split("\t") for r in tab.page.locator("#latest-dead tbody tr").all_inner_texts()]
+    assert len(latest) == 1
+    assert (latest[0][1], latest[0][3]) == (served.topic, "undecodable")
+    assert "not valid JSON" in latest[0][4]  # the decoder's reason, from the letter's headers
     lag = [r.split("\t") for r in tab.page.locator("#lag tbody tr").all_inner_texts()]
     assert sorted(r[1] for r in lag if r[0] == served.topic) == ["0", "1"]
     tab.shot("ingest")
@@ -459,6 +466,8 @@ def test_with_auth_a_reader_signs_in_and_sees_only_readable_groups(
             "name": "dashboards", "kind": "api-key", "admin": False,
             "permissions": [f"read:{MERCHANTS}"]}
         assert list(http.get("/v1/offline-store").json()["groups"]) == [MERCHANTS]
+        assert http.get("/v1/ingest/dead-letters").json() == {  # this server consumes nothing
+            "configured": False, "dead_letters": []}
         assert http.post(f"/v1/feature-groups/{MERCHANTS}/compact").status_code == 403
     assert httpx.get(f"{proc.http_url}/v1/whoami").status_code == 401
     assert httpx.get(f"{proc.http_url}/ui/app.js").status_code == 200  # assets: no key

@@ -261,7 +261,7 @@ export async function offlinePage(main, { who }) {
 // --- ingestion --------------------------------------------------------------------------------
 
 export async function ingestPage(main) {
-  const samples = await metrics();
+  const [samples, letters] = await Promise.all([metrics(), optional(getJSON("/v1/ingest/dead-letters"))]);
   const lag = sumBy(samples, "tessera_ingest_consumer_lag", ["topic", "partition"]);
   const records = sumBy(samples, "tessera_ingest_records_total", ["topic", "feature_group"]);
   const dead = sumBy(samples, "tessera_ingest_dead_letters_total", ["topic", "error_class"]);
@@ -288,6 +288,12 @@ export async function ingestPage(main) {
     dead.length ? table(["Topic", "Reason (error class)", ["Messages", "num"]], dead.map((r) => h("tr", {},
       h("td", {}, r.key[0]), h("td", {}, r.key[1]), num(r.value))), { id: "dead" })
       : h("p", { class: "muted" }, "None."),
+    ...(letters && letters.dead_letters.length ? [
+      h("h3", {}, "Latest dead letters"),
+      table(["Failed at", "Topic", "Partition/offset", "Class", "Reason"], letters.dead_letters.map((d) =>
+        h("tr", {}, h("td", {}, d.failed_at || ""), h("td", {}, d.topic || ""),
+          h("td", {}, `${d.partition}/${d.offset}`), h("td", {}, d.error_class || ""),
+          h("td", {}, d.reason || ""))), { id: "latest-dead" })] : []),
     h("h2", {}, "Freshness (event time to durable)"),
     table(["Feature group", ["Mean (s)", "num"], ["Records", "num"]], fcount.map((r) => h("tr", {},
       h("td", {}, r.key[0]), num(r.value ? (fsum.get(r.key[0]) || 0) / r.value : null), num(r.value)))));
