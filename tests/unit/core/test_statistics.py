@@ -243,3 +243,26 @@ def test_bad_windows_are_refused(store: Any) -> None:
         parse_time("yesterday", "start")
     assert parse_time("2026-03-01", "start") == DAY0
     assert parse_time("2026-03-01T01:00:00+01:00", "start") == DAY0
+
+
+def test_offline_store_statistics_and_drift_as_dataframes(store: Any) -> None:
+    from tessera.client.offline import OfflineStore
+
+    root, group, rows, catalog = store
+    start, end = DAY0, DAY0 + dt.timedelta(days=3)
+    want = StatisticsEngine(root, catalog.cursor).statistics(group, start, end)
+    with OfflineStore(root) as off:
+        frame = off.statistics("g", start, "2026-03-04")
+        drifted = off.drift("g", baseline=(DAY0, DAY0 + dt.timedelta(days=1)),
+                            window=("2026-03-02", "2026-03-03"))
+        with pytest.raises(InvalidRequestError, match="baseline"):
+            off.drift("g", baseline=("2026-03-02", "2026-03-01"), window=(start, end))
+    assert list(frame.index) == list(FEATURES)
+    assert frame.loc["x", "count"] == want["x"]["count"]
+    assert frame.loc["x", "p50"] == pytest.approx(want["x"]["quantiles"]["p50"])
+    assert frame.loc["l", "of"] == "length" and frame.loc["v", "of"] == "norm"
+    assert frame.loc["s", "top"] == want["s"]["top"]
+    assert frame.loc["l", "histogram_counts"] == want["l"]["length"]["histogram"]["counts"]
+    assert set(drifted.columns) >= {"psi", "p_value", "drifted", "threshold", "test"}
+    # One distribution throughout, but for the event time, which moves with the window.
+    assert not drifted["drifted"].drop("ts").any() and drifted.loc["ts", "drifted"]
