@@ -70,6 +70,9 @@ SAMPLE_ROWS = 10_000
 TOP_SHOWN = 10
 TOP_KEPT = 1000
 _CACHE_ENTRIES = 4096
+#: What the kept summaries' quantile samples may hold in all (each partition keeps up to
+#: SAMPLE_ROWS values per numeric feature: 80 KB): the least recently used go beyond it.
+SUMMARY_CACHE_BYTES = 256 * 1024 * 1024
 
 NUMBER, STRING, LIST, VECTOR = "number", "string", "list", "vector"
 
@@ -283,6 +286,7 @@ class StatisticsEngine:
         self._summaries: OrderedDict[tuple[Any, ...], dict[str, Summary]] = OrderedDict()
         self._histograms: OrderedDict[tuple[Any, ...], dict[str, list[int]]] = OrderedDict()
         self._columns: OrderedDict[tuple[Any, ...], set[str]] = OrderedDict()
+        self._summary_bytes = 0
         #: Partitions summarised (read) and taken from the cache since start: benchmarks, tests.
         self.computed = 0
         self.cached = 0
@@ -333,9 +337,17 @@ class StatisticsEngine:
     def _keep(self, cache: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...],
               value: Any) -> None:
         with self._lock:
+            if cache is self._summaries:
+                old = cache.pop(key, None)
+                self._summary_bytes += _sample_bytes(value) - (
+                    0 if old is None else _sample_bytes(old))
             cache[key] = value
-            while len(cache) > _CACHE_ENTRIES:
-                cache.popitem(last=False)
+            while len(cache) > _CACHE_ENTRIES or (
+                    cache is self._summaries and self._summary_bytes > SUMMARY_CACHE_BYTES
+                    and len(cache) > 1):
+                _, dropped = cache.popitem(last=False)
+                if cache is self._summaries:
+                    self._summary_bytes -= _sample_bytes(dropped)
 
     def columns(self, con: duckdb.DuckDBPyConnection, part: Partition) -> set[str]:
         key = part.files
@@ -402,6 +414,10 @@ class StatisticsEngine:
         with duckdb_errors("statistics"):
             row = con.sql(f"SELECT {', '.join(exprs)} FROM {src}").fetchall()[0]
         return {n: int(v or 0) for n, v in zip(names, row, strict=True)}
+
+
+def _sample_bytes(summaries: dict[str, Summary]) -> int:
+    return sum(v.nbytes for s in summaries.values() for _, v in s.samples)
 
 
 def _distinct_sql(kind: str, name: str) -> str:

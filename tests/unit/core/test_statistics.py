@@ -266,3 +266,24 @@ def test_offline_store_statistics_and_drift_as_dataframes(store: Any) -> None:
     assert set(drifted.columns) >= {"psi", "p_value", "drifted", "threshold", "test"}
     # One distribution throughout, but for the event time, which moves with the window.
     assert not drifted["drifted"].drop("ts").any() and drifted.loc["ts", "drifted"]
+
+
+def test_kept_summaries_are_bounded_by_their_samples_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tessera.core import statistics
+
+    group = make_group("g", {"id": "String", "ts": "Fractional", "x": "Fractional"})
+    write_history(tmp_path, group, [{"id": str(i), "ts": DAY0.timestamp() + i * 3600.0,
+                                     "x": float(i)} for i in range(72)])  # 3 days
+    monkeypatch.setattr(statistics, "SUMMARY_CACHE_BYTES", 24 * 8 + 1)  # one day's sample
+    with Catalog(tmp_path) as catalog:
+        engine = StatisticsEngine(tmp_path, catalog.cursor)
+        whole = (DAY0, DAY0 + dt.timedelta(days=3))
+        engine.statistics(group, *whole)
+        assert (engine.computed, engine.cached) == (3, 0)
+        # Only the last day read was kept: it comes from the cache, the first day does not.
+        engine.statistics(group, DAY0 + dt.timedelta(days=2), whole[1])
+        assert (engine.computed, engine.cached) == (3, 1)
+        engine.statistics(group, DAY0, DAY0 + dt.timedelta(days=1))
+        assert (engine.computed, engine.cached) == (4, 1)
