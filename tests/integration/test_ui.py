@@ -283,6 +283,8 @@ def test_group_page_shows_every_feature_with_its_type(served: Served, tab: Tab) 
         "country": "String", "pages": "List<String>"}
     assert rows["ctr"][2] == "click-through rate"
     assert tab.page.inner_text("#version") == "1"
+    text = tab.page.inner_text("main")
+    assert "null" not in text and "undefined" not in text
     tab.shot("group")
 
 
@@ -299,6 +301,13 @@ def test_record_lookup_shows_online_record_and_history(served: Served, tab: Tab)
     assert len(history) == 1 and "false" in history[0]
     tab.shot("record")
     tab.open(f"{served.url}/ui#/record?group={USERS}&id=nobody", "#online-missing")
+    for page in ("groups", "record", "offline", "ingest", "stats", "drift"):
+        tab.page.goto(f"{served.url}/ui#/{page}")
+        # the router marks the link and clears the page at once, then renders the page's h1
+        tab.page.wait_for_selector(f'#nav a.active[data-page="{page}"]')
+        tab.page.wait_for_selector("main h1")
+        text = tab.page.inner_text("main")
+        assert "null" not in text and "undefined" not in text, page
 
 
 def test_offline_page_shows_partitions_and_admin_compaction(served: Served, tab: Tab) -> None:

@@ -144,7 +144,7 @@ export async function groupPage(main, { arg }) {
         h("td", {}, a.key || (a.n === null || a.n === undefined ? "" : String(a.n))))))
     : h("p", { class: "muted" }, "No aggregation features.");
   const when = (t) => (t ? new Date(t * 1000).toISOString() : "–");
-  main.replaceChildren(
+  main.replaceChildren(h("div", {},  // h() leaves out null children; replaceChildren would not
     h("h1", {}, d.feature_group_name),
     d.description ? h("p", {}, d.description) : null,
     g.quarantined ? h("p", { class: "error" }, `Quarantined: ${g.quarantined}`) : null,
@@ -162,7 +162,7 @@ export async function groupPage(main, { arg }) {
       h("a", { href: `#/stats?group=${seg(arg)}` }, "Statistics"), " · ",
       h("a", { href: `#/drift?group=${seg(arg)}` }, "Drift")),
     h("h2", {}, "Features"), features,
-    h("h2", {}, "Aggregations"), aggs);
+    h("h2", {}, "Aggregations"), aggs));
 }
 
 // --- record lookup ----------------------------------------------------------------------------
