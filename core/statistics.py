@@ -23,8 +23,10 @@ its files (names, sizes, modification times): a flush or a compaction changes th
 summary is recomputed. A partition the window cuts is read with the event-time filter and not
 kept. Summaries merge exactly for count, nulls, min, max, mean and the sum of squared deviations
 (Chan et al.'s pairwise update). What does not merge exactly:
-- quantiles: each summary keeps a uniform reservoir sample of its partition's rows (`SAMPLE_ROWS`,
-  DuckDB's `USING SAMPLE reservoir`); a partition with no more rows keeps them all. When every
+- quantiles: each summary keeps a sample of its partition's values, taken in the summary pass:
+  the rows whose commit sequence hashes below a threshold (a Bernoulli sample of ~`SAMPLE_ROWS`
+  rows of the partition's files, the same rows at every call); a partition whose files hold no
+  more rows keeps them all. When every
   partition of the window kept all its rows the quantiles are exact (linear interpolation, as
   NumPy's default); otherwise they come from the samples, each value weighted by its
   partition's values per sampled value: approximate, a rank error of about 1/sqrt(SAMPLE_ROWS)
