@@ -20,13 +20,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tessera.core.aggregation.record_inputs import RecordInputsError
 from tessera.core.errors import TesseraError
 from tessera.core.schema import CompiledSchema
 from tessera.ingest.columns import RecordColumns
 from tessera.ingest.sinks import SchemaChangedError, SinkRecord
 from tessera.server import batch_kernels as bk
-from tessera.server.put_batch import batch_aggregates
+from tessera.server.put_batch import assemble
 from tessera.server.registry import Registry
 from tessera.server.store import OnlineStore, Op, PutBatch, now_us
 from tessera.server.writes import count_writes, put_op
@@ -98,21 +97,8 @@ def put_batch(schema: CompiledSchema, records: RecordColumns, api_invocation_tim
         expires is not None, api_invocation_time_us, _readonly(records.source_starts),
         _readonly(records.source_ends), schema.offline,
     )
-    keys_blob, payloads_blob = keys.tobytes(), payloads.tobytes()
-    key_off, pay_off = bk.readonly(key_off), bk.readonly(pay_off)
-    aggregates = None
-    if schema.aggregations is not None and schema.online:  # as put_batch.encode does
-        try:
-            aggregates = batch_aggregates(schema.group_name, schema.aggregations, keys_blob,
-                                          key_off, payloads_blob, pay_off)
-        except RecordInputsError:
-            return None
-    return PutBatch(
-        schema.group_id, schema.online, keys_blob, key_off, payloads_blob, pay_off,
-        event_time_us, None if expires is None else _readonly(expires),
-        rows.tobytes() if schema.offline else None,
-        bk.readonly(row_off) if schema.offline else None, aggregates,
-    )
+    return assemble(schema, keys, key_off, payloads, pay_off, event_time_us,
+                    None if expires is None else _readonly(expires), rows, row_off)
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:

@@ -110,6 +110,18 @@ def encode(
         api_invocation_time_us, bk.readonly(request.source_starts),
         bk.readonly(request.source_ends), schema.offline,
     )
+    return assemble(schema, keys, key_off, payloads, pay_off, bk.readonly(et_us), expires, rows,
+                    row_off)
+
+
+def assemble(
+    schema: CompiledSchema, keys: np.ndarray, key_off: np.ndarray, payloads: np.ndarray,
+    pay_off: np.ndarray, event_time_us: np.ndarray, expires: np.ndarray | None,
+    rows: np.ndarray, row_off: np.ndarray,
+) -> PutBatch | None:
+    """The PutBatch of `batch_kernels.encode_puts`' columns (keys, payloads, history rows) for
+    `schema`'s group, with its aggregation inputs; None when the compiled scan cannot read an
+    aggregation input (the records then go the per-record way)."""
     keys_blob, payloads_blob = keys.tobytes(), payloads.tobytes()
     key_off, pay_off = bk.readonly(key_off), bk.readonly(pay_off)
     aggregates = None
@@ -121,7 +133,7 @@ def encode(
             return None
     return PutBatch(
         schema.group_id, schema.online, keys_blob, key_off, payloads_blob, pay_off,
-        bk.readonly(et_us), expires, rows.tobytes() if schema.offline else None,
+        event_time_us, expires, rows.tobytes() if schema.offline else None,
         bk.readonly(row_off) if schema.offline else None, aggregates,
     )
 
