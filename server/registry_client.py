@@ -22,6 +22,7 @@ costs ~0.06 ms of CPU), never one per request in parallel.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -182,19 +183,30 @@ class RemoteRegistry:
     # --- mutations (in the writer process) -----------------------------------------------------
 
     def create(self, definition: FeatureGroupDefinition) -> FeatureGroup:
-        group, seq = self._wait(self._writer.create_feature_group(definition))
+        group, seq = self._mutate(self._writer.create_feature_group(definition))
         self._sync(seq)
         return group
 
     def update(self, name: str, update: FeatureGroupUpdate) -> FeatureGroup:
-        group, seq = self._wait(self._writer.update_feature_group(name, update))
+        group, seq = self._mutate(self._writer.update_feature_group(name, update))
         self._sync(seq)
         return group
 
     def delete(self, name: str) -> None:
-        seq = self._wait(self._writer.delete_feature_group(name))
+        seq = self._mutate(self._writer.delete_feature_group(name))
         self._marks.pop(name, None)
         self._sync(seq)
+
+    def _mutate(self, fut: Future[T]) -> T:
+        """The writer's answer to a mutation. A refused one may have been written and undone
+        in the writer (a failed offline publication): a timer catch-up between the two writes
+        left the view showing the change, so catch up now, past the undo, before raising."""
+        try:
+            return self._wait(fut)
+        except TesseraError:
+            with contextlib.suppress(TesseraError):  # the refusal is the error to report
+                self.refresh()
+            raise
 
     # `list` last: below it, `list` in annotations would name the method
     def list(self, name_contains: str | None = None) -> builtins.list[FeatureGroup]:
